@@ -1,0 +1,64 @@
+# The two commands a newcomer needs are `make demo` and `make test`; both set up
+# what they use (the venv, system packages, the local fleet's binaries) on first run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | sha1sum | cut -c1-12)
+FLEET ?= include/fleets/local.yaml
+
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
+
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down
+
+venv: $(STAMP)
+$(STAMP): requirements.txt constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setting up $(VENV) (first run only; about a minute)…"
+	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# Debian packages the local fleet runs: the CNCF registry, skopeo (replication), buildah (builds).
+system-packages:
+	@missing=$$(for p in docker-registry skopeo buildah; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+binaries: venv
+	@$(PY) -m localfleet.binaries
+
+## The main job: a full release of include/app across the local fleet.
+demo: venv system-packages binaries
+	@$(PY) -m localfleet demo --fleet $(FLEET)
+
+## Every test: unit, DAG integrity, and integration on the real local fleet.
+test: venv system-packages binaries
+	@$(PY) -m pytest
+
+test-unit: venv
+	@$(PY) -m pytest tests/unit tests/dags
+
+lint: venv
+	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+plan: venv
+	@$(PY) -m fanout plan $(FLEET) $(if $(REGIONS),--regions $(REGIONS))
+
+validate: venv
+	@$(PY) -m fanout validate $(FLEET)
+
+fleet-up: venv system-packages binaries
+	@$(PY) -m localfleet up --fleet $(FLEET)
+
+fleet-status: venv
+	@$(PY) -m localfleet status --fleet $(FLEET)
+
+fleet-down: venv
+	@$(PY) -m localfleet down --fleet $(FLEET)

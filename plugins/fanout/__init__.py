@@ -1,0 +1,1 @@
+"""Fanout: release one application to every region of a multi-region AKS fleet."""
