@@ -1,0 +1,203 @@
+"""Run detached local processes for the local fleet, with a pidfile and a log file each.
+
+Every piece of the local fleet (registries, replicator, edges, control planes) is a
+plain process that must outlive the command that started it, so `start` puts it in
+its own session and records it under the state dir::
+
+    <state_dir>/pids/<name>.pid   {"pid": 1234, "cmdline": [...]}
+    <state_dir>/logs/<name>.log   stdout and stderr, appended across restarts
+
+`start` is idempotent and `stop` kills the whole process group. A process counts as
+ours only if /proc/<pid>/cmdline still matches what we started, so a recycled PID is
+never mistaken for (or killed as) one of ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path("~/.cache/fanout/localfleet").expanduser()
+
+
+class ProcError(RuntimeError):
+    """A local process failed to start or stop; the message names it and quotes its log."""
+
+
+def log_path(name: str, state_dir: str | Path) -> Path:
+    return Path(state_dir) / "logs" / f"{name}.log"
+
+
+def pid_path(name: str, state_dir: str | Path) -> Path:
+    return Path(state_dir) / "pids" / f"{name}.pid"
+
+
+def log_tail(name: str, state_dir: str | Path, lines: int = 20) -> str:
+    """The last `lines` lines of a process's log ('' if it has none)."""
+    try:
+        with log_path(name, state_dir).open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _error(name: str, state_dir: str | Path, what: str) -> ProcError:
+    tail = log_tail(name, state_dir)
+    quoted = "\n".join(f"  | {line}" for line in tail.splitlines()) or "  | (empty)"
+    return ProcError(f"{name}: {what}; last lines of {log_path(name, state_dir)}:\n{quoted}")
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # A zombie has exited already; it only waits for its parent to reap it.
+    if stat.rpartition(")")[2].split()[0] == "Z":
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
+def _read_pidfile(name: str, state_dir: str | Path) -> tuple[int, list[str]] | None:
+    try:
+        data = json.loads(pid_path(name, state_dir).read_text())
+        return int(data["pid"]), list(data["cmdline"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def pid(name: str, state_dir: str | Path) -> int | None:
+    """The pid of our running process `name`, or None."""
+    recorded = _read_pidfile(name, state_dir)
+    if recorded is None:
+        return None
+    found, cmdline = recorded
+    return found if _cmdline(found) == cmdline else None
+
+
+def alive(name: str, state_dir: str | Path) -> bool:
+    return pid(name, state_dir) is not None
+
+
+def _reap(found: int) -> None:
+    # Only our direct children can be reaped; anyone else's is init's business.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(found, os.WNOHANG)
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    state_dir: str | Path,
+    env: Mapping[str, str] | None = None,
+    ready: Callable[[], bool] | None = None,
+    timeout: float = 30.0,
+    cwd: str | Path | None = None,
+) -> int:
+    """Start `argv` detached as `name` and return its pid; if it already runs, return that pid.
+
+    `env` is added to this process's environment. `ready` is polled until it returns true;
+    if the process dies or `timeout` passes first it is stopped and ProcError names it.
+    """
+    running = pid(name, state_dir)
+    if running is not None:
+        return running
+    log = log_path(name, state_dir)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    pid_path(name, state_dir).parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
+        out.flush()
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
+            )
+        except OSError as err:
+            raise ProcError(f"{name}: cannot run {argv[0]}: {err.strerror}") from None
+    # Record what /proc shows, not argv: that is what `pid` compares against later.
+    cmdline = _cmdline(proc.pid) or list(argv)
+    tmp = pid_path(name, state_dir).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": proc.pid, "cmdline": cmdline}))
+    tmp.replace(pid_path(name, state_dir))
+    if ready is None:
+        return proc.pid
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            pid_path(name, state_dir).unlink(missing_ok=True)
+            raise _error(name, state_dir, f"exited with code {code} while starting")
+        with contextlib.suppress(Exception):
+            if ready():
+                return proc.pid
+        if time.monotonic() > deadline:
+            stop(name, state_dir)
+            raise _error(name, state_dir, f"not ready after {timeout:.0f}s (stopped it)")
+        time.sleep(0.1)
+
+
+def stop(name: str, state_dir: str | Path, timeout: float = 10.0) -> bool:
+    """Stop `name`'s process group: SIGTERM, then SIGKILL after `timeout`. True if it was running."""
+    found = pid(name, state_dir)
+    pid_path(name, state_dir).unlink(missing_ok=True)
+    if found is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(found, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(found)
+        if _cmdline(found) is None:
+            break
+        time.sleep(0.05)
+    # Children may linger after the leader exits; the group id still reaches them.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(found, signal.SIGKILL)
+    _reap(found)
+    return True
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
+    """Block until something accepts connections on host:port; TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while not port_open(host, port):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free right now (for tests that need their own ports)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def split_hostport(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host, int(port)
