@@ -397,6 +397,8 @@ def _human(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Progress lines must show up while a long build runs, even when piped.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     try:
         paths = ensure_binaries()
     except BuildError as exc:
