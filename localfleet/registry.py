@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-
 from fanout.fleet import Fleet, load_fleet
+
 from localfleet import procs
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
