@@ -1,0 +1,343 @@
+"""State of the Traffic Manager stand-in: one Weighted profile, its endpoints, their health.
+
+The HTTP side lives in `localfleet.trafficmanager`; this module knows nothing about HTTP
+except that its failures are `ArmError`s carrying the status and ARM error code to answer.
+State is plain JSON-able dicts so that it can be written to disk as is after every change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fanout.fleet import Fleet
+
+STATE_FILE = "trafficmanager.json"
+PROVIDER = "Microsoft.Network"
+PROFILE_TYPE = f"{PROVIDER}/trafficManagerProfiles"
+# Path segment (lower-case, as Azure matches it) -> the spelling the SDK's EndpointType uses.
+ENDPOINT_KINDS = {k.lower(): k for k in ("ExternalEndpoints", "AzureEndpoints", "NestedEndpoints")}
+# Properties a client may set; endpointMonitorStatus is derived here, as in Azure.
+WRITABLE = {
+    "target", "targetResourceId", "endpointStatus", "weight", "priority", "endpointLocation",
+    "minChildEndpoints", "minChildEndpointsIPv4", "minChildEndpointsIPv6", "geoMapping", "subnets",
+    "customHeaders", "alwaysServe",
+}  # fmt: skip
+
+
+class ArmError(Exception):
+    """A request the stand-in refuses, answered as an ARM error body."""
+
+    def __init__(self, status: int, code: str, message: str, target: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.target = status, code, message, target
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.target:
+            error["target"] = self.target
+        return {"error": error}
+
+
+def seed_state(fleet: Fleet) -> dict[str, Any]:
+    """The state a fresh stand-in starts from: the fleet's profile, every region's endpoint Enabled."""
+    tm = fleet.traffic_manager
+    endpoints = {}
+    for region in fleet.regions:
+        edge = urlsplit(region.edge_url)
+        endpoints[region.endpoint.name.lower()] = {
+            "name": region.endpoint.name,
+            "kind": region.endpoint.type,
+            "properties": {"target": edge.hostname, "endpointStatus": "Enabled", "weight": region.endpoint.weight},
+            # Loopback edges differ only by port, which an ARM target cannot carry: keep the URL aside.
+            "probe_url": region.edge_url.rstrip("/") + fleet.gates.http.health_path,
+        }
+    return {
+        "subscription": tm.subscription,
+        "resource_group": tm.resource_group,
+        "profile": {
+            "name": tm.profile,
+            "profileStatus": "Enabled",
+            "ttl": tm.dns_ttl_seconds,
+            "path": fleet.gates.http.health_path,
+        },
+        "endpoints": endpoints,
+    }
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    # A reader (or a restart after a crash) must see the old file or the new one, never half of one.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _check_weight(props: dict[str, Any]) -> None:
+    weight = props.get("weight")
+    if weight is None:
+        return
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
+        raise ArmError(
+            400, "BadRequest", f"properties.weight: {weight!r} is invalid; a weight must be 1 to 1000.", "weight"
+        )
+
+
+def _check_status(props: dict[str, Any]) -> None:
+    status = props.get("endpointStatus")
+    if status is not None and status not in ("Enabled", "Disabled"):
+        raise ArmError(
+            400,
+            "BadRequest",
+            f"properties.endpointStatus: {status!r} is invalid; use Enabled or Disabled.",
+            "endpointStatus",
+        )
+
+
+class Store:
+    """The profile and its endpoints, guarded by one lock, written to `state_dir` on every change."""
+
+    def __init__(self, state_dir: Path, seed: dict[str, Any], probe_interval: float = 2.0):
+        self.path = Path(state_dir) / STATE_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        # A state file from an earlier run wins over the fleet: that is what "survives a restart" means.
+        self.state: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else seed
+        if not self.path.exists():
+            self._save()
+        self.probe_interval = probe_interval
+        self.health: dict[str, bool] = {}  # endpoint key -> last probe ok; absent = not probed yet
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._monitor: threading.Thread | None = None
+
+    # ---- ARM resources -------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        write_json_atomically(self.path, self.state)
+
+    def base_id(self) -> str:
+        s = self.state
+        return (
+            f"/subscriptions/{s['subscription']}/resourceGroups/{s['resource_group']}"
+            f"/providers/{PROVIDER}/trafficManagerProfiles/{s['profile']['name']}"
+        )
+
+    def check_scope(self, subscription: str, resource_group: str, profile: str) -> None:
+        """404 unless the path names this stand-in's one profile (names compare case-insensitively)."""
+        s = self.state
+        if subscription.lower() != s["subscription"].lower():
+            raise ArmError(404, "SubscriptionNotFound", f"The subscription '{subscription}' could not be found.")
+        if resource_group.lower() != s["resource_group"].lower():
+            raise ArmError(404, "ResourceGroupNotFound", f"Resource group '{resource_group}' could not be found.")
+        if profile.lower() != s["profile"]["name"].lower():
+            raise ArmError(
+                404,
+                "ResourceNotFound",
+                f"The Resource '{PROFILE_TYPE}/{profile}' under resource group '{resource_group}' was not found.",
+            )
+
+    def _monitor_status(self, key: str) -> str:
+        ep = self.state["endpoints"][key]
+        if self.state["profile"]["profileStatus"] != "Enabled":
+            return "Inactive"
+        if ep["properties"].get("endpointStatus") != "Enabled":
+            return "Disabled"
+        if key not in self.health:
+            return "CheckingEndpoint"
+        return "Online" if self.health[key] else "Degraded"
+
+    def profile_monitor_status(self) -> str:
+        """Summarised as Azure documents it for the profile's monitorConfig.profileMonitorStatus."""
+        if self.state["profile"]["profileStatus"] != "Enabled":
+            return "Disabled"
+        statuses = [self._monitor_status(k) for k in self.state["endpoints"]]
+        enabled = [s for s in statuses if s != "Disabled"]
+        if not enabled:
+            return "Inactive"
+        if "Online" in enabled:
+            return "Online"
+        if "CheckingEndpoint" in enabled:
+            return "CheckingEndpoints"
+        return "Degraded"
+
+    def endpoint_json(self, key: str) -> dict[str, Any]:
+        with self.lock:
+            ep = self.state["endpoints"][key]
+            segment = ep["kind"][0].lower() + ep["kind"][1:]  # externalEndpoints, as Azure spells it
+            props = dict(ep["properties"], endpointMonitorStatus=self._monitor_status(key))
+            return {
+                "id": f"{self.base_id()}/{segment}/{ep['name']}",
+                "name": ep["name"],
+                "type": f"{PROFILE_TYPE}/{segment}",
+                "properties": props,
+            }
+
+    def profile_json(self) -> dict[str, Any]:
+        with self.lock:
+            p = self.state["profile"]
+            return {
+                "id": self.base_id(),
+                "name": p["name"],
+                "type": PROFILE_TYPE,
+                "location": "global",
+                "tags": {},
+                "properties": {
+                    "profileStatus": p["profileStatus"],
+                    "trafficRoutingMethod": "Weighted",
+                    "dnsConfig": {
+                        "relativeName": p["name"],
+                        "fqdn": f"{p['name']}.trafficmanager.net",
+                        "ttl": p["ttl"],
+                    },
+                    "monitorConfig": {
+                        "profileMonitorStatus": self.profile_monitor_status(),
+                        "protocol": "HTTP",
+                        "port": 80,
+                        "path": p["path"],
+                        # What the stand-in really does, not Azure's 30 s: tests want fast health.
+                        "intervalInSeconds": max(1, round(self.probe_interval)),
+                        "timeoutInSeconds": 1,
+                        "toleratedNumberOfFailures": 0,
+                    },
+                    "endpoints": [self.endpoint_json(k) for k in self.state["endpoints"]],
+                    "trafficViewEnrollmentStatus": "Disabled",
+                },
+            }
+
+    def _find(self, kind: str, name: str) -> str:
+        key = name.lower()
+        ep = self.state["endpoints"].get(key)
+        if ep is None or ep["kind"] != kind:
+            raise ArmError(
+                404,
+                "NotFound",
+                f"Endpoint '{name}' of type '{kind}' was not found in profile '{self.state['profile']['name']}'.",
+            )
+        return key
+
+    def get_endpoint(self, kind: str, name: str) -> dict[str, Any]:
+        with self.lock:
+            return self.endpoint_json(self._find(kind, name))
+
+    def put_endpoint(self, kind: str, name: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create or replace an endpoint; returns its JSON and whether it was created."""
+        props = {k: v for k, v in (body.get("properties") or {}).items() if k in WRITABLE and v is not None}
+        _check_weight(props)
+        _check_status(props)
+        props.setdefault("endpointStatus", "Enabled")
+        props.setdefault("weight", 1)  # Azure's default for a Weighted profile
+        if kind == "ExternalEndpoints" and not props.get("target"):
+            raise ArmError(400, "BadRequest", "properties.target: required for ExternalEndpoints.", "target")
+        with self.lock:
+            key = name.lower()
+            old = self.state["endpoints"].get(key)
+            if old is not None and old["kind"] != kind:
+                raise ArmError(409, "Conflict", f"Endpoint '{name}' already exists with type '{old['kind']}'.", "name")
+            probe_url = None
+            if old is not None and old["properties"].get("target") == props.get("target"):
+                probe_url = old.get("probe_url")
+            self.state["endpoints"][key] = {
+                "name": old["name"] if old else name,
+                "kind": kind,
+                "properties": props,
+                "probe_url": probe_url,
+            }
+            self._changed(key, old)
+            return self.endpoint_json(key), old is None
+
+    def patch_endpoint(self, kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Merge the given properties into an existing endpoint (Azure's PATCH semantics)."""
+        props = {k: v for k, v in (body.get("properties") or {}).items() if k in WRITABLE and v is not None}
+        _check_weight(props)
+        _check_status(props)
+        with self.lock:
+            key = self._find(kind, name)
+            old = json.loads(json.dumps(self.state["endpoints"][key]))
+            ep = self.state["endpoints"][key]
+            ep["properties"].update(props)
+            if "target" in props and props["target"] != old["properties"].get("target"):
+                ep["probe_url"] = None
+            self._changed(key, old)
+            return self.endpoint_json(key)
+
+    def delete_endpoint(self, kind: str, name: str) -> bool:
+        with self.lock:
+            try:
+                key = self._find(kind, name)
+            except ArmError:
+                return False
+            del self.state["endpoints"][key]
+            self.health.pop(key, None)
+            self._save()
+            return True
+
+    def _changed(self, key: str, old: dict[str, Any] | None) -> None:
+        self._save()
+        ep = self.state["endpoints"][key]
+        was_serving = old is not None and old["properties"].get("endpointStatus") == "Enabled"
+        moved = old is None or old["properties"].get("target") != ep["properties"].get("target")
+        if moved or (not was_serving and ep["properties"]["endpointStatus"] == "Enabled"):
+            # Azure re-checks an endpoint that was (re-)enabled or moved before calling it Online.
+            self.health.pop(key, None)
+            self._wake.set()
+
+    # ---- health monitor ------------------------------------------------------------------------
+
+    def _probe_url(self, ep: dict[str, Any]) -> str:
+        if ep.get("probe_url"):
+            return str(ep["probe_url"])
+        return f"http://{ep['properties'].get('target')}{self.state['profile']['path']}"
+
+    def probe_once(self) -> None:
+        """Probe every enabled endpoint once and record the result."""
+        with self.lock:
+            targets = {
+                k: self._probe_url(ep)
+                for k, ep in self.state["endpoints"].items()
+                if ep["properties"].get("endpointStatus") == "Enabled"
+            }
+        # The edges are loopback: an inherited http_proxy must not be used to reach them.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        results = {}
+        for key, url in targets.items():
+            try:
+                with opener.open(url, timeout=1) as resp:
+                    results[key] = resp.status == 200
+            except (urllib.error.URLError, OSError, ValueError):
+                results[key] = False
+        with self.lock:
+            for key, ok in results.items():
+                if key in self.state["endpoints"]:
+                    self.health[key] = ok
+
+    def start_monitor(self) -> None:
+        def loop() -> None:
+            while not self._stop.is_set():
+                self._wake.clear()
+                self.probe_once()
+                self._wake.wait(self.probe_interval)
+
+        self._monitor = threading.Thread(target=loop, name="tm-monitor", daemon=True)
+        self._monitor.start()
+
+    def stop_monitor(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
