@@ -246,7 +246,9 @@ def cross_check(fleet: Fleet) -> list[str]:
             problems.append(f"regions[{i}].pair: '{region.pair}' is not a region of this fleet")
         else:
             other = fleet.regions[index[region.pair]]
-            if other.pair != region.name:
+            # When the other side's pair is itself invalid, that line already says so.
+            other_valid = other.pair is None or (other.pair in index and other.pair != other.name)
+            if other.pair != region.name and other_valid:
                 back = f"'{other.pair}'" if other.pair else "nothing"
                 problems.append(
                     f"regions[{i}].pair: pairs must be symmetric: '{region.name}' names '{other.name}' "

@@ -1,0 +1,145 @@
+"""Every DAG file imports cleanly and fast; the release graph keeps the wave and pair rules;
+trigger conf is refused exactly the way the API server refuses it."""
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from airflow.dag_processing.dagbag import DagBag
+from airflow.exceptions import ParamValidationError
+from airflow.serialization.serialized_objects import DagSerialization
+
+from fanout.fleet import load_fleet
+from fanout.planner import plan_waves
+
+REPO = Path(__file__).resolve().parents[2]
+DAG_FILES = sorted((REPO / "dags").glob("*.py"))
+LOCAL = REPO / "include" / "fleets" / "local.yaml"
+AZURE = REPO / "include" / "fleets" / "azure-example.yaml"
+GOOD_SHA = "0123abc"
+
+
+@pytest.fixture(scope="module")
+def dagbag(monkeypatch_module):
+    monkeypatch_module.setenv("FANOUT_FLEETS", f"{LOCAL}:{AZURE}")
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_dag_file_imports_without_errors(path, capsys):
+    started = time.perf_counter()
+    bag = DagBag(dag_folder=str(path))
+    took = time.perf_counter() - started
+    with capsys.disabled():
+        print(f"\n  parse {path.name}: {took * 1000:.0f} ms, {len(bag.dags)} DAG(s)")
+    assert bag.import_errors == {}
+    assert bag.dags
+
+
+def test_each_fleet_gives_two_dags(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dags) == {
+        "release_hello",
+        "fleet_consistency_hello",
+        "release_storefront",
+        "fleet_consistency_storefront",
+    }
+
+
+def test_graphs_are_acyclic(dagbag):
+    for dag in dagbag.dags.values():
+        assert len(list(dag.topological_sort())) == len(dag.tasks)
+
+
+@pytest.mark.parametrize(("dag_id", "fleet_file"), [("release_hello", LOCAL), ("release_storefront", AZURE)])
+def test_release_graph_follows_the_plan(dagbag, dag_id, fleet_file):
+    dag = dagbag.dags[dag_id]
+    fleet = load_fleet(fleet_file)
+    plan = plan_waves(fleet)
+    ids = set(dag.task_ids)
+    assert {"validate", "build", "rebalance", "record"} <= ids
+    assert dag.get_task("build").upstream_task_ids == {"validate"}
+    for region in fleet.region_names:
+        group = [f"deploy_{region}.{step}" for step in ("drain", "helm_deploy", "gate_rollout", "gate_http")]
+        assert set(group) <= ids
+        drain = dag.get_task(f"deploy_{region}.drain")
+        # Promise 2: a region is deployed only after its own replica has the digest.
+        assert f"wait_replication_{region}" in drain.upstream_task_ids
+        assert dag.get_task(f"wait_replication_{region}").upstream_task_ids == {"build"}
+        assert "rebalance" in dag.get_task(f"deploy_{region}.restore").downstream_task_ids
+    for earlier, later in zip(plan.waves, plan.waves[1:], strict=False):
+        for a in earlier.regions:
+            for b in later.regions:
+                ancestors = {t.task_id for t in dag.get_task(f"deploy_{b}.drain").get_flat_relatives(upstream=True)}
+                assert f"deploy_{a}.restore" in ancestors, f"{b} (wave {later.number}) must wait for {a}"
+    # Promise 3: the two regions of a pair are never deployed at the same time.
+    for region in fleet.regions:
+        if region.pair:
+            a = {t.task_id for t in dag.get_task(f"deploy_{region.name}.drain").get_flat_relatives(upstream=True)}
+            b = {t.task_id for t in dag.get_task(f"deploy_{region.pair}.drain").get_flat_relatives(upstream=True)}
+            assert f"deploy_{region.pair}.restore" in a or f"deploy_{region.name}.restore" in b
+
+
+def test_manual_approval_follows_the_canary_wave(dagbag):
+    dag = dagbag.dags["release_storefront"]
+    approve = dag.get_task("approve_after_canary")
+    assert approve.upstream_task_ids == {"bake_after_wave_1"}
+    assert "approve_after_canary" not in dagbag.dags["release_hello"].task_ids
+
+
+def test_consistency_dag_runs_on_the_fleet_schedule(dagbag):
+    dag = dagbag.dags["fleet_consistency_hello"]
+    assert dag.timetable.expression == "*/15 * * * *"
+    assert {f"observe_{r}" for r in load_fleet(LOCAL).region_names} <= set(dag.task_ids)
+
+
+def trigger(dagbag, conf):
+    """What the API server does with a trigger's conf (see SerializedDAG.create_dagrun)."""
+    serialized = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags["release_hello"]))
+    return serialized.params.deep_merge(conf).validate()
+
+
+def test_good_conf_is_accepted(dagbag):
+    params = trigger(dagbag, {"git_sha": GOOD_SHA, "regions": ["westus", "eastus"], "image": "sha256:" + "a" * 64})
+    assert params["regions"] == ["westus", "eastus"]
+    assert params["dry_run"] is False and params["source_ref"] == "main"
+    assert trigger(dagbag, {"git_sha": "f" * 40, "image": "v1.2.3-rc.1"})["image"] == "v1.2.3-rc.1"
+
+
+@pytest.mark.parametrize(
+    ("conf", "field"),
+    [
+        ({}, "git_sha"),
+        ({"git_sha": "HEAD"}, "git_sha"),
+        ({"git_sha": GOOD_SHA, "regions": ["mars"]}, "regions"),
+        ({"git_sha": GOOD_SHA, "regions": []}, "regions"),
+        ({"git_sha": GOOD_SHA, "regions": ["westus", "westus"]}, "regions"),
+        ({"git_sha": GOOD_SHA, "regions": "westus"}, "regions"),
+        ({"git_sha": GOOD_SHA, "image": "sha256:abc"}, "image"),
+        ({"git_sha": GOOD_SHA, "image": "repo:tag with space"}, "image"),
+        ({"git_sha": GOOD_SHA, "dry_run": "yes"}, "dry_run"),
+        ({"git_sha": GOOD_SHA, "source_ref": ""}, "source_ref"),
+    ],
+)
+def test_bad_conf_is_refused_naming_the_field(dagbag, conf, field):
+    with pytest.raises(ParamValidationError) as err:
+        trigger(dagbag, conf)
+    assert str(err.value).startswith(f"Invalid input for param {field}:")
+
+
+def test_a_broken_fleet_file_is_an_import_error_naming_the_field(tmp_path, monkeypatch):
+    data = yaml.safe_load(LOCAL.read_text())
+    data["regions"][3]["pair"] = "westus9"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("FANOUT_FLEETS", str(broken))
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    (error,) = bag.import_errors.values()
+    assert f"{broken}: regions[3].pair: 'westus9' is not a region of this fleet" in error

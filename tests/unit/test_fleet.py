@@ -1,0 +1,155 @@
+"""The fleet file: shipped files validate; each kind of mistake gets one precise line."""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fanout.fleet import FleetError, load_fleet, parse_fleet
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL = REPO / "include" / "fleets" / "local.yaml"
+AZURE = REPO / "include" / "fleets" / "azure-example.yaml"
+
+
+@pytest.fixture
+def local_data():
+    return yaml.safe_load(LOCAL.read_text())
+
+
+def problems(data, source="f.yaml"):
+    with pytest.raises(FleetError) as err:
+        parse_fleet(data, source)
+    return err.value.problems
+
+
+def test_shipped_local_fleet_is_valid():
+    fleet = load_fleet(LOCAL)
+    assert fleet.region_names == ["eastus", "westus", "northeurope", "westeurope"]
+    assert {(r.name, r.pair) for r in fleet.regions} == {
+        ("eastus", "westus"),
+        ("westus", "eastus"),
+        ("northeurope", "westeurope"),
+        ("westeurope", "northeurope"),
+    }
+    assert fleet.traffic_manager.kind == "local"
+    assert fleet.resolve(fleet.app.chart.path) == REPO / "include" / "charts" / "hello"
+
+
+def test_shipped_azure_example_is_realistic():
+    fleet = load_fleet(AZURE)
+    assert len(fleet.regions) >= 6
+    assert any(r.pair is None for r in fleet.regions), "needs one unpaired region"
+    assert fleet.rollout.canary
+    assert all(r.cluster.aks is not None for r in fleet.regions)
+    assert fleet.registry.endpoint("westeurope") == "contosoprod.westeurope.geo.azurecr.io"
+
+
+def test_unknown_pair_names_file_and_field(local_data):
+    local_data["regions"][3]["pair"] = "westus9"
+    assert problems(local_data) == ["f.yaml: regions[3].pair: 'westus9' is not a region of this fleet"]
+
+
+def test_asymmetric_pair(local_data):
+    local_data["regions"][1]["pair"] = "northeurope"
+    lines = problems(local_data)
+    assert lines == [
+        "f.yaml: regions[0].pair: pairs must be symmetric: 'eastus' names 'westus' but regions[1].pair names "
+        "'northeurope'",
+        "f.yaml: regions[1].pair: pairs must be symmetric: 'westus' names 'northeurope' but regions[2].pair names "
+        "'westeurope'",
+    ]
+
+
+def test_duplicate_region_name(local_data):
+    local_data["regions"][1]["name"] = "eastus"
+    lines = problems(local_data)
+    assert lines[0] == "f.yaml: regions[1].name: 'eastus' appears more than once"
+
+
+@pytest.mark.parametrize("weight", [0, 1001, -5])
+def test_weight_out_of_range(local_data, weight):
+    local_data["regions"][2]["endpoint"]["weight"] = weight
+    (line,) = problems(local_data)
+    assert line.startswith("f.yaml: regions[2].endpoint.weight: Input should be")
+
+
+def test_every_problem_is_listed_once(local_data):
+    data = copy.deepcopy(local_data)
+    data["regions"][0]["endpoint"]["weight"] = 0
+    data["rollout"]["max_drain_share"] = 1.5
+    data["failure_policy"] = "pray"
+    data["regions"][1]["cluster"] = {}
+    del data["app"]["name"]
+    data["gates"]["htp"] = {}
+    lines = problems(data)
+    assert lines == [
+        "f.yaml: app.name: required field is missing",
+        "f.yaml: regions[0].endpoint.weight: Input should be greater than or equal to 1",
+        "f.yaml: regions[1].cluster: give exactly one of 'aks' or 'kubeconfig'",
+        "f.yaml: rollout.max_drain_share: Input should be less than or equal to 1",
+        "f.yaml: gates.htp: unknown field (check the spelling)",
+        "f.yaml: failure_policy: Input should be 'halt' or 'rollback-all'",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda d: d["rollout"].update(canary=["mars"]), "f.yaml: rollout.canary[0]: 'mars' is not a region"),
+        (lambda d: d["registry"].update(home="mars"), "f.yaml: registry.home: 'mars' is not a region"),
+        (lambda d: d["regions"][0].update(pair="eastus"), "f.yaml: regions[0].pair: a region cannot be paired"),
+        (lambda d: d.update(min_serving_regions=9), "f.yaml: min_serving_regions: 9 is more than the fleet's 4"),
+        (lambda d: d["registry"]["endpoints"].pop("westus"), "f.yaml: registry.endpoints: no endpoint for region"),
+        (lambda d: d["traffic_manager"].pop("base_url"), "f.yaml: traffic_manager.base_url: required when kind"),
+        (lambda d: d["regions"][2].pop("local"), "f.yaml: regions[2].local: required when traffic_manager.kind"),
+        (lambda d: d["regions"][2]["endpoint"].update(name="eastus"), "f.yaml: regions[2].endpoint.name: 'eastus'"),
+        (lambda d: d["app"].update(name="Hello_World"), "f.yaml: app.name: String should match pattern"),
+        (lambda d: d["app"]["chart"].update(oci="oci://x/y"), "f.yaml: app.chart: give exactly one of 'path'"),
+        (lambda d: d["registry"].update(kind="acr"), "f.yaml: registry: a registry of kind 'acr' needs 'name'"),
+    ],
+)
+def test_cross_field_rules(local_data, change, expected):
+    change(local_data)
+    lines = problems(local_data)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(expected), lines
+
+
+def test_unreadable_and_non_yaml_files(tmp_path):
+    with pytest.raises(FleetError, match=r"missing.yaml: cannot read"):
+        load_fleet(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("app: [unclosed\n")
+    with pytest.raises(FleetError, match=r"bad.yaml: not valid YAML \(line 2, column 1\)"):
+        load_fleet(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(FleetError, match=r"bad.yaml: \(top level\): expected a mapping, got list"):
+        load_fleet(bad)
+
+
+def run_cli(*args):
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}"}
+    return subprocess.run([sys.executable, "-m", "fanout", *args], capture_output=True, text=True, env=env)
+
+
+def test_cli_refuses_a_broken_file_with_one_line_per_problem(tmp_path, local_data):
+    local_data["regions"][3]["pair"] = "westus9"
+    local_data["regions"][0]["endpoint"]["weight"] = 5000
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(local_data))
+    run = run_cli("plan", str(broken))
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert run.stderr.splitlines() == [
+        f"{broken}: regions[0].endpoint.weight: Input should be less than or equal to 1000",
+    ]  # pydantic errors come first; cross-field rules run only on a well-typed file
+    local_data["regions"][0]["endpoint"]["weight"] = 100
+    broken.write_text(yaml.safe_dump(local_data))
+    run = run_cli("validate", str(broken))
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [f"{broken}: regions[3].pair: 'westus9' is not a region of this fleet"]
