@@ -1,0 +1,349 @@
+"""Geo-replication stand-in: copy every image pushed to the home registry to the other
+regions' registries, each after its region's lag, so replication waits are real waits.
+
+    python -m localfleet.replicator --fleet include/fleets/local.yaml [--state-dir D]
+    python -m localfleet.replicator --fleet ... --status     # when each digest reached each region
+
+A digest first seen at home at time T reaches region R at T + lag(R), where lag(R) is
+`regions[].local.replication_lag_seconds` unless `<state_dir>/faults.json` overrides it:
+
+    {"replica_lag": {"westus": 30}, "replica_stuck": ["northeurope"]}
+
+A stuck region gets nothing until it is cleared, then catches up at once. Tags follow
+their digests. What was copied is kept in `<state_dir>/replication.json`, so a restart
+does not copy again. Only tagged images are seen: the registry API cannot list the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from fanout.fleet import Fleet, load_fleet
+from localfleet import procs, registry
+
+log = logging.getLogger("localfleet.replicator")
+PROC_NAME = "replicator"
+RETRY_SECONDS = 2.0
+
+# (source reference, destination reference) -> raises on failure
+Copier = Callable[[str, str], None]
+
+
+# -- faults.json: shared by every fault knob of the local fleet ------------------------
+
+
+def faults_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / "faults.json"
+
+
+def read_faults(state_dir: str | Path) -> dict[str, Any]:
+    """The current faults; {} if none. A broken file counts as none (and says so)."""
+    try:
+        data = json.loads(faults_path(state_dir).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        log.warning("ignoring unreadable %s: %s", faults_path(state_dir), err)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _write_json(path: Path, data: Any) -> None:
+    # Readers poll these files; an atomic replace means they never see half a file.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def write_faults(state_dir: str | Path, faults: dict[str, Any]) -> None:
+    with _locked(faults_path(state_dir)):
+        _write_json(faults_path(state_dir), faults)
+
+
+def update_faults(state_dir: str | Path, **changes: Any) -> dict[str, Any]:
+    """Set fault knobs by name; a value of None clears that knob. Returns the new faults."""
+    path = faults_path(state_dir)
+    with _locked(path):
+        faults = read_faults(state_dir)
+        for key, value in changes.items():
+            if value is None:
+                faults.pop(key, None)
+            else:
+                faults[key] = value
+        _write_json(path, faults)
+    return faults
+
+
+# -- replication -----------------------------------------------------------------------
+
+
+def state_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / "replication.json"
+
+
+def read_state(state_dir: str | Path) -> dict[str, Any]:
+    """replication.json: {"digests": {d: {"seen", "regions": {r: {"at", "waited", "lag"}}}}, "tags", "region_tags"}"""
+    try:
+        data = json.loads(state_path(state_dir).read_text())
+    except (OSError, ValueError):
+        data = {}
+    data.setdefault("digests", {})
+    data.setdefault("tags", {})
+    data.setdefault("region_tags", {})
+    return data
+
+
+def skopeo_copy(src: str, dest: str) -> None:
+    argv = ["skopeo", "copy", "--quiet", "--all", "--preserve-digests"]
+    argv += ["--src-tls-verify=false", "--dest-tls-verify=false", f"docker://{src}", f"docker://{dest}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        last = lines[-1] if lines else f"skopeo exited with {done.returncode}"
+        # Keep only logrus's msg="…": its time= prefix would make every retry look like a new error.
+        raise RuntimeError(last.split(' msg="', 1)[-1].removesuffix('"').replace('\\"', '"'))
+
+
+class Replicator:
+    """One polling loop; `step` is a single pass (tests drive it directly)."""
+
+    def __init__(self, fleet: Fleet, state_dir: str | Path, copier: Copier = skopeo_copy):
+        self.fleet = fleet
+        self.state_dir = Path(state_dir)
+        self.copier = copier
+        self.repo = fleet.registry.repository
+        self.home = fleet.registry.home
+        self.state = read_state(state_dir)
+        self._lock = threading.Lock()
+        self._retry_at: dict[str, float] = {}
+        self._last_error: dict[str, str] = {}
+
+    def endpoint(self, region: str) -> str:
+        return self.fleet.registry.endpoint(region)
+
+    def lag(self, region: str, faults: dict[str, Any]) -> float:
+        override = (faults.get("replica_lag") or {}).get(region)
+        if override is not None:
+            return float(override)
+        local = self.fleet.region(region).local
+        return float(local.replication_lag_seconds if local else 0)
+
+    def _note_error(self, key: str, message: str) -> None:
+        # A registry that stays down would otherwise log twice a second.
+        if self._last_error.get(key) != message:
+            log.warning("%s: %s (retrying)", key, message)
+            self._last_error[key] = message
+
+    def _clear_error(self, key: str) -> None:
+        if self._last_error.pop(key, None) is not None:
+            log.info("%s: working again", key)
+
+    def poll_home(self, now: float) -> bool:
+        """Record digests and tag moves that are new at home. False if home did not answer."""
+        home = self.endpoint(self.home)
+        try:
+            # _catalog first: asking an empty registry for tags logs an error in it every poll.
+            status, _, body = registry._request("GET", f"http://{home}/v2/_catalog")
+            known = status == 200 and self.repo in (json.loads(body).get("repositories") or [])
+            tags = registry.tag_digests(home, self.repo) if known else {}
+        except (registry.RegistryError, ValueError) as err:
+            self._note_error(f"home {self.home}", str(err))
+            return False
+        self._clear_error(f"home {self.home}")
+        for tag, digest in sorted(tags.items()):
+            if digest not in self.state["digests"]:
+                log.info("new at home: %s (tag %s)", digest, tag)
+                self.state["digests"][digest] = {
+                    "seen": now,
+                    "regions": {self.home: {"at": now, "waited": 0.0, "lag": 0.0}},
+                }
+            if self.state["tags"].get(tag, {}).get("digest") != digest:
+                self.state["tags"][tag] = {"digest": digest, "seen": now}
+        return True
+
+    def _due(self, region: str, lag: float, now: float) -> tuple[list[str], list[str]]:
+        have = {d for d, e in self.state["digests"].items() if region in e["regions"]}
+        digests = [
+            d
+            for d, e in sorted(self.state["digests"].items(), key=lambda kv: kv[1]["seen"])
+            if d not in have and not e.get("gone") and now >= e["seen"] + lag
+        ]
+        placed = self.state["region_tags"].get(region, {})
+        tags = [
+            t for t, b in sorted(self.state["tags"].items()) if placed.get(t) != b["digest"] and now >= b["seen"] + lag
+        ]
+        return digests, tags
+
+    def _replicate(self, region: str, lag: float, now: float) -> None:
+        digests, tags = self._due(region, lag, now)
+        src, dest = f"{self.endpoint(self.home)}/{self.repo}", f"{self.endpoint(region)}/{self.repo}"
+        for digest in digests:
+            entry = self.state["digests"][digest]
+            t0 = time.time()
+            try:
+                self.copier(f"{src}@{digest}", f"{dest}@{digest}")
+            except Exception as err:
+                self._fail(region, digest, err)
+                return
+            done = time.time()
+            with self._lock:
+                entry["regions"][region] = {"at": done, "waited": round(done - entry["seen"], 3), "lag": lag}
+            log.info(
+                "copied %s to %s: lag %.1fs, waited %.2fs, copy took %.2fs",
+                digest, region, lag, done - entry["seen"], done - t0,
+            )  # fmt: skip
+        for tag in tags:
+            digest = self.state["tags"][tag]["digest"]
+            if region not in self.state["digests"].get(digest, {}).get("regions", {}):
+                continue  # its digest is not there yet (copy failed or the entry is gone)
+            try:
+                self.copier(f"{src}@{digest}", f"{dest}:{tag}")
+            except Exception as err:
+                self._fail(region, digest, err)
+                return
+            with self._lock:
+                self.state["region_tags"].setdefault(region, {})[tag] = digest
+            log.info("tagged %s:%s = %s in %s", self.repo, tag, digest, region)
+        self._clear_error(region)
+
+    def _fail(self, region: str, digest: str, err: Exception) -> None:
+        self._retry_at[region] = time.time() + RETRY_SECONDS
+        try:
+            gone = not registry.has_manifest(self.endpoint(self.home), self.repo, digest)
+        except registry.RegistryError:
+            gone = False
+        if gone:
+            # Deleted at home: retrying could never succeed.
+            log.warning("%s was deleted at home; not replicating it any further", digest)
+            with self._lock:
+                self.state["digests"][digest]["gone"] = True
+            return
+        self._note_error(region, f"copy of {digest} failed: {err}")
+
+    def verify(self) -> None:
+        """Forget copies a region no longer has (e.g. its storage was wiped), so they are redone."""
+        for region in self.fleet.region_names:
+            if region == self.home or not registry.registry_up(self.endpoint(region)):
+                continue
+            for digest, entry in self.state["digests"].items():
+                if region in entry["regions"] and not registry.has_manifest(self.endpoint(region), self.repo, digest):
+                    log.info("%s is missing in %s; will copy it again", digest, region)
+                    del entry["regions"][region]
+                    self.state["region_tags"].get(region, {}).clear()
+
+    def step(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        before = json.dumps(self.state, sort_keys=True)
+        if self.poll_home(now):
+            faults = read_faults(self.state_dir)
+            stuck = set(faults.get("replica_stuck") or [])
+            regions = [
+                r
+                for r in self.fleet.region_names
+                if r != self.home and r not in stuck and self._retry_at.get(r, 0) <= now
+            ]
+            if regions:
+                with ThreadPoolExecutor(len(regions)) as pool:
+                    list(pool.map(lambda r: self._replicate(r, self.lag(r, faults), now), regions))
+        if json.dumps(self.state, sort_keys=True) != before:
+            self.state.update(home=self.home, repository=self.repo)
+            _write_json(state_path(self.state_dir), self.state)
+
+    def next_due(self, now: float) -> float | None:
+        """When the next copy falls due, if after `now`: wake up then rather than on the next poll."""
+        faults = read_faults(self.state_dir)
+        stuck = set(faults.get("replica_stuck") or [])
+        times = [
+            max(entry["seen"] + self.lag(region, faults), self._retry_at.get(region, 0))
+            for entry in self.state["digests"].values()
+            if not entry.get("gone")
+            for region in self.fleet.region_names
+            if region not in entry["regions"] and region not in stuck
+        ]
+        # Overdue copies are waiting on something (a registry down): they keep the poll pace.
+        future = [t for t in times if t > now]
+        return min(future) if future else None
+
+    def run(self, interval: float = 0.5, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        with contextlib.suppress(registry.RegistryError):
+            self.verify()
+        log.info("replicating %s from %s every %.1fs", self.repo, self.home, interval)
+        while not stop.is_set():
+            started = time.monotonic()
+            self.step()
+            wait = interval - (time.monotonic() - started)
+            due = self.next_due(time.time())
+            if due is not None:
+                wait = min(wait, due - time.time())
+            stop.wait(max(0.0, wait))
+
+
+def start_replicator(fleet: Fleet, state_dir: str | Path) -> int:
+    """Start the replicator process for `fleet` (no-op if it runs)."""
+    if fleet.source_path is None:
+        raise ValueError("the fleet must come from a file (load_fleet) to start a replicator for it")
+    argv = [sys.executable, "-m", "localfleet.replicator", "--fleet", str(fleet.source_path)]
+    argv += ["--state-dir", str(Path(state_dir).resolve())]
+    root = Path(__file__).resolve().parent.parent
+    env = {"PYTHONPATH": f"{root / 'plugins'}:{root}"}
+    return procs.start(PROC_NAME, argv, state_dir, env=env, cwd=root)
+
+
+def stop_replicator(state_dir: str | Path) -> bool:
+    return procs.stop(PROC_NAME, state_dir)
+
+
+def status_lines(fleet: Fleet, state_dir: str | Path) -> list[str]:
+    """One line per digest: when it was seen at home and how long each region waited for it."""
+    state = read_state(state_dir)
+    lines = []
+    for digest, entry in sorted(state["digests"].items(), key=lambda kv: kv[1]["seen"]):
+        seen = time.strftime("%H:%M:%S", time.localtime(entry["seen"]))
+        cells = []
+        for region in fleet.region_names:
+            got = entry["regions"].get(region)
+            cells.append(f"{region}=+{got['waited']:.1f}s" if got else f"{region}=pending")
+        lines.append(f"{digest[:19]} seen {seen}  " + "  ".join(cells))
+    return lines or ["nothing replicated yet"]
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localfleet.replicator", description=__doc__.split("\n")[0])
+    parser.add_argument("--fleet", required=True, type=Path)
+    parser.add_argument("--state-dir", type=Path, default=procs.DEFAULT_STATE_DIR)
+    parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--status", action="store_true", help="print what reached which region, then exit")
+    args = parser.parse_args(argv)
+    fleet = load_fleet(args.fleet)
+    if args.status:
+        print("\n".join(status_lines(fleet, args.state_dir)))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    Replicator(fleet, args.state_dir).run(args.interval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
