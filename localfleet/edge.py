@@ -1,0 +1,256 @@
+"""Per-region edge endpoint: what a user routed to this region would get.
+
+    python -m localfleet.edge --fleet include/fleets/local.yaml --region westus [--state-dir D]
+
+Listens on the region's `edge_url` (127.0.0.1 only) and reads the app's Deployment in
+that region's cluster (kubeconfig context from the fleet file):
+
+    GET /healthz  200 {"status": "ok", ...} if the Deployment has a ready replica, else 503
+    GET /version  200 {"region", "digest", "image", "ready_replicas", "replicas",
+                       "updated_replicas", "observed_generation", "generation", "healthy"}
+
+HTTP gates and the Traffic Manager stand-in probe these. Answers are cached for up to
+one second so that many probers cost one API read. `"edge_unhealthy": ["westus"]` in
+`<state_dir>/faults.json` makes /healthz fail while /version keeps answering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from fanout.fleet import Fleet, load_fleet
+from localfleet import procs
+from localfleet.replicator import read_faults
+
+log = logging.getLogger("localfleet.edge")
+CACHE_SECONDS = 1.0
+_DIGEST = re.compile(r"@(sha256:[0-9a-f]{64})$")
+
+
+class ClusterUnreachable(RuntimeError):
+    """The region's API server did not answer (or answered with an error other than 404)."""
+
+
+class DeploymentReader(Protocol):
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Deployment as the API returns it (JSON), None if it does not exist."""
+        ...
+
+
+def parse_digest(image: str | None) -> str | None:
+    """'host/repo@sha256:…' (optionally with a tag before the @) -> 'sha256:…'; None for a tag-only image."""
+    match = _DIGEST.search(image or "")
+    return match.group(1) if match else None
+
+
+def summarize(deployment: dict[str, Any], container: str = "app") -> dict[str, Any]:
+    """The fields /version reports, from a Deployment's API JSON."""
+    containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+    # The chart names its container "app"; fall back to the first one for other charts.
+    chosen = next((c for c in containers if c.get("name") == container), containers[0])
+    status = deployment.get("status") or {}
+    image = chosen.get("image")
+    return {
+        "digest": parse_digest(image),
+        "image": image,
+        "ready_replicas": status.get("readyReplicas") or 0,
+        "replicas": deployment.get("spec", {}).get("replicas"),
+        "updated_replicas": status.get("updatedReplicas") or 0,
+        "observed_generation": status.get("observedGeneration"),
+        "generation": deployment.get("metadata", {}).get("generation"),
+    }
+
+
+class KubeReader:
+    """Reads Deployments with the kubernetes client; reloads the kubeconfig after a failure
+    because the local control plane may have been restarted with new credentials."""
+
+    def __init__(self, kubeconfig: Path, context: str):
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self._api: Any = None
+
+    def _apps(self) -> Any:
+        from kubernetes import client, config
+
+        if self._api is None:
+            if not self.kubeconfig.exists():
+                raise ClusterUnreachable(f"no kubeconfig at {self.kubeconfig}")
+            cfg = client.Configuration()
+            config.load_kube_config(str(self.kubeconfig), self.context, client_configuration=cfg, persist_config=False)
+            cfg.retries = 0  # fail fast: the prober asks again in a second anyway
+            self._api = client.AppsV1Api(client.ApiClient(cfg))
+        return self._api
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = self._apps().read_namespaced_deployment(
+                name, namespace, _preload_content=False, _request_timeout=(1, 2)
+            )
+            return json.loads(resp.data)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            self._api = None
+            raise ClusterUnreachable(f"API server answered {err.status} {err.reason}") from None
+        except ClusterUnreachable:
+            raise
+        except Exception as err:
+            self._api = None
+            raise ClusterUnreachable(f"{type(err).__name__}: {err}") from None
+
+
+class Edge:
+    """Builds /healthz and /version answers for one region; thread-safe, cached."""
+
+    def __init__(
+        self,
+        region: str,
+        app: str,
+        namespace: str,
+        reader: DeploymentReader,
+        state_dir: str | Path,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.region, self.app, self.namespace = region, app, namespace
+        self.reader = reader
+        self.state_dir = Path(state_dir)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[str, Any] | None, str | None] | None = None
+        self._last_health: str | None = None
+
+    def _observe(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(summary, None) or (None, reason why there is none)."""
+        with self._lock:
+            now = self.clock()
+            if self._cached is None or now - self._cached[0] >= CACHE_SECONDS:
+                try:
+                    dep = self.reader.read_deployment(self.namespace, self.app)
+                    summary = summarize(dep) if dep is not None else None
+                    reason = None if dep is not None else f"deployment {self.namespace}/{self.app} not found"
+                except ClusterUnreachable as err:
+                    summary, reason = None, f"cluster unreachable: {err}"
+                self._cached = (now, summary, reason)
+            return self._cached[1], self._cached[2]
+
+    def _fault(self) -> bool:
+        return self.region in (read_faults(self.state_dir).get("edge_unhealthy") or [])
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        summary, reason = self._observe()
+        if self._fault():
+            reason = "fault injected"
+        elif summary is not None and summary["ready_replicas"] < 1:
+            reason = f"deployment {self.namespace}/{self.app} has no ready replicas"
+        body: dict[str, Any] = {"region": self.region, "digest": summary["digest"] if summary else None}
+        if reason is None:
+            body.update(status="ok", ready_replicas=summary["ready_replicas"] if summary else 0)
+        else:
+            body.update(status="unhealthy", reason=reason)
+        if reason != self._last_health:
+            # Log changes only: gates probe every second.
+            log.info("%s: %s", self.region, reason or "healthy")
+            self._last_health = reason
+        return (200 if reason is None else 503), body
+
+    def version(self) -> tuple[int, dict[str, Any]]:
+        summary, reason = self._observe()
+        if summary is None:
+            return 503, {"region": self.region, "digest": None, "healthy": False, "reason": reason}
+        healthy = summary["ready_replicas"] >= 1 and not self._fault()
+        return 200, {"region": self.region, **summary, "healthy": healthy}
+
+
+def make_server(edge: Edge, host: str, port: int) -> ThreadingHTTPServer:
+    routes = {"/healthz": edge.health, "/version": edge.version}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            route = routes.get(urlsplit(self.path).path)
+            status, body = route() if route else (404, {"error": f"no such path {self.path}", "paths": list(routes)})
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # probes arrive every second; Edge.health logs what changes
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def edge_for(fleet: Fleet, region: str, state_dir: str | Path) -> Edge:
+    access = fleet.region(region).cluster.kubeconfig
+    if access is None:
+        raise ValueError(f"region {region}: the local edge needs cluster.kubeconfig, not AKS access")
+    reader = KubeReader(fleet.resolve(access.path), access.context)
+    return Edge(region, fleet.app.name, fleet.app.namespace, reader, state_dir)
+
+
+def listen_address(fleet: Fleet, region: str) -> tuple[str, int]:
+    url = urlsplit(fleet.region(region).edge_url)
+    return "127.0.0.1", url.port or 80
+
+
+def proc_name(region: str) -> str:
+    return f"edge-{region}"
+
+
+def start_edge(fleet: Fleet, region: str, state_dir: str | Path) -> int:
+    """Start `region`'s edge process (no-op if it runs); returns its pid once it listens."""
+    if fleet.source_path is None:
+        raise ValueError("the fleet must come from a file (load_fleet) to start an edge for it")
+    host, port = listen_address(fleet, region)
+    if procs.alive(proc_name(region), state_dir):
+        return procs.pid(proc_name(region), state_dir) or 0
+    if procs.port_open(host, port):
+        raise procs.ProcError(f"{proc_name(region)}: {host}:{port} is already taken by a process that is not ours")
+    root = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "localfleet.edge", "--fleet", str(fleet.source_path), "--region", region]
+    argv += ["--state-dir", str(Path(state_dir).resolve())]
+    env = {"PYTHONPATH": f"{root / 'plugins'}:{root}"}
+    return procs.start(
+        proc_name(region), argv, state_dir, env=env, cwd=root, ready=lambda: procs.port_open(host, port), timeout=20
+    )
+
+
+def stop_edge(fleet: Fleet, region: str, state_dir: str | Path) -> bool:
+    return procs.stop(proc_name(region), state_dir)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localfleet.edge", description=__doc__.split("\n")[0])
+    parser.add_argument("--fleet", required=True, type=Path)
+    parser.add_argument("--region", required=True)
+    parser.add_argument("--state-dir", type=Path, default=procs.DEFAULT_STATE_DIR)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    fleet = load_fleet(args.fleet)
+    host, port = listen_address(fleet, args.region)
+    server = make_server(edge_for(fleet, args.region, args.state_dir), host, port)
+    log.info("edge for %s on http://%s:%d", args.region, host, port)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
