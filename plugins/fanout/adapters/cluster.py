@@ -1,0 +1,44 @@
+"""One region's Kubernetes cluster, reached through a kubeconfig file and context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: str
+    context: str
+    request_timeout: float = 10.0
+
+    def _apps(self) -> client.AppsV1Api:
+        try:
+            api = config.new_client_from_config(config_file=self.kubeconfig, context=self.context)
+        except Exception as err:  # the kubernetes client raises bare ConfigException and IOError alike
+            raise ClusterError(f"cannot load kubeconfig context {self.context!r}: {err}") from None
+        return client.AppsV1Api(api)
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Deployment as the API returns it (camelCase keys), or None if absent."""
+        apps = self._apps()
+        try:
+            obj = apps.read_namespaced_deployment(name, namespace, _request_timeout=self.request_timeout)
+            return apps.api_client.sanitize_for_serialization(obj)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise ClusterError(
+                f"{self.context}: reading deployment {namespace}/{name}: {err.status} {err.reason}"
+            ) from None
+        except Exception as err:  # connection refused, timeouts: the region is unreachable
+            raise ClusterError(f"{self.context}: cluster unreachable: {type(err).__name__}: {err}") from None
+        finally:
+            apps.api_client.close()

@@ -1,0 +1,104 @@
+"""Helm 4, called as a subprocess with an argument list (never a shell string).
+
+Values go through a 0600 file in a private temp dir so nothing in them reaches a
+command line, `ps` or a log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class HelmError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class HelmRelease:
+    name: str
+    namespace: str
+    revision: int
+    status: str  # deployed, failed, pending-install, pending-upgrade, pending-rollback, superseded, …
+    chart: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Helm:
+    binary: str
+    kubeconfig: str
+    context: str
+    timeout_seconds: int = 300
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [self.binary, *args, "--kubeconfig", self.kubeconfig, "--kube-context", self.context]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_seconds + 60)
+        except subprocess.TimeoutExpired as err:
+            raise HelmError(f"helm {args[0]} in {self.context} did not finish in {err.timeout:.0f} s") from None
+        if check and done.returncode != 0:
+            raise HelmError(f"helm {args[0]} in {self.context} failed: {done.stderr.strip()[-800:]}")
+        return done
+
+    def history(self, release: str, namespace: str) -> list[HelmRelease]:
+        """Every stored revision, oldest first; empty if the release does not exist."""
+        done = self._run("history", release, "-n", namespace, "-o", "json", "--max", "50", check=False)
+        if done.returncode != 0:
+            if "not found" in done.stderr:
+                return []
+            raise HelmError(f"helm history in {self.context} failed: {done.stderr.strip()[-800:]}")
+        return [
+            HelmRelease(release, namespace, int(h["revision"]), h["status"], h["chart"], h.get("description", ""))
+            for h in json.loads(done.stdout or "[]")
+        ]
+
+    def current(self, release: str, namespace: str) -> HelmRelease | None:
+        history = self.history(release, namespace)
+        return history[-1] if history else None
+
+    def values(self, release: str, namespace: str) -> dict[str, Any]:
+        done = self._run("get", "values", release, "-n", namespace, "-o", "json")
+        return json.loads(done.stdout or "{}") or {}
+
+    def upgrade_install(
+        self, release: str, chart: str, namespace: str, values: dict[str, Any], *, version: str | None = None,
+        description: str = "", wait: bool = False,
+    ) -> HelmRelease:
+        with tempfile.TemporaryDirectory(prefix="fanout-helm-") as tmp:
+            values_file = Path(tmp) / "values.yaml"
+            fd = os.open(values_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                yaml.safe_dump(values, f)
+            args = ["upgrade", "--install", release, chart, "-n", namespace, "--create-namespace"]
+            args += ["-f", str(values_file), "--timeout", f"{self.timeout_seconds}s"]
+            if version and chart.startswith("oci://"):
+                args += ["--version", version]
+            if description:
+                args += ["--description", description]
+            if wait:
+                args += ["--wait"]
+            self._run(*args)
+        current = self.current(release, namespace)
+        if current is None:
+            raise HelmError(f"helm upgrade in {self.context} reported success but {release} has no history")
+        return current
+
+    def rollback(self, release: str, namespace: str, revision: int, *, wait: bool = True) -> HelmRelease:
+        args = ["rollback", release, str(revision), "-n", namespace, "--timeout", f"{self.timeout_seconds}s"]
+        if wait:
+            args.append("--wait")
+        self._run(*args)
+        current = self.current(release, namespace)
+        assert current is not None
+        return current
+
+    def uninstall(self, release: str, namespace: str) -> None:
+        self._run("uninstall", release, "-n", namespace, "--wait", "--ignore-not-found")

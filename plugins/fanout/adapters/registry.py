@@ -1,0 +1,57 @@
+"""Does a registry replica serve a manifest? One HEAD by digest, as a pull would ask."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+# Distribution answers 404 for an OCI manifest unless the client says it accepts one.
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+LOOPBACK = ("127.", "localhost", "[::1]")
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class OciRegistry:
+    """A plain OCI distribution endpoint (host[:port]). Plain http only on loopback."""
+
+    endpoint: str
+    insecure: bool = False
+    timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.insecure and not self.endpoint.startswith(LOOPBACK):
+            raise RegistryError(f"registry {self.endpoint}: plain http is allowed for loopback registries only")
+
+    @property
+    def base(self) -> str:
+        return f"{'http' if self.insecure else 'https'}://{self.endpoint}"
+
+    def has_manifest(self, repository: str, digest: str) -> bool:
+        request = urllib.request.Request(
+            f"{self.base}/v2/{repository}/manifests/{digest}", method="HEAD", headers={"Accept": MANIFEST_TYPES}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status == 200 and response.headers.get("Docker-Content-Digest", digest) == digest
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return False
+            raise RegistryError(f"registry {self.endpoint}: HEAD manifest answered {err.code}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise RegistryError(f"registry {self.endpoint} unreachable: {getattr(err, 'reason', err)}") from None
+
+    async def has_manifest_async(self, repository: str, digest: str) -> bool:
+        return await asyncio.to_thread(self.has_manifest, repository, digest)

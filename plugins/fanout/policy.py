@@ -1,0 +1,132 @@
+"""Release policy as plain functions over plain data: when a region may be drained,
+when a rollout is done, what the traffic should look like at the end of a run.
+No I/O here: the operators gather the facts, these functions decide."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fanout.fleet import Fleet
+
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class PolicyError(RuntimeError):
+    """A change the release policy refuses; the message says which rule and why."""
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """One Traffic Manager endpoint as Azure reports it."""
+
+    name: str
+    type: str  # ExternalEndpoints | AzureEndpoints | NestedEndpoints
+    enabled: bool
+    weight: int | None
+    monitor_status: str | None  # CheckingEndpoint, Online, Degraded, Disabled, Inactive, Stopped, Unmonitored
+    target: str | None = None
+
+
+def digest_of(image: str) -> str | None:
+    """The digest an image reference is pinned to (`repo@sha256:…`), or None for a tag."""
+    _, at, digest = image.rpartition("@")
+    return digest if at and DIGEST.match(digest) else None
+
+
+def check_drain(fleet: Fleet, endpoints: dict[str, EndpointState], region: str) -> None:
+    """Refuse to disable `region`'s endpoint if that breaks min serving or the drain share.
+
+    `endpoints` is the live state by endpoint name. Regions already disabled count as
+    drained: a region that is down eats into the same budget as one being deployed.
+    """
+    name = fleet.region(region).endpoint.name
+    by_region = {r.name: endpoints.get(r.endpoint.name) for r in fleet.regions}
+    missing = [r for r, e in by_region.items() if e is None]
+    if missing:
+        raise PolicyError(f"Traffic Manager has no endpoint for region(s) {', '.join(missing)}")
+    enabled_after = [r for r, e in by_region.items() if e.enabled and r != region]
+    if endpoints[name].enabled and len(enabled_after) < fleet.min_serving_regions:
+        raise PolicyError(
+            f"draining {region} would leave {len(enabled_after)} region(s) serving "
+            f"({', '.join(enabled_after) or 'none'}), below min_serving_regions {fleet.min_serving_regions}"
+        )
+    weights = {r.name: r.endpoint.weight for r in fleet.regions}
+    drained = [r for r, e in by_region.items() if not e.enabled or r == region]
+    drained_weight = sum(weights[r] for r in drained)
+    limit = fleet.rollout.max_drain_share * fleet.total_weight
+    if drained_weight > limit + 1e-9:
+        raise PolicyError(
+            f"draining {region} would take {drained_weight}/{fleet.total_weight} of the weight out of service "
+            f"({', '.join(drained)}), above rollout.max_drain_share {fleet.rollout.max_drain_share:.0%}"
+        )
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    done: bool
+    reason: str
+
+
+def rollout_status(deployment: dict[str, Any] | None, digest: str) -> RolloutStatus:
+    """Is this Deployment (as the API returns it, camelCase) fully rolled out on `digest`?"""
+    if deployment is None:
+        return RolloutStatus(False, "the Deployment does not exist")
+    meta, spec, status = deployment.get("metadata", {}), deployment.get("spec", {}), deployment.get("status") or {}
+    images = [c.get("image", "") for c in spec.get("template", {}).get("spec", {}).get("containers", [])]
+    if not any(digest_of(i) == digest for i in images):
+        return RolloutStatus(False, f"the Deployment runs {', '.join(images) or 'no image'}, not {digest}")
+    want = spec.get("replicas", 1)
+    generation, observed = meta.get("generation", 0), status.get("observedGeneration", 0)
+    updated, available = status.get("updatedReplicas", 0), status.get("availableReplicas", 0)
+    total = status.get("replicas", 0)
+    if observed < generation:
+        return RolloutStatus(False, f"generation {generation} not yet observed (at {observed})")
+    if updated < want:
+        return RolloutStatus(False, f"{updated}/{want} replicas updated")
+    if total > updated:
+        return RolloutStatus(False, f"{total - updated} old replica(s) still terminating")
+    if available < want:
+        return RolloutStatus(False, f"{available}/{want} replicas available")
+    return RolloutStatus(True, f"{available}/{want} replicas available on {digest[:19]}")
+
+
+def final_traffic(
+    fleet: Fleet, endpoints: dict[str, EndpointState], serving: dict[str, str | None], digest: str | None
+) -> tuple[dict[str, EndpointState], list[str]]:
+    """The endpoint states a run should end with, and the warnings to report.
+
+    A region serving `digest` is enabled at its configured weight. A region that is not
+    stays (or becomes) disabled — unless that would leave fewer than min_serving_regions
+    enabled (or none at all: Traffic Manager answers NXDOMAIN then), in which case the
+    stale regions with the most weight are kept enabled and a warning says so.
+    `digest` None means the run never got a release: keep what serves, touch nothing else.
+    """
+    desired: dict[str, EndpointState] = {}
+    warnings: list[str] = []
+    stale: list[str] = []
+    for region in fleet.regions:
+        current = endpoints[region.endpoint.name]
+        fresh = digest is not None and serving.get(region.name) == digest
+        if digest is None:
+            desired[region.name] = current
+        elif fresh:
+            desired[region.name] = replace(current, enabled=True, weight=region.endpoint.weight)
+        else:
+            stale.append(region.name)
+            desired[region.name] = replace(current, enabled=False)
+    enabled = [r for r, e in desired.items() if e.enabled]
+    floor = max(fleet.min_serving_regions, 1)
+    keep = sorted(stale, key=lambda r: (-fleet.region(r).endpoint.weight, fleet.region_names.index(r)))
+    while len(enabled) < floor and keep:
+        region = keep.pop(0)
+        desired[region] = replace(desired[region], enabled=True, weight=fleet.region(region).endpoint.weight)
+        enabled.append(region)
+        warnings.append(
+            f"{region} does not serve {digest} ({serving.get(region) or 'nothing'}) but stays enabled: "
+            f"min_serving_regions is {fleet.min_serving_regions}"
+        )
+    for region in keep:
+        warnings.append(f"{region} serves {serving.get(region) or 'nothing'}, not {digest}: left drained")
+    return desired, warnings

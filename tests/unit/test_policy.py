@@ -1,0 +1,112 @@
+"""Release policy: drain refusals, rollout completeness, the traffic a run ends with."""
+
+from pathlib import Path
+
+import pytest
+
+from fanout.fleet import load_fleet
+from fanout.policy import EndpointState, PolicyError, check_drain, digest_of, final_traffic, rollout_status
+
+REPO = Path(__file__).resolve().parents[2]
+FLEET = load_fleet(REPO / "include/fleets/local.yaml")  # 4 regions, weight 100 each, share 50 %, min serving 2
+D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def endpoints(disabled=(), weight=100):
+    return {
+        r: EndpointState(r, "ExternalEndpoints", r not in disabled, weight, "Online")
+        for r in FLEET.region_names
+    }
+
+
+def test_digest_of():
+    assert digest_of(f"127.0.0.1:5101/fanout/hello@{D1}") == D1
+    assert digest_of("registry/app:latest") is None
+    assert digest_of("registry/app@sha256:abc") is None
+
+
+def test_drain_allowed_within_the_rules():
+    check_drain(FLEET, endpoints(), "westus")
+    check_drain(FLEET, endpoints(disabled=["eastus"]), "northeurope")
+    check_drain(FLEET, endpoints(disabled=["westus"]), "westus")  # already drained: a re-run is fine
+
+
+def test_drain_refused_below_min_serving():
+    with pytest.raises(PolicyError, match=r"draining westus would leave 1 region\(s\) serving \(westeurope\)"):
+        check_drain(FLEET, endpoints(disabled=["eastus", "northeurope"]), "westus")
+
+
+def test_drain_refused_above_the_share():
+    fleet = FLEET.model_copy(update={"min_serving_regions": 1})
+    with pytest.raises(PolicyError, match=r"300/400 of the weight out of service .* above rollout.max_drain_share 50%"):
+        check_drain(fleet, endpoints(disabled=["eastus", "northeurope"]), "westus")
+
+
+def test_drain_needs_every_endpoint():
+    eps = endpoints()
+    del eps["westeurope"]
+    with pytest.raises(PolicyError, match="no endpoint for region.s. westeurope"):
+        check_drain(FLEET, eps, "westus")
+
+
+def deployment(image=f"r/app@{D1}", replicas=2, generation=2, observed=2, updated=2, available=2, total=2):
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"image": image}]}}},
+        "status": {
+            "observedGeneration": observed,
+            "updatedReplicas": updated,
+            "availableReplicas": available,
+            "replicas": total,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("dep", "done", "reason"),
+    [
+        (None, False, "the Deployment does not exist"),
+        (deployment(), True, "2/2 replicas available"),
+        (deployment(image=f"r/app@{D2}"), False, f"runs r/app@{D2}, not {D1}"),
+        (deployment(image="r/app:latest"), False, "not sha256:1111"),
+        (deployment(observed=1), False, "generation 2 not yet observed"),
+        (deployment(updated=1, total=3), False, "1/2 replicas updated"),
+        (deployment(total=3), False, "1 old replica(s) still terminating"),
+        (deployment(available=1), False, "1/2 replicas available"),
+    ],
+)
+def test_rollout_status(dep, done, reason):
+    status = rollout_status(dep, D1)
+    assert status.done is done
+    assert reason in status.reason
+
+
+def test_final_traffic_enables_fresh_and_drains_stale():
+    serving = {"eastus": D1, "westus": D1, "northeurope": D1, "westeurope": D2}
+    desired, warnings = final_traffic(FLEET, endpoints(disabled=["westus"], weight=7), serving, D1)
+    assert {r: (e.enabled, e.weight) for r, e in desired.items()} == {
+        "eastus": (True, 100),
+        "westus": (True, 100),
+        "northeurope": (True, 100),
+        "westeurope": (False, 7),
+    }
+    assert warnings == [f"westeurope serves {D2}, not {D1}: left drained"]
+
+
+def test_final_traffic_keeps_min_serving_even_if_stale():
+    serving = {"eastus": D1, "westus": D2, "northeurope": None, "westeurope": D2}
+    desired, warnings = final_traffic(FLEET, endpoints(), serving, D1)
+    assert [r for r, e in desired.items() if e.enabled] == ["eastus", "westus"]
+    assert "westus does not serve" in warnings[0] and "stays enabled" in warnings[0]
+
+
+def test_final_traffic_never_disables_everything():
+    fleet = FLEET.model_copy(update={"min_serving_regions": 1})
+    desired, _ = final_traffic(fleet, endpoints(), dict.fromkeys(fleet.region_names, D2), D1)
+    assert sum(e.enabled for e in desired.values()) == 1
+
+
+def test_final_traffic_without_a_release_changes_nothing():
+    eps = endpoints(disabled=["westus"])
+    desired, warnings = final_traffic(FLEET, eps, {}, None)
+    assert desired == {r: eps[r] for r in FLEET.region_names} and warnings == []
