@@ -241,7 +241,8 @@ def serve(
     server = StandInServer(("127.0.0.1", port), _Handler)
     server.store, server.state_dir, server.verbose = store, state_dir, verbose
     store.start_monitor()
-    thread = threading.Thread(target=server.serve_forever, name="tm-standin", daemon=True)
+    # A short poll keeps shutdown() quick; tests start and stop the stand-in many times.
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="tm-standin", daemon=True)
     thread.start()
     return server, thread
 

@@ -1,0 +1,280 @@
+"""Azure Traffic Manager: read endpoint state, drain (disable) and restore (enable + weight).
+
+`TrafficManager` is the interface the rest of Fanout uses; `AzureTrafficManager` implements it
+over `azure.mgmt.trafficmanager.TrafficManagerManagementClient`, against Azure or, with a loopback
+``base_url``, against the local stand-in (``localfleet.trafficmanager``). No Airflow imports here:
+an Airflow hook builds this from a connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.exceptions import AzureError, HttpResponseError
+from azure.mgmt.trafficmanager import TrafficManagerManagementClient
+
+ENDPOINT_TYPES = ("ExternalEndpoints", "AzureEndpoints", "NestedEndpoints")
+MIN_WEIGHT, MAX_WEIGHT = 1, 1000
+
+
+class TrafficManagerError(RuntimeError):
+    """A Traffic Manager call failed. The message names profile, endpoint and cause, never a credential."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        profile: str,
+        endpoint: str | None = None,
+        status_code: int | None = None,
+        code: str | None = None,
+    ):
+        super().__init__(message)
+        self.profile, self.endpoint, self.status_code, self.code = profile, endpoint, status_code, code
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    name: str
+    type: str  # ExternalEndpoints | AzureEndpoints | NestedEndpoints
+    enabled: bool
+    weight: int | None
+    monitor_status: str | None  # CheckingEndpoint, Online, Degraded, Disabled, Inactive, Stopped, Unmonitored
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class ProfileState:
+    name: str
+    status: str | None  # Enabled | Disabled
+    monitor_status: str | None  # CheckingEndpoints, Online, Degraded, Disabled, Inactive
+    routing_method: str | None
+    dns_ttl: int | None
+    fqdn: str | None
+
+
+class TrafficManager(Protocol):
+    """What Fanout needs from Traffic Manager: one profile, endpoints addressed by name."""
+
+    def endpoints(self) -> dict[str, EndpointState]: ...
+
+    def set_endpoint(self, name: str, *, enabled: bool, weight: int | None = None) -> EndpointState: ...
+
+    def profile_status(self) -> ProfileState: ...
+
+
+class StaticTokenCredential:
+    """A credential that hands out one fixed fake token. ONLY for the local stand-in, which
+    accepts any bearer token; Azure would reject it. Never use it with a real ``base_url``."""
+
+    def __init__(self, token: str = "fanout-local-fake-token"):
+        self._token = token
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(self._token, int(time.time()) + 3600)
+
+
+def validate_weight(weight: int | None, endpoint: str = "?") -> None:
+    """Traffic Manager weights are 1…1000; there is no 0 (draining means disabling)."""
+    if weight is None:
+        return
+    if isinstance(weight, bool) or not isinstance(weight, int) or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        raise ValueError(
+            f"weight for endpoint '{endpoint}': {weight!r} is not allowed; Traffic Manager weights are "
+            f"{MIN_WEIGHT}..{MAX_WEIGHT} (to take an endpoint out of rotation, disable it)"
+        )
+
+
+def check_base_url(base_url: str | None) -> bool:
+    """Refuse a plain-http ARM endpoint unless it is loopback. Returns True if it is plain http."""
+    if base_url is None:
+        return False
+    parts = urlsplit(base_url)
+    if parts.scheme == "https" and parts.hostname:
+        return False
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"base_url {base_url!r}: expected an https:// URL (or http:// on a loopback host)")
+    host = parts.hostname
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ValueError(
+            f"base_url {base_url!r}: plain http sends the bearer token in clear text; it is allowed only for "
+            "loopback hosts (127.0.0.1, ::1, localhost) — use https"
+        )
+    return True
+
+
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s,\"']+")
+_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
+
+
+def _scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    # A service or proxy may echo request headers into an error; never pass a token on to logs.
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _JWT.sub("***", _BEARER.sub(r"\1***", text))
+
+
+def _str(value: Any) -> str | None:
+    # The SDK returns its str-enums for known values and plain str for others; callers want the wire value.
+    if value is None:
+        return None
+    return str(value.value) if isinstance(value, Enum) else str(value)
+
+
+def _endpoint_type(arm_type: str | None) -> str:
+    last = (arm_type or "").rsplit("/", 1)[-1].lower()
+    return next((t for t in ENDPOINT_TYPES if t.lower() == last), arm_type or "")
+
+
+def _endpoint_state(ep: Any) -> EndpointState:
+    props = ep.properties
+    return EndpointState(
+        name=ep.name,
+        type=_endpoint_type(ep.type),
+        enabled=_str(props.endpoint_status if props else None) == "Enabled",
+        weight=props.weight if props else None,
+        monitor_status=_str(props.endpoint_monitor_status if props else None),
+        target=props.target if props else None,
+    )
+
+
+class AzureTrafficManager:
+    """`TrafficManager` over the Azure SDK for one profile.
+
+    `endpoint_types` maps an endpoint name to its type (default ``ExternalEndpoints``).
+    Retries are azure-core's RetryPolicy: 408/429/5xx are retried, honouring Retry-After.
+    """
+
+    def __init__(
+        self,
+        credential: TokenCredential,
+        subscription_id: str,
+        resource_group: str,
+        profile: str,
+        *,
+        endpoint_types: Mapping[str, str] | None = None,
+        base_url: str | None = None,
+        retry_total: int = 5,
+        retry_backoff_factor: float = 0.8,
+        retry_backoff_max: int = 30,
+        timeout: float = 30,
+        **client_kwargs: Any,
+    ):
+        self._plain_http = check_base_url(base_url)
+        self.endpoint_types = dict(endpoint_types or {})
+        for name, kind in self.endpoint_types.items():
+            if kind not in ENDPOINT_TYPES:
+                raise ValueError(f"endpoint '{name}': type {kind!r} is not one of {', '.join(ENDPOINT_TYPES)}")
+        self.resource_group, self.profile = resource_group, profile
+        self._credential = credential
+        self._client = TrafficManagerManagementClient(
+            credential,
+            subscription_id,
+            base_url=base_url,
+            retry_total=retry_total,
+            retry_backoff_factor=retry_backoff_factor,
+            retry_backoff_max=retry_backoff_max,
+            connection_timeout=timeout,
+            read_timeout=timeout,
+            **client_kwargs,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> AzureTrafficManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, what: str, endpoint: str | None, fn: Any, *args: Any) -> Any:
+        # Bearer auth over http is refused by azure-core unless the call opts out; only ever for
+        # loopback, which check_base_url guaranteed at construction.
+        kwargs = {"enforce_https": False} if self._plain_http else {}
+        try:
+            return fn(*args, **kwargs)
+        except HttpResponseError as err:
+            code = getattr(getattr(err, "error", None), "code", None)
+            detail = getattr(getattr(err, "error", None), "message", None) or err.reason or "no details"
+            cause = f"HTTP {err.status_code}" + (f" {code}" if code else "") + f": {detail}"
+            status = err.status_code
+        except AzureError as err:
+            cause, status, code = f"{type(err).__name__}: {err.message}", None, None
+        where = f"Traffic Manager profile '{self.profile}'" + (f" endpoint '{endpoint}'" if endpoint else "")
+        message = _scrub(f"{where}: {what} failed: {cause}", self._known_tokens())
+        # Raised outside the except block on purpose: the SDK error holds the request, Authorization
+        # header included, and must not travel along as __context__ into tracebacks and logs.
+        raise TrafficManagerError(message, profile=self.profile, endpoint=endpoint, status_code=status, code=code)
+
+    def _known_tokens(self) -> tuple[str, ...]:
+        if isinstance(self._credential, StaticTokenCredential):
+            return (self._credential._token,)
+        return ()
+
+    def endpoints(self) -> dict[str, EndpointState]:
+        """Every endpoint of the profile by name, with status, weight and monitor status."""
+        profile = self._call("reading the profile", None, self._client.profiles.get, self.resource_group, self.profile)
+        endpoints = (profile.properties.endpoints if profile.properties else None) or []
+        return {ep.name: _endpoint_state(ep) for ep in endpoints}
+
+    def endpoint(self, name: str) -> EndpointState:
+        ep = self._call(
+            "reading the endpoint",
+            name,
+            self._client.endpoints.get,
+            self.resource_group,
+            self.profile,
+            self._type(name),
+            name,
+        )
+        return _endpoint_state(ep)
+
+    def set_endpoint(self, name: str, *, enabled: bool, weight: int | None = None) -> EndpointState:
+        """Enable or disable an endpoint and optionally set its weight, in one PATCH."""
+        validate_weight(weight, name)
+        props: dict[str, Any] = {"endpointStatus": "Enabled" if enabled else "Disabled"}
+        if weight is not None:
+            props["weight"] = weight
+        action = ("enabling" if enabled else "disabling") + (f" with weight {weight}" if weight is not None else "")
+        ep = self._call(
+            action,
+            name,
+            self._client.endpoints.update,
+            self.resource_group,
+            self.profile,
+            self._type(name),
+            name,
+            {"properties": props},
+        )
+        return _endpoint_state(ep)
+
+    def profile_status(self) -> ProfileState:
+        p = self._call("reading the profile", None, self._client.profiles.get, self.resource_group, self.profile)
+        props = p.properties
+        dns = props.dns_config if props else None
+        monitor = props.monitor_config if props else None
+        return ProfileState(
+            name=p.name,
+            status=_str(props.profile_status if props else None),
+            monitor_status=_str(monitor.profile_monitor_status if monitor else None),
+            routing_method=_str(props.traffic_routing_method if props else None),
+            dns_ttl=dns.ttl if dns else None,
+            fqdn=dns.fqdn if dns else None,
+        )
+
+    def _type(self, name: str) -> str:
+        return self.endpoint_types.get(name, "ExternalEndpoints")
