@@ -21,6 +21,20 @@ from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
 from azure.mgmt.trafficmanager import TrafficManagerManagementClient
 
+# One EndpointState for the whole package: the pure release policy decides over what this adapter reads.
+from fanout.policy import EndpointState
+
+__all__ = [
+    "AzureTrafficManager",
+    "EndpointState",
+    "ProfileState",
+    "StaticTokenCredential",
+    "TrafficManager",
+    "TrafficManagerError",
+    "check_base_url",
+    "validate_weight",
+]
+
 ENDPOINT_TYPES = ("ExternalEndpoints", "AzureEndpoints", "NestedEndpoints")
 MIN_WEIGHT, MAX_WEIGHT = 1, 1000
 
@@ -39,16 +53,6 @@ class TrafficManagerError(RuntimeError):
     ):
         super().__init__(message)
         self.profile, self.endpoint, self.status_code, self.code = profile, endpoint, status_code, code
-
-
-@dataclass(frozen=True)
-class EndpointState:
-    name: str
-    type: str  # ExternalEndpoints | AzureEndpoints | NestedEndpoints
-    enabled: bool
-    weight: int | None
-    monitor_status: str | None  # CheckingEndpoint, Online, Degraded, Disabled, Inactive, Stopped, Unmonitored
-    target: str | None = None
 
 
 @dataclass(frozen=True)
