@@ -58,15 +58,20 @@ def _error(name: str, state_dir: str | Path, what: str) -> ProcError:
 
 
 def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # A zombie has exited already; it only waits for its parent to reap it.
-    if stat.rpartition(")")[2].split()[0] == "Z":
-        return None
-    return raw.decode(errors="replace").split("\0")[:-1]
+    for _ in range(20):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        # A zombie has exited already; it only waits for its parent to reap it.
+        if stat.rpartition(")")[2].split()[0] == "Z":
+            return None
+        if raw:
+            return raw.decode(errors="replace").split("\0")[:-1]
+        # Right after exec the kernel briefly shows an empty cmdline; it is not a mismatch.
+        time.sleep(0.01)
+    return []
 
 
 def _read_pidfile(name: str, state_dir: str | Path) -> tuple[int, list[str]] | None:

@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from fanout.fleet import Fleet, load_fleet
 
+from fanout.fleet import Fleet, load_fleet
 from localfleet import procs
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
@@ -127,7 +127,13 @@ def registry_up(endpoint: str) -> bool:
 def manifest_digest(endpoint: str, repository: str, reference: str, accept: str | None = MANIFEST_ACCEPT) -> str | None:
     """The digest a tag or digest resolves to, None if absent. RegistryError if it cannot tell."""
     url = f"http://{endpoint}/v2/{repository}/manifests/{reference}"
-    status, headers, _ = _request("HEAD", url, accept=accept)
+    for pause in (0.05, 0.2, 0.5):
+        status, headers, _ = _request("HEAD", url, accept=accept)
+        if status < 500:
+            break
+        # distribution writes a manifest's link file in place: a HEAD that reads it while a
+        # copy (re)writes it gets 500 "invalid checksum digest format". Ask again.
+        time.sleep(pause)
     if status == 200:
         return headers.get("Docker-Content-Digest") or reference
     if status == 404:

@@ -127,8 +127,15 @@ def skopeo_copy(src: str, dest: str) -> None:
 class Replicator:
     """One polling loop; `step` is a single pass (tests drive it directly)."""
 
-    def __init__(self, fleet: Fleet, state_dir: str | Path, copier: Copier = skopeo_copy):
+    def __init__(
+        self,
+        fleet: Fleet,
+        state_dir: str | Path,
+        copier: Copier = skopeo_copy,
+        clock: Callable[[], float] = time.time,
+    ):
         self.fleet = fleet
+        self.clock = clock
         self.state_dir = Path(state_dir)
         self.copier = copier
         self.repo = fleet.registry.repository
@@ -199,35 +206,42 @@ class Replicator:
         src, dest = f"{self.endpoint(self.home)}/{self.repo}", f"{self.endpoint(region)}/{self.repo}"
         for digest in digests:
             entry = self.state["digests"][digest]
-            t0 = time.time()
+            # Copy to a tag when one is due for this digest: every manifest PUT rewrites the
+            # digest's link file non-atomically, and distribution answers 500 to a HEAD that
+            # reads it half-written, so one PUT per digest keeps that window as small as it goes.
+            tag = next((t for t in tags if self.state["tags"][t]["digest"] == digest), None)
+            t0 = self.clock()
             try:
-                self.copier(f"{src}@{digest}", f"{dest}@{digest}")
+                self.copier(f"{src}@{digest}", f"{dest}:{tag}" if tag else f"{dest}@{digest}")
             except Exception as err:
                 self._fail(region, digest, err)
                 return
-            done = time.time()
+            done = self.clock()
             with self._lock:
                 entry["regions"][region] = {"at": done, "waited": round(done - entry["seen"], 3), "lag": lag}
+                if tag:
+                    self.state["region_tags"].setdefault(region, {})[tag] = digest
             log.info(
-                "copied %s to %s: lag %.1fs, waited %.2fs, copy took %.2fs",
-                digest, region, lag, done - entry["seen"], done - t0,
+                "copied %s%s to %s: lag %.1fs, waited %.2fs, copy took %.2fs",
+                digest, f" (tag {tag})" if tag else "", region, lag, done - entry["seen"], done - t0,
             )  # fmt: skip
+        placed = self.state["region_tags"].setdefault(region, {})
         for tag in tags:
             digest = self.state["tags"][tag]["digest"]
-            if region not in self.state["digests"].get(digest, {}).get("regions", {}):
-                continue  # its digest is not there yet (copy failed or the entry is gone)
+            if placed.get(tag) == digest or region not in self.state["digests"].get(digest, {}).get("regions", {}):
+                continue  # placed above, or its digest is not there yet (copy failed or the entry is gone)
             try:
                 self.copier(f"{src}@{digest}", f"{dest}:{tag}")
             except Exception as err:
                 self._fail(region, digest, err)
                 return
             with self._lock:
-                self.state["region_tags"].setdefault(region, {})[tag] = digest
+                placed[tag] = digest
             log.info("tagged %s:%s = %s in %s", self.repo, tag, digest, region)
         self._clear_error(region)
 
     def _fail(self, region: str, digest: str, err: Exception) -> None:
-        self._retry_at[region] = time.time() + RETRY_SECONDS
+        self._retry_at[region] = self.clock() + RETRY_SECONDS
         try:
             gone = not registry.has_manifest(self.endpoint(self.home), self.repo, digest)
         except registry.RegistryError:
@@ -252,7 +266,7 @@ class Replicator:
                     self.state["region_tags"].get(region, {}).clear()
 
     def step(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         before = json.dumps(self.state, sort_keys=True)
         if self.poll_home(now):
             faults = read_faults(self.state_dir)
@@ -293,9 +307,9 @@ class Replicator:
             started = time.monotonic()
             self.step()
             wait = interval - (time.monotonic() - started)
-            due = self.next_due(time.time())
+            due = self.next_due(self.clock())
             if due is not None:
-                wait = min(wait, due - time.time())
+                wait = min(wait, due - self.clock())
             stop.wait(max(0.0, wait))
 
 

@@ -1,0 +1,155 @@
+"""Registries, replication and its fault knobs on real local registries (Debian docker-registry)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from fanout.fleet import Fleet
+from localfleet import procs, registry, replicator
+from localfleet.replicator import Replicator, read_faults, read_state, update_faults
+
+pytestmark = pytest.mark.localfleet
+
+REPO = "fanout/hello"
+# eastus is home; westus gets copies at once, northeurope late; westeurope is for stuck tests.
+LAGS = {"eastus": 0, "westus": 0, "northeurope": 4, "westeurope": 0}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, make_fleet: Callable[..., Fleet]) -> Iterator[Fleet]:
+    """Four registries and a replicator process on free ports, for the whole module."""
+    fleet = make_fleet(tmp_path_factory.mktemp("fleet"), LAGS)
+    state = fleet.source_path.parent / "state"
+    t0 = time.monotonic()
+    try:
+        for region in fleet.region_names:
+            registry.start_registry(fleet, region, state)
+        print(f"4 registries up in {time.monotonic() - t0:.2f}s", file=sys.stderr)
+        replicator.start_replicator(fleet, state)
+        yield fleet
+    finally:
+        replicator.stop_replicator(state)
+        for region in fleet.region_names:
+            registry.stop_registry(fleet, region, state)
+
+
+def state_dir(fleet: Fleet) -> Path:
+    return fleet.source_path.parent / "state"
+
+
+def home(fleet: Fleet) -> str:
+    return fleet.registry.endpoint("eastus")
+
+
+def arrival(fleet: Fleet, region: str, digest: str, timeout: float) -> float | None:
+    """Seconds until `region` serves `digest` (polled every 50 ms), None if not within `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if registry.has_manifest(fleet.registry.endpoint(region), REPO, digest):
+            return time.monotonic() - start
+        time.sleep(0.05)
+    return None
+
+
+def test_procs_refuses_and_names_the_log(tmp_path: Path) -> None:
+    with pytest.raises(procs.ProcError) as err:
+        procs.start("boom", ["sh", "-c", "echo cannot bind; exit 3"], tmp_path, ready=lambda: False)
+    assert "boom: exited with code 3" in str(err.value)
+    assert "cannot bind" in str(err.value) and str(procs.log_path("boom", tmp_path)) in str(err.value)
+    first = procs.start("sleeper", ["sleep", "60"], tmp_path)
+    assert procs.start("sleeper", ["sleep", "60"], tmp_path) == first  # idempotent
+    assert procs.stop("sleeper", tmp_path) and not procs.alive("sleeper", tmp_path)
+    assert not procs.stop("sleeper", tmp_path)
+
+
+def test_registries_answer_and_start_is_idempotent(fleet: Fleet) -> None:
+    for region in fleet.region_names:
+        assert registry.registry_up(fleet.registry.endpoint(region))
+    pid = procs.pid(registry.proc_name("westus"), state_dir(fleet))
+    assert registry.start_registry(fleet, "westus", state_dir(fleet)) == pid
+
+
+def test_has_manifest_needs_the_accept_header(fleet: Fleet, push_image: Callable[[str, str], str]) -> None:
+    digest = push_image(f"{home(fleet)}/{REPO}:accept", "accept")
+    bare = urllib.request.Request(f"http://{home(fleet)}/v2/{REPO}/manifests/{digest}", method="HEAD")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(bare, timeout=2)
+    assert err.value.code == 404  # distribution 2.8 hides OCI manifests from a request without Accept
+    assert registry.has_manifest(home(fleet), REPO, digest)
+    assert not registry.has_manifest(home(fleet), REPO, "sha256:" + "0" * 64)
+    assert digest in registry.list_digests(home(fleet), REPO)
+
+
+def test_copies_arrive_after_each_regions_lag(fleet: Fleet, push_image: Callable[[str, str], str]) -> None:
+    pushed = time.monotonic()
+    digest = push_image(f"{home(fleet)}/{REPO}:lag", "lag")
+    fast = arrival(fleet, "westus", digest, timeout=3)
+    assert fast is not None, "a region with lag 0 should have the image within a second or two"
+    assert not registry.has_manifest(fleet.registry.endpoint("northeurope"), REPO, digest)
+    slow = arrival(fleet, "northeurope", digest, timeout=8)
+    assert slow is not None
+    assert time.monotonic() - pushed >= LAGS["northeurope"]
+    record = json.loads((state_dir(fleet) / "replication.json").read_text())["digests"][digest]
+    assert LAGS["northeurope"] <= record["regions"]["northeurope"]["waited"] < LAGS["northeurope"] + 1.5
+    assert registry.tag_digests(fleet.registry.endpoint("northeurope"), REPO)["lag"] == digest
+
+
+def test_lag_override_and_stuck_region(fleet: Fleet, push_image: Callable[[str, str], str]) -> None:
+    update_faults(state_dir(fleet), replica_lag={"westus": 3}, replica_stuck=["westeurope"])
+    try:
+        digest = push_image(f"{home(fleet)}/{REPO}:stuck", "stuck")
+        assert arrival(fleet, "westus", digest, timeout=1.5) is None, "the 3 s lag override was ignored"
+        assert arrival(fleet, "westus", digest, timeout=5) is not None
+        assert arrival(fleet, "westeurope", digest, timeout=2) is None, "a stuck region received a copy"
+        update_faults(state_dir(fleet), replica_stuck=None)
+        assert arrival(fleet, "westeurope", digest, timeout=3) is not None, "no catch-up after clearing stuck"
+    finally:
+        update_faults(state_dir(fleet), replica_lag=None, replica_stuck=None)
+    assert read_faults(state_dir(fleet)) == {}
+
+
+def test_replicator_logic_with_fake_clock(fleet: Fleet, push_image: Callable[[str, str], str], tmp_path: Path) -> None:
+    """Drive Replicator.step on a fake clock with a recording copier: exact lag boundaries,
+    a retry after a failed copy, and no recopy after a restart."""
+    digest = push_image(f"{home(fleet)}/{REPO}:clock", "clock")
+    copies: list[str] = []
+    failing = {fleet.registry.endpoint("northeurope")}
+    now = [1000.0]
+
+    def copier(src: str, dest: str) -> None:
+        if dest.split("/")[0] in failing:
+            raise RuntimeError("connection refused")
+        copies.append(dest)
+
+    def arrived(region: str) -> bool:
+        # A digest travels with its tag when it has one (a single manifest PUT).
+        return f"{fleet.registry.endpoint(region)}/{REPO}:clock" in copies
+
+    rep = Replicator(fleet, tmp_path, copier=copier, clock=lambda: now[0])
+    rep.step()
+    assert arrived("westus") and arrived("westeurope") and not arrived("northeurope")
+    now[0] = 1003.9
+    rep.step()
+    assert not arrived("northeurope")  # 0.1 s before its 4 s lag
+    now[0] = 1004.0
+    rep.step()
+    assert not arrived("northeurope")  # due, but its registry "refuses"
+    failing.clear()
+    now[0] = 1005.0
+    rep.step()
+    assert not arrived("northeurope"), "retried before the retry delay"
+    now[0] = 1006.5
+    rep.step()
+    assert arrived("northeurope")
+    assert read_state(tmp_path)["digests"][digest]["regions"]["northeurope"]["waited"] == 6.5
+    copies.clear()
+    Replicator(fleet, tmp_path, copier=copier, clock=lambda: now[0]).step()
+    assert copies == [], "a restarted replicator copied again"
