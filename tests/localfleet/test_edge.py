@@ -1,0 +1,147 @@
+"""The per-region edge: digest parsing and answers from a faked cluster, then a real one."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localfleet import procs
+from localfleet.edge import ClusterUnreachable, Edge, make_server, parse_digest
+from localfleet.replicator import update_faults
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def deployment(ready: int = 2, image: str = f"127.0.0.1:5101/fanout/hello@{DIGEST}") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "hello", "namespace": "hello", "generation": 3},
+        "spec": {
+            "replicas": 2,
+            # Not first on purpose: the chart's container is named "app".
+            "template": {"spec": {"containers": [{"name": "proxy", "image": "x:1"}, {"name": "app", "image": image}]}},
+        },
+        "status": {"readyReplicas": ready, "updatedReplicas": 2, "observedGeneration": 3, "replicas": 2},
+    }
+
+
+class FakeReader:
+    def __init__(self, answer: dict[str, Any] | Exception | None):
+        self.answer = answer
+        self.calls = 0
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls += 1
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("image", "digest"),
+    [
+        (f"127.0.0.1:5101/fanout/hello@{DIGEST}", DIGEST),
+        (f"myacr.azurecr.io/fanout/hello:1.2@{DIGEST}", DIGEST),
+        ("127.0.0.1:5101/fanout/hello:latest", None),
+        ("hello@sha256:abc", None),  # truncated: not a digest
+        (None, None),
+    ],
+)
+def test_parse_digest(image: str | None, digest: str | None) -> None:
+    assert parse_digest(image) == digest
+
+
+def make_edge(answer: Any, tmp_path: Path, clock: Callable[[], float] = time.monotonic) -> Edge:
+    return Edge("westus", "hello", "hello", FakeReader(answer), tmp_path, clock=clock)
+
+
+def test_healthy_deployment_reports_its_digest(tmp_path: Path) -> None:
+    status, body = make_edge(deployment(), tmp_path).health()
+    assert (status, body["status"], body["digest"]) == (200, "ok", DIGEST)
+    status, body = make_edge(deployment(), tmp_path).version()
+    assert status == 200
+    assert body == {
+        "region": "westus",
+        "digest": DIGEST,
+        "image": f"127.0.0.1:5101/fanout/hello@{DIGEST}",
+        "ready_replicas": 2,
+        "replicas": 2,
+        "updated_replicas": 2,
+        "observed_generation": 3,
+        "generation": 3,
+        "healthy": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (deployment(ready=0), "no ready replicas"),
+        (None, "deployment hello/hello not found"),
+        (ClusterUnreachable("connection refused"), "cluster unreachable: connection refused"),
+    ],
+)
+def test_unhealthy_answers_say_why(answer: Any, reason: str, tmp_path: Path) -> None:
+    status, body = make_edge(answer, tmp_path).health()
+    assert status == 503 and body["status"] == "unhealthy" and reason in body["reason"]
+
+
+def test_version_when_there_is_nothing_to_report(tmp_path: Path) -> None:
+    status, body = make_edge(ClusterUnreachable("timed out"), tmp_path).version()
+    assert status == 503 and body["digest"] is None and "timed out" in body["reason"]
+    status, body = make_edge(deployment(ready=0), tmp_path).version()
+    assert status == 200 and body["healthy"] is False
+
+
+def test_injected_fault_fails_health_but_not_version(tmp_path: Path) -> None:
+    e = make_edge(deployment(), tmp_path)
+    update_faults(tmp_path, edge_unhealthy=["westus"])
+    expected = {"region": "westus", "digest": DIGEST, "status": "unhealthy", "reason": "fault injected"}
+    assert e.health() == (503, expected)
+    status, body = e.version()
+    assert status == 200 and body["healthy"] is False and body["digest"] == DIGEST
+    update_faults(tmp_path, edge_unhealthy=["northeurope"])
+    assert e.health()[0] == 200
+
+
+def test_cluster_is_read_at_most_once_a_second(tmp_path: Path) -> None:
+    now = [100.0]
+    e = make_edge(deployment(), tmp_path, clock=lambda: now[0])
+    for _ in range(5):
+        e.health()
+        e.version()
+    now[0] += 0.99
+    e.health()
+    assert e.reader.calls == 1
+    now[0] += 0.02
+    e.health()
+    assert e.reader.calls == 2
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_http_server(tmp_path: Path) -> None:
+    port = procs.free_port()
+    server = make_server(make_edge(deployment(), tmp_path), "127.0.0.1", port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        assert get(f"http://127.0.0.1:{port}/version?x=1")[1]["digest"] == DIGEST
+        status, body = get(f"http://127.0.0.1:{port}/nope")
+        assert status == 404 and "/healthz" in body["paths"]
+    finally:
+        server.shutdown()
+        server.server_close()
