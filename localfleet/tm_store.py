@@ -8,6 +8,7 @@ State is plain JSON-able dicts so that it can be written to disk as is after eve
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -31,6 +32,15 @@ WRITABLE = {
     "minChildEndpoints", "minChildEndpointsIPv4", "minChildEndpointsIPv6", "geoMapping", "subnets",
     "customHeaders", "alwaysServe",
 }  # fmt: skip
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class ArmError(Exception):
@@ -299,10 +309,11 @@ class Store:
 
     # ---- health monitor ------------------------------------------------------------------------
 
-    def _probe_url(self, ep: dict[str, Any]) -> str:
-        if ep.get("probe_url"):
-            return str(ep["probe_url"])
-        return f"http://{ep['properties'].get('target')}{self.state['profile']['path']}"
+    def _probe_url(self, ep: dict[str, Any]) -> str | None:
+        url = ep.get("probe_url") or f"http://{ep['properties'].get('target')}{self.state['profile']['path']}"
+        # The local fleet lives on loopback; anything else is unreachable here (and a DNS lookup
+        # for it could stall the monitor), so such an endpoint is simply Degraded.
+        return url if _is_loopback(urlsplit(url).hostname) else None
 
     def probe_once(self) -> None:
         """Probe every enabled endpoint once and record the result."""
@@ -316,6 +327,9 @@ class Store:
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         results = {}
         for key, url in targets.items():
+            if url is None:
+                results[key] = False
+                continue
             try:
                 with opener.open(url, timeout=1) as resp:
                     results[key] = resp.status == 200

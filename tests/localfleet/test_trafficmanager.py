@@ -45,10 +45,12 @@ class FakeEdge:
 
     def __init__(self) -> None:
         self.status = 200
+        self.delay = 0.0
         edge = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                time.sleep(edge.delay)
                 code = edge.status if self.path == "/healthz" else 404
                 self.send_response(code)
                 self.send_header("Content-Length", "0")
@@ -156,7 +158,14 @@ def test_put_creates_then_replaces(standin: StandIn) -> None:
     body = Endpoint(properties=EndpointProperties(target="edge2.example.com", endpoint_status="Disabled", weight=9))
     replaced = client.endpoints.create_or_update(RG, PROFILE, "ExternalEndpoints", "spare", body, **HTTP)
     assert (replaced.properties.target, replaced.properties.weight) == ("edge2.example.com", 9)
-    assert standin.adapter().endpoints()["spare"].enabled is False
+    spare = standin.adapter().endpoints()["spare"]
+    assert (spare.enabled, spare.monitor_status) == (False, "Disabled")
+    enabled = client.endpoints.update(
+        RG, PROFILE, "ExternalEndpoints", "spare", {"properties": {"endpointStatus": "Enabled"}}, **HTTP
+    )
+    assert enabled.properties.target == "edge2.example.com"
+    # Not loopback, so never probed from here: it can only be Degraded.
+    wait_for(lambda: standin.adapter().endpoints()["spare"].monitor_status == "Degraded", what="spare Degraded")
     assert client.endpoints.delete(RG, PROFILE, "ExternalEndpoints", "spare", **HTTP) is not None
     assert "spare" not in standin.adapter().endpoints()
 
@@ -212,6 +221,8 @@ def test_bearer_and_api_version_are_required(standin: StandIn) -> None:
     assert (status, body["error"]["code"]) == (400, "NoRegisteredProviderFound")
     status, _, body = _raw(path + "?api-version=2026-09-01", {"Authorization": "Bearer x"})
     assert status == 200 and body["properties"]["trafficRoutingMethod"] == "Weighted"
+    status, _, body = _raw(f"{standin.base_url}/_fanout/state", {})
+    assert status == 200 and body["profile"]["name"] == PROFILE and body["tm_errors"] == {}
 
 
 def test_state_survives_restart(standin: StandIn) -> None:
@@ -239,6 +250,19 @@ def test_monitor_status_follows_the_edge(standin: StandIn, edges: list[FakeEdge]
     edges[0].status = 200
     tm.set_endpoint("eastus", enabled=True)
     wait_for(lambda: status("eastus") == "Online", what="eastus Online again")
+
+
+def test_checking_endpoint_until_the_first_probe(fleet: Fleet, edges: list[FakeEdge], tmp_path: Path) -> None:
+    for edge in edges:
+        edge.delay = 0.5  # the first probe round takes ~2 s: long enough to look before it ends
+    s = StandIn(fleet, tmp_path / "slow")
+    try:
+        tm = s.adapter()
+        assert {e.monitor_status for e in tm.endpoints().values()} == {"CheckingEndpoint"}
+        assert tm.profile_status().monitor_status == "CheckingEndpoints"
+        wait_for(lambda: tm.profile_status().monitor_status == "Online", what="profile Online")
+    finally:
+        s.stop()
 
 
 def test_injected_429_is_retried_by_the_sdk(standin: StandIn) -> None:
