@@ -5,6 +5,7 @@ No I/O here: the operators gather the facts, these functions decide."""
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -93,7 +94,11 @@ def rollout_status(deployment: dict[str, Any] | None, digest: str) -> RolloutSta
 
 
 def final_traffic(
-    fleet: Fleet, endpoints: dict[str, EndpointState], serving: dict[str, str | None], digest: str | None
+    fleet: Fleet,
+    endpoints: dict[str, EndpointState],
+    serving: dict[str, str | None],
+    digest: str | None,
+    scope: Collection[str] | None = None,
 ) -> tuple[dict[str, EndpointState], list[str]]:
     """The endpoint states a run should end with, and the warnings to report.
 
@@ -101,7 +106,9 @@ def final_traffic(
     stays (or becomes) disabled — unless that would leave fewer than min_serving_regions
     enabled (or none at all: Traffic Manager answers NXDOMAIN then), in which case the
     stale regions with the most weight are kept enabled and a warning says so.
-    `digest` None means the run never got a release: keep what serves, touch nothing else.
+    Regions outside `scope` (default: all) keep their current state: a run that targeted
+    a subset, or halted before later waves, leaves the untouched regions as they were.
+    `digest` None means the run never got a release: only the floor rule applies.
     """
     desired: dict[str, EndpointState] = {}
     warnings: list[str] = []
@@ -109,7 +116,7 @@ def final_traffic(
     for region in fleet.regions:
         current = endpoints[region.endpoint.name]
         fresh = digest is not None and serving.get(region.name) == digest
-        if digest is None:
+        if digest is None or (scope is not None and region.name not in scope):
             desired[region.name] = current
         elif fresh:
             desired[region.name] = replace(current, enabled=True, weight=region.endpoint.weight)
@@ -118,15 +125,18 @@ def final_traffic(
             desired[region.name] = replace(current, enabled=False)
     enabled = [r for r, e in desired.items() if e.enabled]
     floor = max(fleet.min_serving_regions, 1)
-    keep = sorted(stale, key=lambda r: (-fleet.region(r).endpoint.weight, fleet.region_names.index(r)))
-    while len(enabled) < floor and keep:
-        region = keep.pop(0)
+    heaviest_first = lambda r: (-fleet.region(r).endpoint.weight, fleet.region_names.index(r))  # noqa: E731
+    # Below the floor, stale regions that serve something come back first, then any
+    # other drained region that answers: old code served beats NXDOMAIN.
+    spare = [r for r in fleet.region_names if not desired[r].enabled and r not in stale and serving.get(r)]
+    candidates = sorted(stale, key=heaviest_first) + sorted(spare, key=heaviest_first)
+    while len(enabled) < floor and candidates:
+        region = candidates.pop(0)
         desired[region] = replace(desired[region], enabled=True, weight=fleet.region(region).endpoint.weight)
         enabled.append(region)
-        warnings.append(
-            f"{region} does not serve {digest} ({serving.get(region) or 'nothing'}) but stays enabled: "
-            f"min_serving_regions is {fleet.min_serving_regions}"
-        )
-    for region in keep:
-        warnings.append(f"{region} serves {serving.get(region) or 'nothing'}, not {digest}: left drained")
+        what = f"does not serve {digest} ({serving.get(region) or 'nothing'})" if digest else "was drained"
+        warnings.append(f"{region} {what} but is enabled: min_serving_regions is {fleet.min_serving_regions}")
+    for region in candidates:
+        if region in stale:
+            warnings.append(f"{region} serves {serving.get(region) or 'nothing'}, not {digest}: left drained")
     return desired, warnings

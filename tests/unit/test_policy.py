@@ -45,7 +45,7 @@ def test_drain_refused_above_the_share():
 def test_drain_needs_every_endpoint():
     eps = endpoints()
     del eps["westeurope"]
-    with pytest.raises(PolicyError, match="no endpoint for region.s. westeurope"):
+    with pytest.raises(PolicyError, match=r"no endpoint for region.s. westeurope"):
         check_drain(FLEET, eps, "westus")
 
 
@@ -97,7 +97,7 @@ def test_final_traffic_keeps_min_serving_even_if_stale():
     serving = {"eastus": D1, "westus": D2, "northeurope": None, "westeurope": D2}
     desired, warnings = final_traffic(FLEET, endpoints(), serving, D1)
     assert [r for r, e in desired.items() if e.enabled] == ["eastus", "westus"]
-    assert "westus does not serve" in warnings[0] and "stays enabled" in warnings[0]
+    assert "westus does not serve" in warnings[0] and "is enabled: min_serving_regions" in warnings[0]
 
 
 def test_final_traffic_never_disables_everything():
@@ -110,3 +110,17 @@ def test_final_traffic_without_a_release_changes_nothing():
     eps = endpoints(disabled=["westus"])
     desired, warnings = final_traffic(FLEET, eps, {}, None)
     assert desired == {r: eps[r] for r in FLEET.region_names} and warnings == []
+
+
+def test_final_traffic_leaves_regions_outside_the_scope_alone():
+    serving = {"eastus": D2, "westus": D1, "northeurope": D2, "westeurope": D2}
+    desired, warnings = final_traffic(FLEET, endpoints(), serving, D1, scope=["westus"])
+    assert all(e.enabled for e in desired.values()) and warnings == []
+
+
+def test_final_traffic_brings_back_a_drained_region_to_keep_the_floor():
+    serving = {"eastus": D2, "westus": None, "northeurope": D2, "westeurope": D2}
+    eps = endpoints(disabled=["eastus", "westus", "northeurope"])
+    desired, warnings = final_traffic(FLEET, eps, serving, None)
+    assert [r for r, e in desired.items() if e.enabled] == ["eastus", "westeurope"]
+    assert warnings == ["eastus was drained but is enabled: min_serving_regions is 2"]

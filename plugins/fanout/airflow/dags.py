@@ -14,6 +14,7 @@ from pathlib import Path
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule
 
+from fanout.airflow import consistency as cc
 from fanout.airflow import operators as op
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import plan_waves
@@ -155,10 +156,10 @@ def build_consistency_dag(fleet: Fleet, path: str) -> DAG:
         tags=["fanout", app, "consistency"],
     ) as dag:
         kw = {"fleet_path": path}
-        desired = op.ReadDesiredStateOperator(task_id="read_desired", inlets=[release_asset(app)], **kw)
-        observe = [op.ObserveRegionOperator(task_id=f"observe_{r}", region=r, **kw) for r in fleet.region_names]
-        classify = op.ClassifyFleetOperator(task_id="classify", trigger_rule=TriggerRule.ALL_DONE, **kw)
-        repair = op.RepairFleetOperator(task_id="repair", **kw)
+        desired = cc.ReadDesiredStateOperator(task_id="read_desired", inlets=[release_asset(app)], **kw)
+        observe = [cc.ObserveRegionOperator(task_id=f"observe_{r}", region=r, **kw) for r in fleet.region_names]
+        classify = cc.ClassifyFleetOperator(task_id="classify", trigger_rule=TriggerRule.ALL_DONE, **kw)
+        repair = cc.RepairFleetOperator(task_id="repair", **kw)
         desired >> observe >> classify >> repair
     return dag
 

@@ -1,22 +1,31 @@
-"""Fanout's operators: each does one step of a release for one fleet (and one region).
+"""Fanout's release operators: each does one step for one fleet (and one region).
 
-Every operator knows its fleet file and, where it acts on one region, that region.
-The base class decides, before any work, whether this task has anything to do in
-this run: a region outside the run's `regions` subset is skipped, and on a dry run
-every task that would change something is skipped. So a dry run and a partial run
-use the same graph as a full one.
+The base class decides, before any work, whether the task has anything to do in this
+run: a region outside the run's `regions` subset is skipped, and a dry run skips every
+task but `validate`. So a dry run and a partial run use the same graph as a full one.
+Outside systems are reached only through FleetHook; decisions come from fanout.policy.
 """
 
 from __future__ import annotations
 
-from functools import cache
+import time
+from datetime import timedelta
+from functools import cache, cached_property
 from typing import Any, ClassVar
 
+from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from fanout.adapters.helm import HelmError
+from fanout.airflow.hooks import FleetHook
+from fanout.airflow.triggers import HttpGateTrigger, ReplicationTrigger, RolloutTrigger, probe_edge
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import plan_waves
+from fanout.policy import DIGEST, PolicyError, check_drain, final_traffic, rollout_status
+
+# Region steps that record a failure, in the order they run.
+STEPS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "gate_metric")
 
 
 @cache
@@ -32,11 +41,11 @@ def targeted(params: dict[str, Any], region: str) -> bool:
 class FanoutOperator(BaseOperator):
     """Base for every Fanout task. Subclasses implement `run`."""
 
-    # Does this step change the fleet? Changing steps are skipped on a dry run.
-    changes_fleet: ClassVar[bool] = True
+    runs_on_dry_run: ClassVar[bool] = False
     ui_color = "#e8f1fb"
 
     def __init__(self, *, fleet_path: str, region: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 0)  # a failed gate must fail now, not be retried into a pass
         super().__init__(**kwargs)
         self.fleet_path = fleet_path
         self.region = region
@@ -45,114 +54,345 @@ class FanoutOperator(BaseOperator):
     def fleet(self) -> Fleet:
         return fleet_at(self.fleet_path)
 
+    @cached_property
+    def hook(self) -> FleetHook:
+        return FleetHook(self.fleet)
+
     def execute(self, context: Context) -> Any:
         params = context["params"]
         if self.region is not None and not targeted(params, self.region):
             raise AirflowSkipException(f"{self.region} is not in this run's regions {params.get('regions')}")
-        if self.changes_fleet and params.get("dry_run"):
+        if params.get("dry_run") and not self.runs_on_dry_run:
             raise AirflowSkipException("dry run: nothing is changed")
         return self.run(context)
 
     def run(self, context: Context) -> Any:
-        raise NotImplementedError(
-            f"{type(self).__name__} ({self.task_id}) has no implementation yet: the release issue fills it in"
-        )
+        raise NotImplementedError(f"{type(self).__name__} ({self.task_id}) has no implementation yet")
+
+    def fail(self, context: Context, cause: str) -> None:
+        """Record why this step failed (rollback and the run's final message read it), then fail."""
+        step = self.task_id.split(".")[-1]
+        context["ti"].xcom_push(key="failure", value={"region": self.region, "gate": step, "cause": cause})
+        raise AirflowFailException(f"{self.region}: {step} failed: {cause}")
+
+    # -- shared facts of the run -------------------------------------------------
+    def release(self, context: Context) -> dict[str, Any]:
+        built = context["ti"].xcom_pull(task_ids="build")
+        if not built or not DIGEST.match(built.get("digest", "")):
+            raise AirflowFailException("no release digest: the build task did not record one")
+        return built
+
+    def image_repository(self, region: str) -> str:
+        return f"{self.fleet.registry.endpoint(region)}/{self.fleet.registry.repository}"
+
+    def probe(self, region: str) -> tuple[bool, str | None, str]:
+        """(healthy, digest served, detail) from the region's edge, as a user would see it."""
+        gate = self.fleet.gates.http
+        return probe_edge(self.fleet.region(region).edge_url, gate.health_path, gate.version_path)
+
+    def endpoint_name(self) -> str:
+        return self.fleet.region(self.region).endpoint.name
 
 
 class ValidateReleaseOperator(FanoutOperator):
-    """Refuse a run whose conf does not fit the fleet, and print the plan it will follow."""
+    """Refuse a run whose conf does not fit the fleet or whose chart does not render; print the plan."""
 
-    changes_fleet = False
+    runs_on_dry_run = True
     ui_color = "#fff7e0"
 
     def run(self, context: Context) -> dict[str, Any]:
         params = context["params"]
         plan = plan_waves(self.fleet, params.get("regions"))
         self.log.info("%s", plan.explain())
+        if params.get("dry_run"):
+            self.log.info("dry run: the plan above is all this run does")
         return {"waves": [list(w.regions) for w in plan.waves], "dry_run": bool(params.get("dry_run"))}
 
 
 class BuildImageOperator(FanoutOperator):
-    """Build the app image once and pin the release to its digest."""
+    """Build the app image once and pin the release to its digest (or take the digest given)."""
+
+    def run(self, context: Context) -> dict[str, Any]:
+        params, registry = context["params"], self.fleet.registry
+        home = self.hook.registry(registry.home)
+        image = params.get("image")
+        if image and DIGEST.match(image):
+            if not home.has_manifest(registry.repository, image):
+                raise AirflowFailException(f"image: {image} is not in the home registry {home.endpoint}")
+            self.log.info("releasing the given digest %s (no build)", image)
+            return {"digest": image, "repository": registry.repository, "tag": None}
+        tag = image or params["git_sha"][:12]
+        destination = f"{registry.endpoint(registry.home)}/{registry.repository}:{tag}"
+        started = time.monotonic()
+        digest = self.hook.builder().build_and_push(self.fleet.resolve(self.fleet.app.source), destination)
+        self.log.info("built and pushed %s as %s in %.1f s", destination, digest, time.monotonic() - started)
+        return {"digest": digest, "repository": registry.repository, "tag": tag}
 
 
 class WaitForReplicationOperator(FanoutOperator):
-    """Wait (deferred) until the region's registry replica serves the release digest."""
+    """Wait, deferred, until this region's registry replica serves the release digest."""
 
-    changes_fleet = False
+    def run(self, context: Context) -> dict[str, Any] | None:
+        digest = self.release(context)["digest"]
+        registry = self.hook.registry(self.region)
+        if registry.has_manifest(self.fleet.registry.repository, digest):
+            self.log.info("%s already serves %s", registry.endpoint, digest)
+            return {"waited": 0.0}
+        self.log.info("waiting for %s to serve %s", registry.endpoint, digest)
+        self.defer(
+            trigger=ReplicationTrigger(
+                endpoint=registry.endpoint,
+                insecure=registry.insecure,
+                repository=self.fleet.registry.repository,
+                digest=digest,
+                timeout_seconds=self.fleet.registry.replication_timeout_seconds,
+            ),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        if event["status"] != "ok":
+            digest = self.release(context)["digest"]
+            raise AirflowFailException(
+                f"{self.region}: the registry replica still lacks {digest} after {event['waited']:.0f} s "
+                f"(registry.replication_timeout_seconds): {event['detail']}"
+            )
+        self.log.info("%s has the digest after %.1f s", self.region, event["waited"])
+        return {"waited": event["waited"]}
 
 
 class DrainRegionOperator(FanoutOperator):
-    """Disable the region's Traffic Manager endpoint before changing it."""
+    """Disable the region's Traffic Manager endpoint, if the drain rules allow it."""
+
+    def run(self, context: Context) -> dict[str, Any]:
+        tm = self.hook.traffic_manager()
+        endpoints = tm.endpoints()
+        try:
+            check_drain(self.fleet, endpoints, self.region)
+        except PolicyError as err:
+            self.fail(context, f"refused: {err}")
+        current = endpoints[self.endpoint_name()]
+        if current.enabled:
+            tm.set_endpoint(current.name, enabled=False)
+            self.log.info("drained %s (endpoint %s disabled)", self.region, current.name)
+        else:
+            self.log.info("%s is already drained", self.region)
+        return {"was_enabled": current.enabled}
 
 
 class HelmDeployOperator(FanoutOperator):
-    """`helm upgrade --install` the chart in the region, image pinned by digest."""
+    """`helm upgrade --install` the chart in the region with the image pinned by digest."""
+
+    def run(self, context: Context) -> dict[str, Any]:
+        release, app = self.release(context), self.fleet.app
+        helm, digest = self.hook.helm(self.region), release["digest"]
+        history = helm.history(app.name, app.namespace)
+        deployed = [h for h in history if h.status in ("deployed", "superseded")]
+        current = history[-1] if history else None
+        if current and current.status.startswith("pending-") and deployed:
+            # A killed helm leaves the release locked; the last good revision is the way out.
+            self.log.warning("%s: release stuck in %s; rolling back to %s", self.region, current.status, deployed[-1])
+            helm.rollback(app.name, app.namespace, deployed[-1].revision, wait=False)
+        elif current and current.status == "deployed" and self._live(digest):
+            self.log.info("%s already runs %s (revision %s): no upgrade", self.region, digest, current.revision)
+            return {"changed": False, "previous_revision": current.revision, "revision": current.revision}
+        previous = next((h.revision for h in reversed(history) if h.status == "deployed"), None)
+        values = {
+            **app.values,
+            "image": {"repository": self.image_repository(self.region), "digest": digest},
+            "region": self.region,
+            "release": {"runId": context["run_id"], "gitSha": context["params"]["git_sha"]},
+        }
+        chart = app.chart.oci or str(self.fleet.resolve(app.chart.path))
+        try:
+            done = helm.upgrade_install(
+                app.name, chart, app.namespace, values, version=app.chart.version,
+                description=f"fanout run {context['run_id']} git {context['params']['git_sha'][:12]}",
+            )  # fmt: skip
+        except HelmError as err:
+            context["ti"].xcom_push(key="return_value", value={"changed": True, "previous_revision": previous})
+            self.fail(context, str(err))
+        self.log.info("%s: helm revision %s (%s), previous %s", self.region, done.revision, done.status, previous)
+        return {"changed": True, "previous_revision": previous, "revision": done.revision}
+
+    def _live(self, digest: str) -> bool:
+        deployment = self.hook.cluster(self.region).deployment(self.fleet.app.namespace, self.fleet.app.name)
+        return rollout_status(deployment, digest).done
 
 
-class RolloutGateOperator(FanoutOperator):
-    """Wait (deferred) until the Deployment has rolled out the release."""
+class _GateOperator(FanoutOperator):
+    ui_color = "#e6f5e6"
 
-    changes_fleet = False
-
-
-class HttpGateOperator(FanoutOperator):
-    """The region's edge answers healthy and reports the release digest N times in a row."""
-
-    changes_fleet = False
+    def finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        if event["status"] != "ok":
+            self.fail(context, f"{event['detail']} (gave up after {event['waited']:.0f} s)")
+        self.log.info("%s passed after %.1f s: %s", self.task_id, event["waited"], event["detail"])
+        return event
 
 
-class SoakGateOperator(FanoutOperator):
-    """Let the region run the release for the fleet's soak time before it takes traffic again."""
+class RolloutGateOperator(_GateOperator):
+    """Wait, deferred, until the Deployment has rolled out the digest on every replica."""
 
-    changes_fleet = False
+    def run(self, context: Context) -> None:
+        kubeconfig, kube_context = self.hook.kubeconfig(self.region)
+        self.defer(
+            trigger=RolloutTrigger(
+                kubeconfig=kubeconfig,
+                context=kube_context,
+                namespace=self.fleet.app.namespace,
+                name=self.fleet.app.name,
+                digest=self.release(context)["digest"],
+                timeout_seconds=self.fleet.gates.rollout_timeout_seconds,
+                poll_seconds=1.0,
+            ),
+            method_name="finish",
+        )
 
 
-class MetricGateOperator(FanoutOperator):
-    """A metric query stays under its threshold."""
+class HttpGateOperator(_GateOperator):
+    """Wait, deferred, until the region's edge answers healthy on the digest N times in a row."""
 
-    changes_fleet = False
+    def run(self, context: Context) -> None:
+        gate = self.fleet.gates.http
+        self.defer(
+            trigger=HttpGateTrigger(
+                edge_url=self.fleet.region(self.region).edge_url,
+                health_path=gate.health_path,
+                version_path=gate.version_path,
+                digest=self.release(context)["digest"] if gate.expect_release_digest else None,
+                needed=gate.consecutive_successes,
+                timeout_seconds=gate.timeout_seconds,
+                poll_seconds=gate.interval_seconds,
+            ),
+            method_name="finish",
+        )
+
+
+class SoakGateOperator(_GateOperator):
+    """Let the region run the release for the soak time, then check it is still healthy."""
+
+    def run(self, context: Context) -> dict[str, Any]:
+        if self.fleet.gates.soak_seconds:
+            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.fleet.gates.soak_seconds)), method_name="after")
+        return self.after(context)
+
+    def after(self, context: Context, event: Any = None) -> dict[str, Any]:
+        healthy, digest, detail = self.probe(self.region)
+        if not healthy or digest != self.release(context)["digest"]:
+            self.fail(context, f"after {self.fleet.gates.soak_seconds} s of soak: {detail}")
+        return {"soaked_seconds": self.fleet.gates.soak_seconds}
 
 
 class RestoreRegionOperator(FanoutOperator):
     """Enable the region's endpoint at its configured weight."""
 
+    def run(self, context: Context) -> dict[str, Any]:
+        weight = self.fleet.region(self.region).endpoint.weight
+        state = self.hook.traffic_manager().set_endpoint(self.endpoint_name(), enabled=True, weight=weight)
+        self.log.info("restored %s: enabled at weight %s", self.region, state.weight)
+        return {"enabled": state.enabled, "weight": state.weight}
+
 
 class RollbackRegionOperator(FanoutOperator):
-    """After a failed gate: helm rollback the region and leave traffic in a defined state."""
+    """After a failed deploy or gate: helm rollback, then put traffic back if the region is healthy."""
+
+    ui_color = "#fbe8e8"
+
+    def run(self, context: Context) -> dict[str, Any]:
+        ti, app = context["ti"], self.fleet.app
+        group = f"deploy_{self.region}"
+        failure = next(
+            (f for step in STEPS if (f := ti.xcom_pull(task_ids=f"{group}.{step}", key="failure"))),
+            {"region": self.region, "gate": "unknown", "cause": "a step failed without saying why; see its log"},
+        )
+        deployed = ti.xcom_pull(task_ids=f"{group}.helm_deploy") or {}
+        outcome: dict[str, Any] = {**failure, "rolled_back_to": None, "traffic": "drained"}
+        previous = deployed.get("previous_revision")
+        if deployed.get("changed") and previous:
+            self.log.info("%s: rolling back to helm revision %s", self.region, previous)
+            done = self.hook.helm(self.region).rollback(app.name, app.namespace, previous, wait=True)
+            outcome["rolled_back_to"] = previous
+            self.log.info("%s: now at revision %s (%s)", self.region, done.revision, done.status)
+        elif deployed.get("changed"):
+            self.log.warning("%s: first install failed; nothing to roll back to, the region stays drained", self.region)
+        healthy, serving, detail = self.probe(self.region)
+        if healthy and (outcome["rolled_back_to"] or not deployed.get("changed")):
+            weight = self.fleet.region(self.region).endpoint.weight
+            self.hook.traffic_manager().set_endpoint(self.endpoint_name(), enabled=True, weight=weight)
+            outcome["traffic"] = "enabled"
+        outcome["serving"] = serving
+        self.log.error(
+            "%s: %s failed: %s — rolled back to %s, traffic %s (%s)",
+            self.region, failure["gate"], failure["cause"], outcome["rolled_back_to"], outcome["traffic"], detail,
+        )  # fmt: skip
+        return outcome
 
 
 class BakeOperator(FanoutOperator):
-    """Wait the fleet's bake time between two waves."""
+    """Wait the fleet's bake time between two waves (deferred)."""
 
-    changes_fleet = False
+    def run(self, context: Context) -> None:
+        if self.fleet.rollout.bake_seconds:
+            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.fleet.rollout.bake_seconds)), method_name="done")
+
+    def done(self, context: Context, event: Any = None) -> None:
+        self.log.info("baked %s s", self.fleet.rollout.bake_seconds)
 
 
 class RebalanceOperator(FanoutOperator):
-    """Set every endpoint's final weight and status from policy and health."""
+    """Set every endpoint's final weight and status from policy and health; fail a failed run loudly."""
+
+    def run(self, context: Context) -> dict[str, Any]:
+        params, ti = context["params"], context["ti"]
+        built = ti.xcom_pull(task_ids="build") or {}
+        digest = built.get("digest")
+        failures = [f for r in self.fleet.region_names if (f := ti.xcom_pull(task_ids=f"deploy_{r}.rollback"))]
+        wanted = params.get("regions") or self.fleet.region_names
+        serving = {r: self.probe(r)[1] for r in self.fleet.region_names}
+        tm = self.hook.traffic_manager()
+        current = tm.endpoints()
+        ok = digest is not None and not failures and all(serving.get(r) == digest for r in wanted)
+        desired, warnings = final_traffic(
+            self.fleet, current, serving, digest if ok else None, scope=wanted if ok else []
+        )
+        # Enable before disabling, so no moment has every endpoint disabled.
+        changes = sorted(desired.items(), key=lambda kv: not kv[1].enabled)
+        for region, want in changes:
+            have = current[want.name]
+            if (have.enabled, have.weight) != (want.enabled, want.weight):
+                tm.set_endpoint(want.name, enabled=want.enabled, weight=want.weight)
+                self.log.info("%s: endpoint %s -> %s weight %s", region, want.name, want.enabled, want.weight)
+        for line in warnings:
+            self.log.warning("%s", line)
+        summary = {
+            r: {"serving": serving[r], "enabled": desired[r].enabled, "weight": desired[r].weight}
+            for r in self.fleet.region_names
+        }
+        if failures:
+            causes = "; ".join(f"{f['region']}: {f['gate']}: {f['cause']}" for f in failures)
+            raise AirflowFailException(f"release of {self.fleet.app.name} {digest} failed — {causes}")
+        return {"regions": summary, "warnings": warnings}
 
 
 class RecordReleaseOperator(FanoutOperator):
-    """Emit the release Asset event (app, digest, chart version, per-region outcome)."""
+    """Emit the release Asset event the consistency DAG reads."""
 
+    def run(self, context: Context) -> dict[str, Any]:
+        from fanout.airflow.dags import release_asset
 
-class ObserveRegionOperator(FanoutOperator):
-    """Consistency check: what the region really runs and serves."""
-
-    changes_fleet = False
-
-
-class ReadDesiredStateOperator(FanoutOperator):
-    """Consistency check: the last successful release of the app."""
-
-    changes_fleet = False
-
-
-class ClassifyFleetOperator(FanoutOperator):
-    """Consistency check: in-sync / stale / drifted / stuck / unreachable / traffic-mismatch per region."""
-
-    changes_fleet = False
-
-
-class RepairFleetOperator(FanoutOperator):
-    """Consistency repair: roll back stuck releases, then trigger a targeted release run."""
+        built = self.release(context)
+        balance = context["ti"].xcom_pull(task_ids="rebalance") or {}
+        extra = {
+            "app": self.fleet.app.name,
+            "digest": built["digest"],
+            "repository": built["repository"],
+            "chart_version": self.fleet.app.chart.version,
+            "git_sha": context["params"]["git_sha"],
+            "source_ref": context["params"]["source_ref"],
+            "run_id": context["run_id"],
+            "regions": context["params"].get("regions") or self.fleet.region_names,
+            "outcome": balance.get("regions", {}),
+        }
+        context["outlet_events"][release_asset(self.fleet.app.name)].extra = extra
+        self.log.info("recorded release %s of %s", built["digest"], self.fleet.app.name)
+        return extra

@@ -1,0 +1,152 @@
+"""Deferrable waits: each polls one outside system until a condition holds or a deadline
+passes, in the triggerer, holding no worker slot. Every event carries what the operator
+needs to say what happened: status, detail, seconds waited."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from fanout.adapters.cluster import Cluster, ClusterError
+from fanout.adapters.registry import OciRegistry, RegistryError
+from fanout.policy import rollout_status
+
+
+class _PollingTrigger(BaseTrigger):
+    """Poll `check()` every `poll_seconds` until it says done or `timeout_seconds` pass.
+
+    `started_at` travels with the serialized trigger, so a triggerer restart does not
+    restart the clock.
+    """
+
+    def __init__(self, *, timeout_seconds: float, poll_seconds: float = 2.0, started_at: float | None = None):
+        super().__init__()
+        self.timeout_seconds = timeout_seconds
+        self.poll_seconds = poll_seconds
+        self.started_at = started_at or time.time()
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {
+            "timeout_seconds": self.timeout_seconds,
+            "poll_seconds": self.poll_seconds,
+            "started_at": self.started_at,
+        }
+
+    async def check(self) -> tuple[bool, str]:
+        raise NotImplementedError
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        detail = "not checked yet"
+        while True:
+            done, detail = await self.check()
+            waited = round(time.time() - self.started_at, 1)
+            if done:
+                yield TriggerEvent({"status": "ok", "detail": detail, "waited": waited})
+                return
+            if waited >= self.timeout_seconds:
+                yield TriggerEvent({"status": "timeout", "detail": detail, "waited": waited})
+                return
+            await asyncio.sleep(self.poll_seconds)
+
+
+class ReplicationTrigger(_PollingTrigger):
+    """Until the region's registry replica serves `digest` (HEAD /v2/<repo>/manifests/<digest>)."""
+
+    def __init__(self, *, endpoint: str, insecure: bool, repository: str, digest: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.endpoint, self.insecure, self.repository, self.digest = endpoint, insecure, repository, digest
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{__name__}.ReplicationTrigger",
+            {"endpoint": self.endpoint, "insecure": self.insecure, "repository": self.repository,
+             "digest": self.digest, **self._kwargs()},
+        )  # fmt: skip
+
+    async def check(self) -> tuple[bool, str]:
+        try:
+            present = await OciRegistry(self.endpoint, self.insecure).has_manifest_async(self.repository, self.digest)
+        except RegistryError as err:
+            return False, str(err)
+        return present, ("present" if present else f"{self.endpoint} does not have it yet")
+
+
+class RolloutTrigger(_PollingTrigger):
+    """Until the Deployment has rolled out `digest` on every replica."""
+
+    def __init__(self, *, kubeconfig: str, context: str, namespace: str, name: str, digest: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.kubeconfig, self.context, self.namespace, self.name, self.digest = (
+            kubeconfig, context, namespace, name, digest,
+        )  # fmt: skip
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{__name__}.RolloutTrigger",
+            {"kubeconfig": self.kubeconfig, "context": self.context, "namespace": self.namespace,
+             "name": self.name, "digest": self.digest, **self._kwargs()},
+        )  # fmt: skip
+
+    async def check(self) -> tuple[bool, str]:
+        cluster = Cluster(self.kubeconfig, self.context)
+        try:
+            deployment = await asyncio.to_thread(cluster.deployment, self.namespace, self.name)
+        except ClusterError as err:
+            return False, str(err)
+        status = rollout_status(deployment, self.digest)
+        return status.done, status.reason
+
+
+def probe_edge(
+    edge_url: str, health_path: str, version_path: str, timeout: float = 5.0
+) -> tuple[bool, str | None, str]:
+    """(healthy, digest served, detail) as a user routed to this region would see it."""
+    try:
+        with urllib.request.urlopen(edge_url + health_path, timeout=timeout) as response:
+            healthy = response.status == 200
+    except urllib.error.HTTPError as err:
+        return False, None, f"{health_path} answered {err.code}"
+    except (urllib.error.URLError, OSError) as err:
+        return False, None, f"edge unreachable: {getattr(err, 'reason', err)}"
+    try:
+        with urllib.request.urlopen(edge_url + version_path, timeout=timeout) as response:
+            digest = json.loads(response.read()).get("digest")
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        return healthy, None, f"{version_path} unusable: {getattr(err, 'reason', err)}"
+    return healthy, digest, f"healthy={healthy} digest={digest}"
+
+
+class HttpGateTrigger(_PollingTrigger):
+    """Until the edge answers healthy and serves `digest` on `needed` probes in a row."""
+
+    def __init__(
+        self, *, edge_url: str, health_path: str, version_path: str, digest: str | None, needed: int,
+        streak: int = 0, **kwargs: Any,
+    ):  # fmt: skip
+        super().__init__(**kwargs)
+        self.edge_url, self.health_path, self.version_path = edge_url, health_path, version_path
+        self.digest, self.needed, self.streak = digest, needed, streak
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{__name__}.HttpGateTrigger",
+            {"edge_url": self.edge_url, "health_path": self.health_path, "version_path": self.version_path,
+             "digest": self.digest, "needed": self.needed, "streak": self.streak, **self._kwargs()},
+        )  # fmt: skip
+
+    async def check(self) -> tuple[bool, str]:
+        healthy, digest, detail = await asyncio.to_thread(
+            probe_edge, self.edge_url, self.health_path, self.version_path
+        )
+        good = healthy and (self.digest is None or digest == self.digest)
+        self.streak = self.streak + 1 if good else 0
+        if not good and healthy:
+            detail = f"edge serves {digest}, expected {self.digest}"
+        return self.streak >= self.needed, f"{detail} ({self.streak}/{self.needed} good probes in a row)"
