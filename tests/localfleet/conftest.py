@@ -16,15 +16,18 @@ from localfleet import procs
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_fleet(folder: Path, lags: dict[str, int] | None = None, **top: Any) -> Fleet:
-    """include/fleets/local.yaml moved to free ports (registries, edges) so tests never
-    collide with a running fleet; `lags` overrides replication lags, `top` top-level keys."""
+def write_fleet(folder: Path, lags: dict[str, int] | None = None, kubeconfig: Path | None = None, **top: Any) -> Fleet:
+    """include/fleets/local.yaml moved to free ports (registries, edges) so tests never collide
+    with a running fleet; `lags` overrides replication lags, `kubeconfig` every region's
+    kubeconfig path, `top` top-level keys."""
     data = yaml.safe_load((ROOT / "include/fleets/local.yaml").read_text())
     data["app"]["source"] = str(ROOT / "include/app")
     data["app"]["chart"]["path"] = str(ROOT / "include/charts/hello")
     data["registry"]["endpoints"] = {r: f"127.0.0.1:{procs.free_port()}" for r in data["registry"]["endpoints"]}
     for region in data["regions"]:
         region["edge_url"] = f"http://127.0.0.1:{procs.free_port()}"
+        if kubeconfig:
+            region["cluster"]["kubeconfig"]["path"] = str(kubeconfig)
         if lags and region["name"] in lags:
             region["local"]["replication_lag_seconds"] = lags[region["name"]]
     data.update(top)
