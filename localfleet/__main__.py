@@ -1,0 +1,5 @@
+import sys
+
+from localfleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,165 @@
+"""`python -m localfleet`: bring the embedded fleet up, show it, break it, take it down.
+
+Everything it starts is a local process with a pidfile under the state directory
+(default `$FANOUT_CACHE/localfleet`, i.e. ~/.cache/fanout/localfleet), so `down` stops
+exactly what `up` started and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fanout.fleet import Fleet, FleetError, load_fleet
+from localfleet import edge, kube, procs, registry, replicator, trafficmanager
+from localfleet.binaries import ensure_binaries
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_FLEET = REPO / "include" / "fleets" / "local.yaml"
+TM_PROC = "trafficmanager"
+Progress = Callable[[str], None]
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("FANOUT_CACHE", Path.home() / ".cache" / "fanout")) / "localfleet"
+
+
+def _regions(fleet: Fleet) -> list[kube.Region]:
+    return [kube.Region(r.name, r.local.apiserver_port) for r in fleet.regions if r.local]
+
+
+def kubeconfig_path(fleet: Fleet) -> Path:
+    access = fleet.regions[0].cluster.kubeconfig
+    if access is None:
+        raise FleetError(["regions[0].cluster: the local fleet reaches its clusters through a kubeconfig"])
+    return fleet.resolve(access.path)
+
+
+def _check_local(fleet: Fleet) -> None:
+    if fleet.traffic_manager.kind != "local" or fleet.registry.kind != "oci":
+        raise FleetError([f"{fleet.source_path}: not a local fleet (traffic_manager.kind local, registry.kind oci)"])
+
+
+def start_traffic_manager(fleet: Fleet, state: Path) -> int:
+    host, port = procs.split_hostport(fleet.traffic_manager.base_url.split("://", 1)[1].rstrip("/"))
+    argv = [sys.executable, "-m", "localfleet.trafficmanager", "--fleet", str(fleet.source_path)]
+    argv += ["--state-dir", str(state)]
+    env = {"PYTHONPATH": f"{REPO / 'plugins'}:{REPO}"}
+    return procs.start(TM_PROC, argv, state, env=env, cwd=REPO, ready=lambda: procs.port_open(host, port), timeout=20)
+
+
+def up(fleet: Fleet, state: Path | None = None, progress: Progress = print) -> None:
+    """Start every part of the fleet that is not running. Safe to run again."""
+    _check_local(fleet)
+    state = state or state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    def step(what: str) -> None:
+        progress(f"[{time.monotonic() - started:5.1f}s] {what}")
+
+    registry.ensure_debian_packages(["docker-registry", "skopeo", "buildah"])
+    ensure_binaries(progress)
+    step("control planes: etcd, then one region at a time")
+    kube.start_fleet(_regions(fleet), state, kubeconfig_path(fleet), progress=progress)
+    for region in fleet.region_names:
+        registry.start_registry(fleet, region, state)
+    step(f"registries up: {', '.join(fleet.registry.endpoint(r) for r in fleet.region_names)}")
+    replicator.start_replicator(fleet, state)
+    for region in fleet.region_names:
+        edge.start_edge(fleet, region, state)
+    step("replicator and edges up")
+    start_traffic_manager(fleet, state)
+    step(f"Traffic Manager stand-in up at {fleet.traffic_manager.base_url}")
+    step(f"fleet up; kubeconfig {kubeconfig_path(fleet)} has contexts {', '.join(fleet.region_names)}")
+
+
+def down(fleet: Fleet, state: Path | None = None, progress: Progress = print) -> None:
+    """Stop every process `up` started, by pid; data stays for the next `up`."""
+    state = state or state_dir()
+    procs.stop(TM_PROC, state)
+    for region in fleet.region_names:
+        edge.stop_edge(fleet, region, state)
+        registry.stop_registry(fleet, region, state)
+    replicator.stop_replicator(state)
+    kube.stop_all(state)
+    left = kube.all_pids(state)
+    progress("fleet down" + (f"; still running: {left}" if left else ""))
+
+
+def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]:
+    """One row per region: what is up, what it holds, what Traffic Manager thinks of it."""
+    from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManagerError
+
+    state = state or state_dir()
+    faults = replicator.read_faults(state)
+    endpoints = {}
+    with contextlib.suppress(TrafficManagerError, OSError):
+        tm = fleet.traffic_manager
+        client = AzureTrafficManager(
+            StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
+            base_url=tm.base_url, retry_total=0, timeout=3,
+        )  # fmt: skip
+        with client:
+            endpoints = client.endpoints()
+    rows = []
+    for region, kregion in zip(fleet.regions, _regions(fleet), strict=True):
+        health = kube.region_health(kregion, state)
+        endpoint = fleet.registry.endpoint(region.name)
+        up_ = registry.registry_up(endpoint)
+        digests = registry.list_digests(endpoint, fleet.registry.repository) if up_ else []
+        ep = endpoints.get(region.endpoint.name)
+        region_faults = [k for k, v in faults.items() if isinstance(v, (list, dict)) and region.name in v]
+        rows.append(
+            {
+                "region": region.name,
+                "apiserver": "ready" if health.apiserver_ready else "DOWN",
+                "nodes": f"{health.nodes_ready}/{health.nodes_total}",
+                "registry": "up" if up_ else "DOWN",
+                "digests": ",".join(d[7:19] for d in digests) or "-",
+                "endpoint": ("Enabled" if ep.enabled else "Disabled") if ep else "?",
+                "weight": str(ep.weight) if ep else "?",
+                "monitor": (ep.monitor_status or "?") if ep else "?",
+                "faults": ",".join(region_faults) or "-",
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict[str, str]], out: Callable[[str], None] = print) -> None:
+    if not rows:
+        return
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+    out("  ".join(k.ljust(w) for k, w in widths.items()).rstrip())
+    for row in rows:
+        out("  ".join(row[k].ljust(w) for k, w in widths.items()).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localfleet", description=__doc__.split("\n")[0])
+    parser.add_argument("--fleet", type=Path, default=DEFAULT_FLEET, help="a local fleet file")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the fleet (idempotent)")
+    sub.add_parser("status", help="a table of every region")
+    sub.add_parser("down", help="stop every process the fleet started")
+    args = parser.parse_args(argv)
+    try:
+        fleet = load_fleet(args.fleet)
+        if args.command == "up":
+            up(fleet)
+        elif args.command == "down":
+            down(fleet)
+        else:
+            print_table(status_rows(fleet))
+    except FleetError as err:
+        print("\n".join(err.problems), file=sys.stderr)
+        return 2
+    except (kube.KubeError, procs.ProcError, registry.RegistryError) as err:
+        print(f"localfleet: {err}", file=sys.stderr)
+        return 1
+    return 0
