@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fanout.fleet import Fleet, FleetError, load_fleet
-from localfleet import edge, kube, procs, registry, replicator, trafficmanager
+from localfleet import edge, kube, procs, registry, replicator
 from localfleet.binaries import ensure_binaries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,9 @@ def start_traffic_manager(fleet: Fleet, state: Path) -> int:
     return procs.start(TM_PROC, argv, state, env=env, cwd=REPO, ready=lambda: procs.port_open(host, port), timeout=20)
 
 
-def up(fleet: Fleet, state: Path | None = None, progress: Progress = print) -> None:
+def up(
+    fleet: Fleet, state: Path | None = None, progress: Progress = print, etcd_ports: tuple[int, int] | None = None
+) -> None:
     """Start every part of the fleet that is not running. Safe to run again."""
     _check_local(fleet)
     state = state or state_dir()
@@ -66,7 +68,8 @@ def up(fleet: Fleet, state: Path | None = None, progress: Progress = print) -> N
     registry.ensure_debian_packages(["docker-registry", "skopeo", "buildah"])
     ensure_binaries(progress)
     step("control planes: etcd, then one region at a time")
-    kube.start_fleet(_regions(fleet), state, kubeconfig_path(fleet), progress=progress)
+    ports = dict(zip(("etcd_client_port", "etcd_peer_port"), etcd_ports, strict=True)) if etcd_ports else {}
+    kube.start_fleet(_regions(fleet), state, kubeconfig_path(fleet), progress=progress, **ports)
     for region in fleet.region_names:
         registry.start_registry(fleet, region, state)
     step(f"registries up: {', '.join(fleet.registry.endpoint(r) for r in fleet.region_names)}")

@@ -1,7 +1,13 @@
 """Test-wide settings. Airflow reads its configuration at import, so set it first."""
 
+import json
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".airflow"))
@@ -9,3 +15,53 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
 os.environ.setdefault("FANOUT_FLEETS", str(REPO / "include" / "fleets" / "local.yaml"))
+
+from fanout.fleet import Fleet  # noqa: E402  (after the Airflow settings above)
+
+
+@pytest.fixture(scope="session")
+def local_fleet(tmp_path_factory):
+    """The local fleet on free ports in a private folder, up once per test session."""
+    from localfleet import cli
+    from localfleet.testing import start_test_fleet
+
+    folder = tmp_path_factory.mktemp("localfleet")
+    fleet, state = start_test_fleet(folder)
+    yield LocalFleet(fleet, state)
+    cli.down(fleet, state, progress=lambda _: None)
+
+
+@dataclass
+class LocalFleet:
+    fleet: Fleet
+    state: Path
+
+    @property
+    def path(self) -> Path:
+        return self.fleet.source_path
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory, local_fleet):
+    """A private AIRFLOW_HOME with a migrated SQLite database, seeing the test fleet's DAGs."""
+    from localfleet.testing import airflow_env
+
+    home = tmp_path_factory.mktemp("airflow")
+    env = airflow_env(home, local_fleet.path)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    return home
+
+
+@pytest.fixture
+def run_dag(airflow_home, local_fleet):
+    """run_dag(dag_id, conf) -> CompletedProcess of `airflow dags test` (stdout+stderr in .stdout)."""
+    from localfleet.testing import airflow_env
+
+    def run(dag_id: str, conf: dict, fleet_path: Path | None = None, timeout: float = 600):
+        env = airflow_env(airflow_home, fleet_path or local_fleet.path)
+        argv = [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)]
+        return subprocess.run(
+            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+        )
+
+    return run
