@@ -159,9 +159,11 @@ def _alive(pid: int, binary: Path | None = None) -> bool:
         return False
     state = stat.rsplit(")", 1)[1].split()[0]
     if state in ("Z", "X"):
-        # Our own child that exited but was not reaped yet.
+        # Our own child that exited but was not reaped yet. A blocking wait:
+        # a multi-threaded leader shows "Z" while its other threads are still
+        # exiting, and WNOHANG would leave that zombie behind for good.
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+            os.waitpid(pid, 0)
         return False
     return binary is None or (bool(cmdline) and cmdline[0].decode(errors="replace") == str(binary))
 
@@ -314,9 +316,12 @@ def _http(
 # ------------------------------------------------------------------------- etcd
 
 
+def etcd_client_port(state_dir: Path) -> int:
+    return int(json.loads((etcd_dir(state_dir) / "etcd.json").read_text())["client_port"])
+
+
 def _etcd_url(state_dir: Path) -> str:
-    info = json.loads((etcd_dir(state_dir) / "etcd.json").read_text())
-    return f"http://{LOOPBACK}:{info['client_port']}"
+    return f"http://{LOOPBACK}:{etcd_client_port(state_dir)}"
 
 
 def _etcd_healthy(url: str) -> bool:
@@ -636,6 +641,9 @@ def start_region(
             f"--bind-address={LOOPBACK}",
             f"--secure-port={region.port}",
             f"--advertise-address={ADVERTISE_ADDRESS}",
+            # Otherwise generated URLs (OIDC discovery's jwks_uri) name the
+            # advertise address, which nothing can reach.
+            f"--external-hostname={LOOPBACK}",
             f"--cert-dir={d / 'pki'}",
             f"--service-account-issuer=https://kubernetes.default.svc.cluster.local/{region.name}",
             f"--service-account-key-file={d / 'pki' / 'sa.key'}",
