@@ -36,7 +36,7 @@ binaries: venv
 
 ## The main job: a full release of include/app across the local fleet.
 demo: venv system-packages binaries
-	@$(PY) -m localfleet demo --fleet $(FLEET)
+	@$(PY) -m localfleet.demo --fleet $(FLEET)
 
 ## Every test: unit, DAG integrity, and integration on the real local fleet.
 test: venv system-packages binaries

@@ -1,0 +1,131 @@
+"""`make demo`: release include/app across the local fleet with the real release DAG.
+
+Brings the local fleet up if needed, runs `airflow dags test release_<app>` (no Airflow
+server needed), shows each step as it happens, then prints what every region serves.
+Exits non-zero if the release failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from fanout.adapters.helm import Helm
+from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
+from fanout.airflow.hooks import helm_binary
+from fanout.fleet import Fleet, FleetError, load_fleet
+from localfleet import cli
+from localfleet.cli import print_table
+from localfleet.testing import airflow_env
+
+REPO = Path(__file__).resolve().parents[1]
+STEP = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
+OUR_LOG = re.compile(r"\[(info|warning|error)\s*\] (.*?) \[airflow\.task\.operators\.fanout\.")
+FAILED = re.compile(r"\[error\s*\] (Task failed with exception|.*AirflowFailException.*)")
+FINISHED = re.compile(r"DagRun Finished: .*?state=(\w+)")
+
+
+def git_sha() -> str:
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", done.stdout.strip()):
+        return done.stdout.strip()
+    raise SystemExit("demo: not in a git checkout; pass --git-sha")
+
+
+def run_release(fleet: Fleet, conf: dict, home: Path, started: float) -> str:
+    """Run the release DAG, echoing progress; returns the run's final state."""
+    env = airflow_env(home, fleet.source_path)
+    if not (home / "airflow.db").exists():
+        print("setting up Airflow's database (first run only)…", flush=True)
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    argv = [sys.executable, "-m", "airflow", "dags", "test", f"release_{fleet.app.name}", "--conf", json.dumps(conf)]
+    log = home / "logs" / "demo-last-run.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    state = "unknown"
+    with log.open("w") as out, subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for line in proc.stdout:
+            out.write(line)
+            stamp = f"[{time.monotonic() - started:6.1f}s]"
+            if m := STEP.search(line):
+                print(f"{stamp} {m.group(1)}", flush=True)
+            elif m := OUR_LOG.search(line):
+                print(f"{' ' * len(stamp)}   {m.group(2)}", flush=True)
+            elif m := FINISHED.search(line):
+                state = m.group(1)
+    print(f"full log: {log}")
+    return state
+
+
+def region_table(fleet: Fleet) -> list[dict[str, str]]:
+    tm = fleet.traffic_manager
+    with AzureTrafficManager(
+        StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile, base_url=tm.base_url, retry_total=1
+    ) as client:
+        endpoints = client.endpoints()
+    rows = []
+    for region in fleet.regions:
+        try:
+            with urllib.request.urlopen(region.edge_url + fleet.gates.http.version_path, timeout=5) as response:
+                version = json.loads(response.read())
+        except OSError:
+            version = {}
+        access = region.cluster.kubeconfig
+        current = Helm(helm_binary(), str(fleet.resolve(access.path)), access.context).current(
+            fleet.app.name, fleet.app.namespace
+        )
+        ep = endpoints.get(region.endpoint.name)
+        rows.append(
+            {
+                "region": region.name,
+                "serving digest": (version.get("digest") or "-")[:19],
+                "ready": f"{version.get('ready_replicas', 0)}/{version.get('replicas', 0)}",
+                "helm": f"rev {current.revision} {current.status}" if current else "-",
+                "endpoint": ("Enabled" if ep.enabled else "Disabled") if ep else "?",
+                "weight": str(ep.weight) if ep else "?",
+                "monitor": (ep.monitor_status or "?") if ep else "?",
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localfleet.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--fleet", type=Path, default=cli.DEFAULT_FLEET)
+    parser.add_argument("--git-sha", help="default: this checkout's HEAD")
+    parser.add_argument("--regions", help="comma-separated subset (default: all)")
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    # Airflow's logging config shows every Azure SDK request at info; the table needs none of them.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    try:
+        fleet = load_fleet(args.fleet)
+    except FleetError as err:
+        print("\n".join(err.problems), file=sys.stderr)
+        return 2
+    print(f"bringing the local fleet up ({', '.join(fleet.region_names)})…", flush=True)
+    cli.up(fleet, progress=lambda line: print(f"  {line}", flush=True))
+    conf: dict = {"git_sha": args.git_sha or git_sha(), "dry_run": args.dry_run}
+    if args.regions:
+        conf["regions"] = [r.strip() for r in args.regions.split(",")]
+    print(f"releasing {fleet.app.name} at {conf['git_sha'][:12]} through release_{fleet.app.name}", flush=True)
+    home = Path(os.environ.get("AIRFLOW_HOME", REPO / ".airflow"))
+    state = run_release(fleet, conf, home, started)
+    print()
+    print_table(region_table(fleet))
+    print(f"\nrelease {state} in {time.monotonic() - started:.0f} s")
+    return 0 if state == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
