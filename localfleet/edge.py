@@ -220,8 +220,9 @@ def start_edge(fleet: Fleet, region: str, state_dir: str | Path) -> int:
     if fleet.source_path is None:
         raise ValueError("the fleet must come from a file (load_fleet) to start an edge for it")
     host, port = listen_address(fleet, region)
-    if procs.alive(proc_name(region), state_dir):
-        return procs.pid(proc_name(region), state_dir) or 0
+    running = procs.pid(proc_name(region), state_dir)
+    if running is not None:
+        return running
     if procs.port_open(host, port):
         raise procs.ProcError(f"{proc_name(region)}: {host}:{port} is already taken by a process that is not ours")
     root = Path(__file__).resolve().parent.parent

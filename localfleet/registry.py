@@ -146,6 +146,14 @@ def has_manifest(endpoint: str, repository: str, digest: str) -> bool:
     return manifest_digest(endpoint, repository, digest) is not None
 
 
+def list_repositories(endpoint: str) -> list[str]:
+    url = f"http://{endpoint}/v2/_catalog"
+    status, _, body = _request("GET", url)
+    if status != 200:
+        raise RegistryError(f"GET {url}: HTTP {status}")
+    return sorted(json.loads(body).get("repositories") or [])
+
+
 def list_tags(endpoint: str, repository: str) -> list[str]:
     url = f"http://{endpoint}/v2/{repository}/tags/list"
     status, _, body = _request("GET", url)

@@ -36,6 +36,7 @@ from localfleet import procs, registry
 log = logging.getLogger("localfleet.replicator")
 PROC_NAME = "replicator"
 RETRY_SECONDS = 2.0
+HEARTBEAT_SECONDS = 5.0
 
 # (source reference, destination reference) -> raises on failure
 Copier = Callable[[str, str], None]
@@ -169,9 +170,8 @@ class Replicator:
         """Record digests and tag moves that are new at home. False if home did not answer."""
         home = self.endpoint(self.home)
         try:
-            # _catalog first: asking an empty registry for tags logs an error in it every poll.
-            status, _, body = registry._request("GET", f"http://{home}/v2/_catalog")
-            known = status == 200 and self.repo in (json.loads(body).get("repositories") or [])
+            # The catalog first: asking an empty registry for tags logs an error in it every poll.
+            known = self.repo in registry.list_repositories(home)
             tags = registry.tag_digests(home, self.repo) if known else {}
         except (registry.RegistryError, ValueError) as err:
             self._note_error(f"home {self.home}", str(err))
@@ -303,9 +303,18 @@ class Replicator:
         with contextlib.suppress(registry.RegistryError):
             self.verify()
         log.info("replicating %s from %s every %.1fs", self.repo, self.home, interval)
+        beat = 0.0
         while not stop.is_set():
             started = time.monotonic()
-            self.step()
+            if started - beat >= HEARTBEAT_SECONDS:
+                # Tells `start_replicator` (and a status command) that the loop is turning.
+                heartbeat_path(self.state_dir).write_text(f"{self.clock()}\n")
+                beat = started
+            try:
+                self.step()
+            except Exception:
+                # One bad pass (say, a half-written faults file) must not end replication.
+                log.exception("replication pass failed; trying again")
             wait = interval - (time.monotonic() - started)
             due = self.next_due(self.clock())
             if due is not None:
@@ -321,7 +330,15 @@ def start_replicator(fleet: Fleet, state_dir: str | Path) -> int:
     argv += ["--state-dir", str(Path(state_dir).resolve())]
     root = Path(__file__).resolve().parent.parent
     env = {"PYTHONPATH": f"{root / 'plugins'}:{root}"}
-    return procs.start(PROC_NAME, argv, state_dir, env=env, cwd=root)
+    if procs.pid(PROC_NAME, state_dir) is None:
+        heartbeat_path(state_dir).unlink(missing_ok=True)
+    return procs.start(
+        PROC_NAME, argv, state_dir, env=env, cwd=root, ready=heartbeat_path(state_dir).exists, timeout=30
+    )
+
+
+def heartbeat_path(state_dir: str | Path) -> Path:
+    return Path(state_dir) / "replicator.heartbeat"
 
 
 def stop_replicator(state_dir: str | Path) -> bool:
@@ -339,7 +356,13 @@ def status_lines(fleet: Fleet, state_dir: str | Path) -> list[str]:
             got = entry["regions"].get(region)
             cells.append(f"{region}=+{got['waited']:.1f}s" if got else f"{region}=pending")
         lines.append(f"{digest[:19]} seen {seen}  " + "  ".join(cells))
-    return lines or ["nothing replicated yet"]
+    running = procs.alive(PROC_NAME, state_dir)
+    try:
+        beat = f", loop turned {time.time() - float(heartbeat_path(state_dir).read_text()):.0f}s ago"
+    except (OSError, ValueError):
+        beat = ""
+    head = f"replicator: {'running' if running else 'NOT running'}{beat if running else ''}"
+    return [head, *(lines or ["nothing replicated yet"])]
 
 
 def _main(argv: list[str] | None = None) -> int:
