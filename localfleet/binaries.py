@@ -354,6 +354,11 @@ def _build(tool: Tool, progress: Progress) -> None:
         (src / name).write_text(content)
 
     tool_dir(tool).parent.mkdir(parents=True, exist_ok=True)
+    # A build killed outright (SIGKILL, power loss) leaves its temp dir; we
+    # hold the lock, so any such dir is garbage.
+    for stale in tool_dir(tool).parent.glob(f".{tool.key}.*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     # The temp dir sits next to the final one so the rename is atomic (same fs).
     tmp = Path(tempfile.mkdtemp(prefix=f".{tool.key}.", dir=tool_dir(tool).parent))
     try:
