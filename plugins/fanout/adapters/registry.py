@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -43,15 +44,21 @@ class OciRegistry:
         request = urllib.request.Request(
             f"{self.base}/v2/{repository}/manifests/{digest}", method="HEAD", headers={"Accept": MANIFEST_TYPES}
         )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.status == 200 and response.headers.get("Docker-Content-Digest", digest) == digest
-        except urllib.error.HTTPError as err:
-            if err.code == 404:
-                return False
-            raise RegistryError(f"registry {self.endpoint}: HEAD manifest answered {err.code}") from None
-        except (urllib.error.URLError, OSError) as err:
-            raise RegistryError(f"registry {self.endpoint} unreachable: {getattr(err, 'reason', err)}") from None
+        # A registry answers 5xx while a replica write is in flight (distribution rewrites the
+        # link file in place); like a docker pull, ask again before calling it broken.
+        for pause in (0.1, 0.5, 1.0, None):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return response.status == 200 and response.headers.get("Docker-Content-Digest", digest) == digest
+            except urllib.error.HTTPError as err:
+                if err.code == 404:
+                    return False
+                if err.code < 500 or pause is None:
+                    raise RegistryError(f"registry {self.endpoint}: HEAD manifest answered {err.code}") from None
+            except (urllib.error.URLError, OSError) as err:
+                raise RegistryError(f"registry {self.endpoint} unreachable: {getattr(err, 'reason', err)}") from None
+            time.sleep(pause)
+        raise AssertionError("unreachable")
 
     async def has_manifest_async(self, repository: str, digest: str) -> bool:
         return await asyncio.to_thread(self.has_manifest, repository, digest)
