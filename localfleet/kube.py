@@ -621,6 +621,9 @@ def start_region(
     binaries = binaries or ensure_binaries(progress)
     state_dir = Path(state_dir)
     etcd_url = etcd_url or _etcd_url(state_dir)
+    # Without etcd the apiserver would only retry until our timeout; say so now.
+    if not _etcd_healthy(etcd_url):
+        raise KubeError(f"region {region.name}: etcd at {etcd_url} is not healthy; call start_etcd() first")
     d = region_dir(state_dir, region.name)
     d.mkdir(parents=True, exist_ok=True)
     ports = _prepare_region_files(region, d)
