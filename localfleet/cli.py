@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fanout.fleet import Fleet, FleetError, load_fleet
-from localfleet import edge, kube, procs, registry, replicator
+from localfleet import edge, faults, kube, procs, registry, replicator
 from localfleet.binaries import ensure_binaries
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]
     from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManagerError
 
     state = state or state_dir()
-    faults = replicator.read_faults(state)
+    current_faults = faults.read_faults(state)
     endpoints = {}
     with contextlib.suppress(TrafficManagerError, OSError):
         tm = fleet.traffic_manager
@@ -117,7 +117,6 @@ def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]
         up_ = registry.registry_up(endpoint)
         digests = registry.list_digests(endpoint, fleet.registry.repository) if up_ else []
         ep = endpoints.get(region.endpoint.name)
-        region_faults = [k for k, v in faults.items() if isinstance(v, (list, dict)) and region.name in v]
         rows.append(
             {
                 "region": region.name,
@@ -128,7 +127,7 @@ def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]
                 "endpoint": ("Enabled" if ep.enabled else "Disabled") if ep else "?",
                 "weight": str(ep.weight) if ep else "?",
                 "monitor": (ep.monitor_status or "?") if ep else "?",
-                "faults": ",".join(region_faults) or "-",
+                "faults": ",".join(faults.regions_with(current_faults, region.name)) or "-",
             }
         )
     return rows

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from fanout.fleet import Fleet, load_fleet
 from localfleet import procs
-from localfleet.replicator import read_faults
+from localfleet.faults import read_faults
 
 log = logging.getLogger("localfleet.edge")
 CACHE_SECONDS = 1.0

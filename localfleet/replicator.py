@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import logging
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from fanout.fleet import Fleet, load_fleet
 from localfleet import procs, registry
+from localfleet.faults import read_faults
 
 log = logging.getLogger("localfleet.replicator")
 PROC_NAME = "replicator"
@@ -42,57 +42,11 @@ HEARTBEAT_SECONDS = 5.0
 Copier = Callable[[str, str], None]
 
 
-# -- faults.json: shared by every fault knob of the local fleet ------------------------
-
-
-def faults_path(state_dir: str | Path) -> Path:
-    return Path(state_dir) / "faults.json"
-
-
-def read_faults(state_dir: str | Path) -> dict[str, Any]:
-    """The current faults; {} if none. A broken file counts as none (and says so)."""
-    try:
-        data = json.loads(faults_path(state_dir).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as err:
-        log.warning("ignoring unreadable %s: %s", faults_path(state_dir), err)
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.with_suffix(".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _write_json(path: Path, data: Any) -> None:
     # Readers poll these files; an atomic replace means they never see half a file.
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
-
-
-def write_faults(state_dir: str | Path, faults: dict[str, Any]) -> None:
-    with _locked(faults_path(state_dir)):
-        _write_json(faults_path(state_dir), faults)
-
-
-def update_faults(state_dir: str | Path, **changes: Any) -> dict[str, Any]:
-    """Set fault knobs by name; a value of None clears that knob. Returns the new faults."""
-    path = faults_path(state_dir)
-    with _locked(path):
-        faults = read_faults(state_dir)
-        for key, value in changes.items():
-            if value is None:
-                faults.pop(key, None)
-            else:
-                faults[key] = value
-        _write_json(path, faults)
-    return faults
 
 
 # -- replication -----------------------------------------------------------------------

@@ -23,66 +23,45 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import signal
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from fanout.fleet import Fleet, load_fleet
-from localfleet.tm_store import ENDPOINT_KINDS, ArmError, Store, seed_state, write_json_atomically
+from localfleet import faults
+from localfleet.tm_store import ENDPOINT_KINDS, ArmError, Store, seed_state
 
 API_VERSIONS = ("2022-04-01", "2026-09-01")
-FAULTS_FILE = "faults.json"
 _PREFIX = ("subscriptions", None, "resourcegroups", None, "providers", "microsoft.network", "trafficmanagerprofiles")
-_faults_thread_lock = threading.Lock()
 
 
 # ---- fault knob -----------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _faults(state_dir: str | Path) -> Iterator[dict[str, Any]]:
-    """Read-modify-write faults.json under a lock; other fault knobs share the file, keep their keys."""
-    path = Path(state_dir) / FAULTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _faults_thread_lock, open(path.with_name(FAULTS_FILE + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            data = json.loads(path.read_text()) if path.exists() else {}
-        except (OSError, ValueError):
-            data = {}
-        before = json.dumps(data, sort_keys=True)
-        yield data
-        if json.dumps(data, sort_keys=True) != before:
-            write_json_atomically(path, data)
 
 
 def inject_errors(state_dir: str | Path, status: int, count: int) -> None:
     """Make the stand-in answer the next `count` ARM requests with `status` (429 adds Retry-After: 1)."""
     if not 400 <= status <= 599 or count < 0:
         raise ValueError(f"status must be an HTTP error (e.g. 429 or 500) and count >= 0, got {status}, {count}")
-    with _faults(state_dir) as data:
+    with faults.edit(state_dir) as data:
         data["tm_errors"] = {"status": status, "remaining": count}
 
 
 def clear_errors(state_dir: str | Path) -> None:
     """Forget any injected Traffic Manager errors."""
-    with _faults(state_dir) as data:
+    with faults.edit(state_dir) as data:
         data.pop("tm_errors", None)
 
 
 def _take_error(state_dir: Path) -> int | None:
-    if not (state_dir / FAULTS_FILE).exists():
+    if not faults.faults_path(state_dir).exists():
         return None
-    with _faults(state_dir) as data:
+    with faults.edit(state_dir) as data:
         fault = data.get("tm_errors") or {}
         if int(fault.get("remaining", 0)) <= 0:
             return None
@@ -148,8 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if url.path == "/_fanout/state" and method == "GET":
-            with _faults(self.server.state_dir) as faults:
-                pending = dict(faults.get("tm_errors") or {})
+            pending = dict(faults.read_faults(self.server.state_dir).get("tm_errors") or {})
             return self._send(200, {"profile": self.server.store.profile_json(), "tm_errors": pending})
         auth = self.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")

@@ -17,7 +17,7 @@ import pytest
 from fanout.fleet import Fleet
 from localfleet import edge, procs
 from localfleet.edge import ClusterUnreachable, Edge, make_server, parse_digest
-from localfleet.replicator import update_faults
+from localfleet.faults import update_faults
 
 DIGEST = "sha256:" + "ab" * 32
 

@@ -13,7 +13,8 @@ import pytest
 
 from fanout.fleet import Fleet
 from localfleet import procs, registry, replicator
-from localfleet.replicator import Replicator, read_faults, read_state, update_faults
+from localfleet.faults import read_faults, update_faults
+from localfleet.replicator import Replicator, read_state
 
 pytestmark = pytest.mark.localfleet
 
