@@ -50,9 +50,10 @@ def run_release(fleet: Fleet, conf: dict, home: Path, started: float) -> str:
     log = home / "logs" / "demo-last-run.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     state = "unknown"
-    with log.open("w") as out, subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    ) as proc:
+    with (
+        log.open("w") as out,
+        subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
+    ):
         for line in proc.stdout:
             out.write(line)
             stamp = f"[{time.monotonic() - started:6.1f}s]"

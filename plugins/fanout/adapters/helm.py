@@ -69,8 +69,15 @@ class Helm:
         return json.loads(done.stdout or "{}") or {}
 
     def upgrade_install(
-        self, release: str, chart: str, namespace: str, values: dict[str, Any], *, version: str | None = None,
-        description: str = "", wait: bool = False,
+        self,
+        release: str,
+        chart: str,
+        namespace: str,
+        values: dict[str, Any],
+        *,
+        version: str | None = None,
+        description: str = "",
+        wait: bool = False,
     ) -> HelmRelease:
         with tempfile.TemporaryDirectory(prefix="fanout-helm-") as tmp:
             values_file = Path(tmp) / "values.yaml"
