@@ -59,12 +59,28 @@ class Registry(_Strict):
     endpoints: dict[str, str] = Field(default_factory=dict, description="region -> host[:port]")
     insecure: bool = Field(False, description="plain http; allowed for loopback registries only")
     replication_timeout_seconds: int = Field(1800, ge=1)
+    # ACR only: where the registry lives in ARM (replications, ACR Tasks) and how a replica is asked.
+    subscription: str | None = Field(None, min_length=1)
+    resource_group: str | None = Field(None, min_length=1)
+    replica_check: Literal["regional-endpoint", "replica-status"] = Field(
+        "regional-endpoint",
+        description="regional-endpoint: ask <name>.<region>.geo.azurecr.io (proves the replica has the digest); "
+        "replica-status: the login server has it and the replica is Ready (for registries without regional "
+        "endpoints; cannot prove that replica has synced it)",
+    )
 
     @model_validator(mode="after")
     def _acr_has_name(self) -> Registry:
         if self.kind == "acr" and not self.name:
             raise ValueError("a registry of kind 'acr' needs 'name'")
+        if self.kind == "acr" and not (self.subscription and self.resource_group):
+            raise ValueError("a registry of kind 'acr' needs 'subscription' and 'resource_group'")
         return self
+
+    @property
+    def login_server(self) -> str:
+        """`<name>.azurecr.io` for ACR: answers from the replica nearest to the caller."""
+        return f"{self.name}.azurecr.io".lower()
 
     def endpoint(self, region: str) -> str:
         """The host that serves `region`'s replica."""
@@ -160,6 +176,12 @@ class Gates(_Strict):
     metric: MetricGate | None = None
 
 
+class Azure(_Strict):
+    """How Fanout reaches Azure: the Airflow connection (type `azure`) every Azure client uses."""
+
+    conn_id: str = Field("azure_default", min_length=1)
+
+
 class Consistency(_Strict):
     schedule: str = Field("*/15 * * * *", min_length=1)
     mode: Literal["report", "repair"] = "report"
@@ -175,6 +197,7 @@ class Fleet(_Strict):
     failure_policy: Literal["halt", "rollback-all"] = "halt"
     min_serving_regions: int = Field(1, ge=1)
     consistency: Consistency = Field(default_factory=Consistency)
+    azure: Azure = Field(default_factory=Azure)
     # Set by load_fleet: relative paths in the file are relative to the file's folder.
     source_path: Path | None = Field(None, exclude=True)
 

@@ -1,0 +1,186 @@
+"""Azure Container Registry: does one region's replica serve a digest?
+
+Two questions, two APIs:
+
+- `AcrReplicas` (ARM, azure-mgmt-containerregistry `replications.list`): does the registry have a
+  replica in the region, and is it Ready? A precondition only: a Ready replica can still lack
+  an image pushed seconds ago, because geo-replication is eventually consistent.
+- `AcrReplica` (registry data plane, azure-containerregistry): GET `/v2/<repo>/manifests/<digest>`
+  on the regional endpoint `<registry>.<region>.geo.azurecr.io`, which answers from that replica
+  only. The client does ACR's token exchange on the 401 challenge (AAD token → `/oauth2/exchange`
+  refresh token → `/oauth2/token` access token scoped `repository:<repo>:pull`) and checks that
+  the manifest's bytes hash to the digest asked for.
+
+Fallback for a registry without regional endpoints (`registry.replica_check: replica-status`):
+ask the login server `<registry>.azurecr.io` instead, plus the replica's Ready status. That proves
+the registry has the digest and the region's replica is healthy; it cannot prove that replica has
+synced this digest — the login server answers from whichever replica is nearest to Airflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from azure.containerregistry import ContainerRegistryClient, DigestValidationError
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.mgmt.containerregistry import ContainerRegistryManagementClient
+
+from fanout.adapters.azure_credentials import CLOUDS, AzureAdapterError, call, client_options, describe, scrub
+from fanout.adapters.registry import RegistryError
+
+READY = "Ready"
+
+
+class ReplicaNotFound(RegistryError):
+    """The registry has no replica in the region: no amount of waiting will fix that."""
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    region: str  # normalized location, e.g. "westeurope"
+    name: str
+    provisioning_state: str | None
+    display_status: str | None  # Ready, Syncing, Unavailable, …
+    message: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.display_status == READY and self.provisioning_state in (None, "Succeeded")
+
+
+def _location(value: str | None) -> str:
+    # ARM returns locations either as names ("westeurope") or display names ("West Europe").
+    return (value or "").replace(" ", "").lower()
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(getattr(value, "value", value))
+
+
+class AcrReplicas:
+    """The replicas of one registry, read through ARM."""
+
+    def __init__(
+        self,
+        credential: TokenCredential,
+        subscription: str,
+        resource_group: str,
+        registry: str,
+        *,
+        base_url: str | None = None,
+        connection_verify: str | bool | None = None,
+        **options: Any,
+    ) -> None:
+        self.resource_group, self.registry = resource_group, registry
+        self._client = ContainerRegistryManagementClient(
+            credential,
+            subscription,
+            **client_options(base_url=base_url, connection_verify=connection_verify, **options),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def replicas(self) -> dict[str, ReplicaState]:
+        """Every replica by region (the home region is one of them)."""
+        items = call(
+            f"registry '{self.registry}'",
+            "listing replications",
+            lambda: list(self._client.replications.list(self.resource_group, self.registry)),
+        )
+        out = {}
+        for rep in items:
+            props = rep.properties
+            status = props.status if props else None
+            state = ReplicaState(
+                region=_location(rep.location),
+                name=rep.name,
+                provisioning_state=_str(props.provisioning_state if props else None),
+                display_status=status.display_status if status else None,
+                message=status.message if status else None,
+            )
+            out[state.region] = state
+        return out
+
+    def require_ready(self, region: str) -> ReplicaState:
+        """The region's replica, if it is Ready. Raises ReplicaNotFound if there is none and
+        RegistryError if it is not Ready (yet)."""
+        replicas = self.replicas()
+        state = replicas.get(_location(region))
+        if state is None:
+            raise ReplicaNotFound(
+                f"registry '{self.registry}' has no replica in {region} (replicas: {', '.join(sorted(replicas))}); "
+                f"add one: az acr replication create -r {self.registry} -l {region}"
+            )
+        if not state.ready:
+            raise RegistryError(
+                f"registry '{self.registry}' replica in {region} is {state.display_status} "
+                f"(provisioning {state.provisioning_state})" + (f": {state.message}" if state.message else "")
+            )
+        return state
+
+
+class AcrReplica:
+    """One region's replica of an ACR registry, asked by digest like a pull in that region would.
+
+    `endpoint` is the host asked (the regional endpoint, or the login server for the fallback);
+    `replicas`, when given, is checked first, and a replica that does not exist is an error while
+    one that is not Ready yet simply does not serve the digest yet.
+    """
+
+    insecure = False  # ACR is https only; the attribute exists because triggers are built from it
+
+    def __init__(
+        self,
+        credential: TokenCredential,
+        endpoint: str,
+        *,
+        region: str,
+        replicas: AcrReplicas | None = None,
+        audience: str = CLOUDS["AzurePublicCloud"]["acr_audience"],
+        connection_verify: str | bool | None = None,
+        retry_total: int = 3,
+        timeout: float = 10,
+        **options: Any,
+    ) -> None:
+        self.endpoint, self.region, self._replicas = endpoint, region, replicas
+        kwargs = client_options(
+            base_url=None, connection_verify=connection_verify, retry_total=retry_total, timeout=timeout, **options
+        )
+        self._client = ContainerRegistryClient(f"https://{endpoint}", credential, audience=audience, **kwargs)
+        # The client caches ACR refresh tokens; it is not documented as thread-safe.
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def has_manifest(self, repository: str, digest: str) -> bool:
+        """True once this replica serves `repository@digest` with content matching the digest."""
+        if self._replicas is not None:
+            try:
+                self._replicas.require_ready(self.region)
+            except ReplicaNotFound:
+                raise
+            except RegistryError:
+                return False
+            except AzureAdapterError as err:
+                raise RegistryError(str(err)) from None
+        try:
+            with self._lock:
+                result = self._client.get_manifest(repository, digest)
+        except ResourceNotFoundError:
+            return False  # MANIFEST_UNKNOWN: replication has not reached this replica yet
+        except DigestValidationError:
+            cause = "the manifest it returned does not hash to the digest asked for"
+        except (AzureError, OSError, ValueError) as err:
+            cause = describe(err)[0]
+        else:
+            return result.digest == digest
+        raise RegistryError(scrub(f"registry {self.endpoint}: GET manifest {repository}@{digest}: {cause}"))
+
+    async def has_manifest_async(self, repository: str, digest: str) -> bool:
+        return await asyncio.to_thread(self.has_manifest, repository, digest)

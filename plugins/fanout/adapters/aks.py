@@ -1,0 +1,156 @@
+"""AKS cluster access: a kubeconfig per cluster from `listClusterUserCredential`.
+
+For a cluster with Entra ID integration the kubeconfig AKS returns runs kubelogin (an exec
+plugin, or the older `azure` auth-provider). Workers have no kubelogin and no interactive
+login, so the user entry is replaced with a bearer token from our own credential for the AKS
+server application — what kubelogin would have fetched. Clusters with local accounts come with
+their own client certificate and are used as they are.
+
+Kubeconfigs hold credentials: they are written 0600 into a private 0700 directory, removed when
+the `KubeconfigDir` closes (or its owner is garbage-collected, or the process exits), and never
+logged. Tokens last about an hour; `KubeconfigDir.path_for` rewrites a file older than `max_age`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from azure.core.credentials import TokenCredential
+from azure.mgmt.containerservice import ContainerServiceClient
+
+from fanout.adapters.azure_credentials import AKS_SERVER_SCOPE, AzureAdapterError, call, client_options
+
+
+def _server_scope(user: dict[str, Any]) -> str | None:
+    """The scope kubelogin would ask for, or None if this user does not log in through Entra ID."""
+    exec_ = user.get("exec")
+    if isinstance(exec_, dict):
+        args = [str(a) for a in exec_.get("args") or []]
+        if "kubelogin" not in str(exec_.get("command", "")) and "get-token" not in args:
+            return None
+        for i, arg in enumerate(args):
+            if arg.startswith("--server-id="):
+                return arg.split("=", 1)[1] + "/.default"
+            if arg == "--server-id" and i + 1 < len(args):
+                return args[i + 1] + "/.default"
+        return AKS_SERVER_SCOPE
+    provider = user.get("auth-provider")
+    if isinstance(provider, dict) and provider.get("name") == "azure":
+        server = (provider.get("config") or {}).get("apiserver-id")
+        return f"{server}/.default" if server else AKS_SERVER_SCOPE
+    return None
+
+
+class AksCluster:
+    """One AKS cluster's user kubeconfig, with Entra ID logins replaced by a token."""
+
+    def __init__(
+        self,
+        credential: TokenCredential,
+        subscription: str,
+        resource_group: str,
+        cluster: str,
+        *,
+        base_url: str | None = None,
+        connection_verify: str | bool | None = None,
+        **options: Any,
+    ) -> None:
+        self.resource_group, self.cluster = resource_group, cluster
+        self._credential = credential
+        self._client = ContainerServiceClient(
+            credential,
+            subscription,
+            **client_options(base_url=base_url, connection_verify=connection_verify, **options),
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def kubeconfig(self) -> tuple[dict[str, Any], str]:
+        """(kubeconfig as a dict, its current context). Holds credentials: never log it."""
+        where = f"AKS cluster '{self.cluster}' (resource group '{self.resource_group}')"
+        result = call(
+            where,
+            "reading user credentials",
+            self._client.managed_clusters.list_cluster_user_credentials,
+            self.resource_group,
+            self.cluster,
+            format="exec",  # ignored for clusters without Entra ID; for the others, one known shape
+        )
+        kubeconfigs = result.kubeconfigs or []
+        if not kubeconfigs or not kubeconfigs[0].value:
+            raise AzureAdapterError(f"{where}: listClusterUserCredential returned no kubeconfig")
+        try:
+            config = yaml.safe_load(kubeconfigs[0].value)
+            users = config["users"]
+            context = config["current-context"] or config["contexts"][0]["name"]
+        except (yaml.YAMLError, KeyError, IndexError, TypeError):
+            # Not the content: a parse error can quote it, and it holds credentials.
+            raise AzureAdapterError(f"{where}: the kubeconfig AKS returned is not usable") from None
+        for entry in users:
+            user = entry.get("user") or {}
+            scope = _server_scope(user)
+            if scope is None:
+                continue
+            token = call(where, f"getting an Entra ID token for {scope}", self._credential.get_token, scope)
+            entry["user"] = {"token": token.token}
+        return config, context
+
+
+class KubeconfigDir:
+    """A private folder of kubeconfig files, one per key, removed on close."""
+
+    def __init__(self, max_age_seconds: float = 1800) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="fanout-kube-"))  # mkdtemp makes it 0700
+        self.max_age_seconds = max_age_seconds
+        self._written: dict[str, float] = {}
+        self._contexts: dict[str, str] = {}
+        # Removed even when nobody calls close(): at garbage collection or interpreter exit.
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), ignore_errors=True)
+
+    def write(self, key: str, config: dict[str, Any]) -> str:
+        target = self.path / f"{key}.yaml"
+        tmp = self.path / f".{key}.tmp"
+        # Created 0600 before any byte is written, then renamed into place atomically.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            yaml.safe_dump(config, out)
+        os.replace(tmp, target)
+        self._written[key] = time.monotonic()
+        return str(target)
+
+    def path_for(self, key: str, produce: Callable[[], tuple[dict[str, Any], str]]) -> tuple[str, str]:
+        """(path, context) for `key`, fetching a fresh kubeconfig when there is none or it is old."""
+        target = self.path / f"{key}.yaml"
+        written = self._written.get(key)
+        if written is None or time.monotonic() - written > self.max_age_seconds or not target.exists():
+            config, context = produce()
+            self._contexts[key] = context
+            return self.write(key, config), context
+        return str(target), self._contexts[key]
+
+    def close(self) -> None:
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+
+@contextmanager
+def temporary_kubeconfig(cluster: AksCluster) -> Iterator[tuple[str, str]]:
+    """(path, context) of the cluster's kubeconfig, for the duration of the `with` block only."""
+    folder = KubeconfigDir()
+    try:
+        yield folder.path_for(cluster.cluster, cluster.kubeconfig)
+    finally:
+        folder.close()
