@@ -59,7 +59,8 @@ class Registry(_Strict):
     endpoints: dict[str, str] = Field(default_factory=dict, description="region -> host[:port]")
     insecure: bool = Field(False, description="plain http; allowed for loopback registries only")
     replication_timeout_seconds: int = Field(1800, ge=1)
-    # ACR only: where the registry lives in ARM (replications, ACR Tasks) and how a replica is asked.
+    # ACR only: where the registry lives in ARM and how a replica is asked. Optional so a fleet can be
+    # planned without them; FleetHook refuses to reach ACR without them, naming the field.
     subscription: str | None = Field(None, min_length=1)
     resource_group: str | None = Field(None, min_length=1)
     replica_check: Literal["regional-endpoint", "replica-status"] = Field(
@@ -73,8 +74,6 @@ class Registry(_Strict):
     def _acr_has_name(self) -> Registry:
         if self.kind == "acr" and not self.name:
             raise ValueError("a registry of kind 'acr' needs 'name'")
-        if self.kind == "acr" and not (self.subscription and self.resource_group):
-            raise ValueError("a registry of kind 'acr' needs 'subscription' and 'resource_group'")
         return self
 
     @property

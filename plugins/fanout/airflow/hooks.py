@@ -1,23 +1,30 @@
 """FleetHook: the one place that turns a fleet file into clients for its outside systems.
 
 Operators ask the hook for a client and never build one themselves, so the Azure
-adapters replace the local ones here without any operator changing.
+adapters replace the local ones here without any operator changing. Every Azure client
+authenticates with the credential of the fleet's Airflow connection (`azure.conn_id`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from airflow.sdk import BaseHook
 
+from fanout.adapters.acr import AcrReplica, AcrReplicas
+from fanout.adapters.acr_tasks import AcrTasksBuilder
+from fanout.adapters.aks import AksCluster, KubeconfigDir
+from fanout.adapters.azure_credentials import AzureAccess, access_from_connection
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.cluster import Cluster
 from fanout.adapters.helm import Helm
 from fanout.adapters.registry import OciRegistry
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManager
-from fanout.fleet import Fleet
+from fanout.fleet import Fleet, Registry
 
 
 def cache_dir() -> Path:
@@ -37,33 +44,159 @@ def helm_binary() -> str:
 
 
 class FleetHook(BaseHook):
-    """Clients for one fleet: Traffic Manager, each region's registry replica and cluster, Helm."""
+    """Clients for one fleet: Traffic Manager, each region's registry replica and cluster, Helm.
 
-    def __init__(self, fleet: Fleet) -> None:
+    `access` replaces the Airflow connection and `arm_url` / `connection_verify` the Azure
+    endpoints and CA bundle: for tests against local contract servers. Call `close()` when done
+    (kubeconfig files written for AKS clusters are removed then, or when the hook is collected).
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        access: AzureAccess | None = None,
+        arm_url: str | None = None,
+        connection_verify: str | bool | None = None,
+        azure_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.fleet = fleet
+        self._access = access
+        self._arm_url = arm_url
+        self._verify = connection_verify
+        self._azure_options = dict(azure_options or {})
+        self._kubeconfigs: KubeconfigDir | None = None
 
+    # -- Azure plumbing ----------------------------------------------------------
+    @cached_property
+    def azure(self) -> AzureAccess:
+        """The fleet's Azure credential, read once from its Airflow connection."""
+        return self._access or access_from_connection(self.fleet.azure.conn_id)
+
+    def _arm(self, base_url: str | None = None) -> dict[str, Any]:
+        url = base_url or self._arm_url
+        if url is None and self.azure.cloud != "AzurePublicCloud":
+            url = self.azure.arm_url
+        options: dict[str, Any] = {**self._azure_options, "base_url": url}
+        if self._verify is not None:
+            options["connection_verify"] = self._verify
+        return options
+
+    def close(self) -> None:
+        if self._kubeconfigs is not None:
+            self._kubeconfigs.close()
+            self._kubeconfigs = None
+
+    # -- clients -------------------------------------------------------------------
     def traffic_manager(self) -> TrafficManager:
         tm = self.fleet.traffic_manager
         types = {r.endpoint.name: r.endpoint.type for r in self.fleet.regions}
         if tm.kind == "local":
-            credential = StaticTokenCredential()
-        else:
-            raise NotImplementedError("traffic_manager.kind 'azure' needs the Azure connection (production adapters)")
+            return AzureTrafficManager(
+                StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
+                endpoint_types=types, base_url=tm.base_url,
+            )  # fmt: skip
+        options = self._arm(tm.base_url)
         return AzureTrafficManager(
-            credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, base_url=tm.base_url
+            self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
         )
 
-    def registry(self, region: str) -> OciRegistry:
-        if self.fleet.registry.kind != "oci":
-            raise NotImplementedError("registry.kind 'acr' needs the ACR adapter (production adapters)")
-        return OciRegistry(self.fleet.registry.endpoint(region), insecure=self.fleet.registry.insecure)
+    def _acr(self) -> Registry:
+        reg = self.fleet.registry
+        missing = [f"registry.{f}" for f in ("subscription", "resource_group") if not getattr(reg, f)]
+        if missing:
+            raise ValueError(f"{' and '.join(missing)}: required to reach ACR '{reg.name}' (replications, ACR Tasks)")
+        return reg
+
+    @cached_property
+    def _acr_replicas(self) -> AcrReplicas:
+        reg = self._acr()
+        return AcrReplicas(self.azure.credential, reg.subscription, reg.resource_group, reg.name, **self._arm())
+
+    def registry_endpoint(self, region: str) -> str:
+        """The host asked whether `region`'s replica serves a digest."""
+        reg = self.fleet.registry
+        if reg.kind == "acr" and reg.replica_check == "replica-status" and region not in reg.endpoints:
+            return reg.login_server
+        return reg.endpoint(region)
+
+    def registry(self, region: str) -> OciRegistry | AcrReplica:
+        reg = self.fleet.registry
+        if reg.kind == "oci":
+            return OciRegistry(reg.endpoint(region), insecure=reg.insecure)
+        options = {k: v for k, v in self._azure_options.items() if k.startswith("retry_") or k == "timeout"}
+        return AcrReplica(
+            self.azure.credential,
+            self.registry_endpoint(region),
+            region=region,
+            replicas=self._acr_replicas,
+            audience=self.azure.acr_audience,
+            connection_verify=self._verify,
+            **options,
+        )
+
+    def replication_trigger_kwargs(self, region: str) -> dict[str, Any]:
+        """What ReplicationTrigger needs to ask `region`'s replica from the triggerer: plain values,
+        never a credential (the trigger reads the connection itself)."""
+        reg = self.fleet.registry
+        if reg.kind == "oci":
+            return {"endpoint": reg.endpoint(region), "insecure": reg.insecure}
+        self._acr()
+        return {
+            "endpoint": self.registry_endpoint(region),
+            "insecure": False,
+            "registry_kind": "acr",
+            "conn_id": self.fleet.azure.conn_id,
+            "acr": {
+                "subscription": reg.subscription,
+                "resource_group": reg.resource_group,
+                "registry": reg.name,
+                "region": region,
+            },
+        }
+
+    def aks(self, region: str) -> AksCluster:
+        access = self.fleet.region(region).cluster.aks
+        if access is None:
+            raise ValueError(f"{region}: cluster access is not 'aks'")
+        return AksCluster(
+            self.azure.credential, access.subscription, access.resource_group, access.cluster, **self._arm()
+        )
 
     def kubeconfig(self, region: str) -> tuple[str, str]:
+        """(kubeconfig path, context). For AKS a private 0600 file, refreshed before its token expires."""
         access = self.fleet.region(region).cluster
-        if access.kubeconfig is None:
-            raise NotImplementedError(f"{region}: cluster access 'aks' needs the AKS adapter (production adapters)")
-        return str(self.fleet.resolve(access.kubeconfig.path)), access.kubeconfig.context
+        if access.kubeconfig is not None:
+            return str(self.fleet.resolve(access.kubeconfig.path)), access.kubeconfig.context
+        if self._kubeconfigs is None:
+            self._kubeconfigs = KubeconfigDir()
+
+        def fetch() -> tuple[dict[str, Any], str]:
+            cluster = self.aks(region)
+            try:
+                return cluster.kubeconfig()
+            finally:
+                cluster.close()
+
+        return self._kubeconfigs.path_for(region, fetch)
+
+    def rollout_trigger_kwargs(self, region: str) -> dict[str, Any]:
+        """What RolloutTrigger needs to reach `region`'s cluster from the triggerer. For AKS it is
+        the cluster's coordinates, not a kubeconfig path: our file is gone when this process ends."""
+        access = self.fleet.region(region).cluster
+        if access.kubeconfig is not None:
+            return {"kubeconfig": str(self.fleet.resolve(access.kubeconfig.path)), "context": access.kubeconfig.context}
+        return {
+            "kubeconfig": "",
+            "context": "",
+            "aks": {
+                "subscription": access.aks.subscription,
+                "resource_group": access.aks.resource_group,
+                "cluster": access.aks.cluster,
+                "conn_id": self.fleet.azure.conn_id,
+            },
+        }
 
     def cluster(self, region: str) -> Cluster:
         return Cluster(*self.kubeconfig(region))
@@ -72,7 +205,16 @@ class FleetHook(BaseHook):
         kubeconfig, context = self.kubeconfig(region)
         return Helm(helm_binary(), kubeconfig, context, timeout_seconds=self.fleet.gates.rollout_timeout_seconds)
 
-    def builder(self) -> BuildahBuilder:
-        if self.fleet.registry.kind != "oci":
-            raise NotImplementedError("registry.kind 'acr' builds with ACR Tasks (production adapters)")
-        return BuildahBuilder(cache_dir() / "buildah", insecure=self.fleet.registry.insecure)
+    def builder(self) -> BuildahBuilder | AcrTasksBuilder:
+        reg = self.fleet.registry
+        if reg.kind == "oci":
+            return BuildahBuilder(cache_dir() / "buildah", insecure=reg.insecure)
+        self._acr()
+        return AcrTasksBuilder(
+            self.azure.credential,
+            reg.subscription,
+            reg.resource_group,
+            reg.name,
+            progress=lambda line: self.log.info("ACR Tasks: %s", line),
+            **self._arm(),
+        )
