@@ -184,3 +184,23 @@ class AcrReplica:
 
     async def has_manifest_async(self, repository: str, digest: str) -> bool:
         return await asyncio.to_thread(self.has_manifest, repository, digest)
+
+
+def acr_replica_from_connection(conn_id: str, endpoint: str, acr: dict[str, str] | None = None) -> AcrReplica:
+    """An AcrReplica whose credential comes from Airflow connection `conn_id`, for a trigger that
+    must not carry credentials. `acr` (subscription, resource_group, registry, region) adds the
+    replica-Ready precondition."""
+    from fanout.adapters.azure_credentials import access_from_connection
+
+    access = access_from_connection(conn_id)
+    replicas = None
+    if acr:
+        replicas = AcrReplicas(
+            access.credential,
+            acr["subscription"],
+            acr["resource_group"],
+            acr["registry"],
+            base_url=None if access.cloud == "AzurePublicCloud" else access.arm_url,
+        )
+    region = (acr or {}).get("region") or endpoint.split(".")[1]
+    return AcrReplica(access.credential, endpoint, region=region, replicas=replicas, audience=access.acr_audience)

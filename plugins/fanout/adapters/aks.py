@@ -154,3 +154,27 @@ def temporary_kubeconfig(cluster: AksCluster) -> Iterator[tuple[str, str]]:
         yield folder.path_for(cluster.cluster, cluster.kubeconfig)
     finally:
         folder.close()
+
+
+class AksKubeconfigs:
+    """One cluster's kubeconfig kept fresh in a private folder: for a trigger that polls a cluster
+    for longer than a token lives. `close()` removes the folder."""
+
+    def __init__(self, cluster: AksCluster, max_age_seconds: float = 1800) -> None:
+        self.cluster = cluster
+        self.folder = KubeconfigDir(max_age_seconds)
+
+    @classmethod
+    def from_connection(cls, *, subscription: str, resource_group: str, cluster: str, conn_id: str) -> AksKubeconfigs:
+        from fanout.adapters.azure_credentials import access_from_connection
+
+        access = access_from_connection(conn_id)
+        base_url = None if access.cloud == "AzurePublicCloud" else access.arm_url
+        return cls(AksCluster(access.credential, subscription, resource_group, cluster, base_url=base_url))
+
+    def get(self) -> tuple[str, str]:
+        return self.folder.path_for(self.cluster.cluster, self.cluster.kubeconfig)
+
+    def close(self) -> None:
+        self.folder.close()
+        self.cluster.close()

@@ -57,23 +57,48 @@ class _PollingTrigger(BaseTrigger):
 
 
 class ReplicationTrigger(_PollingTrigger):
-    """Until the region's registry replica serves `digest` (HEAD /v2/<repo>/manifests/<digest>)."""
+    """Until the region's registry replica serves `digest` (HEAD /v2/<repo>/manifests/<digest>).
 
-    def __init__(self, *, endpoint: str, insecure: bool, repository: str, digest: str, **kwargs: Any):
+    For ACR (`registry_kind="acr"`, inferred from an `*.azurecr.io` endpoint) the trigger reads the
+    Airflow connection `conn_id` at run time — no credential is serialized — and, given `acr`
+    (subscription, resource_group, registry, region), also checks the replica is Ready.
+    FleetHook.replication_trigger_kwargs(region) gives all of these.
+    """
+
+    def __init__(
+        self, *, endpoint: str, insecure: bool, repository: str, digest: str, registry_kind: str | None = None,
+        conn_id: str | None = None, acr: dict[str, str] | None = None, **kwargs: Any,
+    ):  # fmt: skip
         super().__init__(**kwargs)
         self.endpoint, self.insecure, self.repository, self.digest = endpoint, insecure, repository, digest
+        acr_host = endpoint.split(":")[0].lower().endswith(".azurecr.io")
+        self.registry_kind = registry_kind or ("acr" if acr_host else "oci")
+        self.conn_id = conn_id or ("azure_default" if self.registry_kind == "acr" else None)
+        self.acr = acr
+        self._registry: Any = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{__name__}.ReplicationTrigger",
             {"endpoint": self.endpoint, "insecure": self.insecure, "repository": self.repository,
-             "digest": self.digest, **self._kwargs()},
+             "digest": self.digest, "registry_kind": self.registry_kind, "conn_id": self.conn_id,
+             "acr": self.acr, **self._kwargs()},
         )  # fmt: skip
+
+    def _client(self) -> Any:
+        if self._registry is None:
+            if self.registry_kind == "acr":
+                from fanout.adapters.acr import acr_replica_from_connection
+
+                self._registry = acr_replica_from_connection(self.conn_id, self.endpoint, self.acr)
+            else:
+                self._registry = OciRegistry(self.endpoint, self.insecure)
+        return self._registry
 
     async def check(self) -> tuple[bool, str]:
         try:
-            present = await OciRegistry(self.endpoint, self.insecure).has_manifest_async(self.repository, self.digest)
-        except RegistryError as err:
+            present = await self._client().has_manifest_async(self.repository, self.digest)
+        except (RegistryError, ValueError) as err:
             return False, str(err)
         return present, ("present" if present else f"{self.endpoint} does not have it yet")
 
@@ -81,24 +106,45 @@ class ReplicationTrigger(_PollingTrigger):
 class RolloutTrigger(_PollingTrigger):
     """Until the Deployment has rolled out `digest` on every replica."""
 
-    def __init__(self, *, kubeconfig: str, context: str, namespace: str, name: str, digest: str, **kwargs: Any):
+    def __init__(
+        self, *, kubeconfig: str, context: str, namespace: str, name: str, digest: str,
+        aks: dict[str, str] | None = None, **kwargs: Any,
+    ):  # fmt: skip
         super().__init__(**kwargs)
         self.kubeconfig, self.context, self.namespace, self.name, self.digest = (
             kubeconfig, context, namespace, name, digest,
         )  # fmt: skip
+        # AKS: the cluster's coordinates and connection id (no kubeconfig travels); the trigger
+        # fetches its own kubeconfig into a private folder it removes when it finishes.
+        self.aks = aks
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             f"{__name__}.RolloutTrigger",
             {"kubeconfig": self.kubeconfig, "context": self.context, "namespace": self.namespace,
-             "name": self.name, "digest": self.digest, **self._kwargs()},
+             "name": self.name, "digest": self.digest, "aks": self.aks, **self._kwargs()},
         )  # fmt: skip
 
-    async def check(self) -> tuple[bool, str]:
-        cluster = Cluster(self.kubeconfig, self.context)
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        self._aks = None
         try:
+            async for event in super().run():
+                yield event
+        finally:
+            if self._aks is not None:
+                self._aks.close()
+
+    async def check(self) -> tuple[bool, str]:
+        try:
+            if self.aks:
+                from fanout.adapters.aks import AksKubeconfigs
+
+                self._aks = getattr(self, "_aks", None) or AksKubeconfigs.from_connection(**self.aks)
+                cluster = Cluster(*await asyncio.to_thread(self._aks.get))
+            else:
+                cluster = Cluster(self.kubeconfig, self.context)
             deployment = await asyncio.to_thread(cluster.deployment, self.namespace, self.name)
-        except ClusterError as err:
+        except (ClusterError, RuntimeError, ValueError) as err:
             return False, str(err)
         status = rollout_status(deployment, self.digest)
         return status.done, status.reason
