@@ -1,21 +1,273 @@
-"""The consistency check's operators: desired state, what each region runs, the verdict, repair."""
+"""The consistency check's operators: desired state, what each region runs, the verdict, repair.
+
+Facts are gathered here through FleetHook; every judgement is a plain function in fanout.drift.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk import Context, Variable
+from airflow.sdk.exceptions import AirflowFailException, DagRunTriggerException
+from kubernetes import client, config
+
+from fanout.adapters.cluster import ClusterError
+from fanout.adapters.helm import HelmError
+from fanout.adapters.registry import RegistryError
+from fanout.adapters.traffic import TrafficManagerError
 from fanout.airflow.operators import FanoutOperator
+from fanout.drift import classify_fleet, first_seen, redact, repair_plan, table
+from fanout.policy import DIGEST, digest_of
+
+RELEASES_LOOKED_BACK = 20  # older releases named in the report ("runs git 1a2b3c4")
+ACTIVE = ["queued", "running"]
+
+
+def first_seen_key(app: str) -> str:
+    """The Variable that carries first-seen times from one check to the next."""
+    return f"fanout_consistency_{app}"
 
 
 class ReadDesiredStateOperator(FanoutOperator):
     """The last successful release of the app (its Asset event)."""
 
+    ui_color = "#f3ecfb"
+
+    def run(self, context: Context) -> dict[str, Any]:
+        from fanout.airflow.dags import release_asset  # dags imports this module
+
+        app = self.fleet.app.name
+        # Only assets declared as the task's inlets can be read; newest first.
+        events = context["inlet_events"][release_asset(app)].ascending(False).limit(RELEASES_LOOKED_BACK)
+        releases = []
+        for event in events:
+            extra = event.extra or {}
+            # Anyone may post an event for the asset through the API; only a release run's record counts.
+            if extra.get("app") == app and DIGEST.match(str(extra.get("digest", ""))):
+                releases.append({**extra, "recorded_at": event.timestamp.isoformat()})
+        if not releases:
+            self.log.warning("no release of %s recorded yet: nothing to compare the fleet against", app)
+            return {"desired": None, "releases": {}}
+        latest = releases[0]
+        desired = {k: latest.get(k) for k in ("digest", "git_sha", "chart_version", "repository", "run_id")}
+        desired["recorded_at"] = latest["recorded_at"]
+        self.log.info("desired: %s (git %s) recorded by %s", desired["digest"], desired["git_sha"], desired["run_id"])
+        older = {r["digest"]: r["git_sha"] for r in reversed(releases[1:]) if r["digest"] != desired["digest"]}
+        return {"desired": desired, "releases": older}
+
 
 class ObserveRegionOperator(FanoutOperator):
-    """What the region really runs and serves."""
+    """What the region really runs and serves. Never fails for the region's sake: an
+    unreachable region is a finding, and must not hide what the other regions show."""
+
+    ui_color = "#eef7ee"
+
+    def run(self, context: Context) -> dict[str, Any]:
+        started = time.monotonic()
+        read = context["ti"].xcom_pull(task_ids="read_desired") or {}
+        digest = (read.get("desired") or {}).get("digest")
+        app, region = self.fleet.app, self.region
+        out: dict[str, Any] = {
+            "region": region, "reachable": True, "error": None, "deployment": None, "pods": None, "helm": None,
+            "replica_has_digest": None, "endpoint": None, "traffic_error": None,
+        }  # fmt: skip
+        try:
+            deployment = self.hook.cluster(region).deployment(app.namespace, app.name)
+            out["deployment"] = deployment_facts(deployment)
+            if deployment is not None:
+                out["pods"] = self._pod_digests(deployment)
+            out["helm"] = self._helm_facts()
+        except Exception as err:  # whatever stops us reading the region is the finding, not a crash
+            out.update(reachable=False, error=redact(_message(err)))
+        if digest:
+            try:
+                out["replica_has_digest"] = self.hook.registry(region).has_manifest(
+                    self.fleet.registry.repository, digest
+                )
+            except Exception as err:  # informative only: the registry's own outage is not the region's state
+                self.log.warning("%s: cannot ask the registry replica: %s", region, redact(_message(err)))
+        try:
+            endpoint = self.hook.traffic_manager().endpoints().get(self.endpoint_name())
+            if endpoint is not None:
+                out["endpoint"] = {k: getattr(endpoint, k) for k in ("name", "enabled", "weight", "monitor_status")}
+            else:
+                out["traffic_error"] = f"Traffic Manager has no endpoint {self.endpoint_name()!r}"
+        except Exception as err:  # Traffic Manager down: the traffic columns say unknown
+            out["traffic_error"] = redact(_message(err))
+        self.log.info("%s observed in %.1f s: %s", region, time.monotonic() - started, out)
+        return out
+
+    def _helm_facts(self) -> dict[str, Any] | None:
+        app = self.fleet.app
+        helm = self.hook.helm(self.region)
+        history = helm.history(app.name, app.namespace)
+        if not history:
+            return None
+        current = history[-1]
+        # `helm get values` reads the newest revision, the same one `current` is.
+        values = helm.values(app.name, app.namespace)
+        good = [h.revision for h in history[:-1] if h.status in ("deployed", "superseded")]
+        return {
+            "revision": current.revision,
+            "status": current.status,
+            "digest": (values.get("image") or {}).get("digest"),
+            "rollback_to": good[-1] if good else None,
+        }
+
+    def _pod_digests(self, deployment: dict[str, Any]) -> list[str] | None:
+        """The images the Deployment's live pods run; None when they cannot be listed (the
+        Deployment's own image is the main evidence, this only catches pods edited directly)."""
+        labels = (deployment.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
+        if not labels:
+            return None
+        kubeconfig, kube_context = self.hook.kubeconfig(self.region)
+        try:
+            api = config.new_client_from_config(config_file=kubeconfig, context=kube_context)
+        except Exception as err:  # the kubernetes client raises bare ConfigException and IOError alike
+            self.log.warning("%s: cannot list pods: %s", self.region, redact(str(err)))
+            return None
+        try:
+            pods = client.CoreV1Api(api).list_namespaced_pod(
+                self.fleet.app.namespace,
+                label_selector=",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+                _request_timeout=10,
+            )
+        except Exception as err:  # an answer we cannot use is not worth failing the observation
+            self.log.warning("%s: cannot list pods: %s", self.region, redact(str(err)))
+            return None
+        finally:
+            api.close()
+        images = []
+        for pod in pods.items:
+            if pod.metadata.deletion_timestamp is not None:
+                continue
+            containers = pod.spec.containers or []
+            chosen = next((c for c in containers if c.name == "app"), containers[0] if containers else None)
+            if chosen is not None:
+                images.append(digest_of(chosen.image or "") or chosen.image)
+        return sorted(images)
+
+
+def _message(err: Exception) -> str:
+    # Adapter errors carry a readable message; anything else is named by its type too.
+    known = (ClusterError, HelmError, RegistryError, TrafficManagerError)
+    return str(err) if isinstance(err, known) else f"{type(err).__name__}: {err}"
+
+
+def deployment_facts(deployment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The few fields of a Deployment (API JSON, camelCase) the classification needs."""
+    if deployment is None:
+        return None
+    spec, status = deployment.get("spec", {}), deployment.get("status") or {}
+    containers = spec.get("template", {}).get("spec", {}).get("containers") or [{}]
+    # The chart names its container "app"; fall back to the first one for other charts.
+    container = next((c for c in containers if c.get("name") == "app"), containers[0])
+    image = container.get("image", "")
+    return {
+        "image": image,
+        "digest": digest_of(image),
+        "replicas": spec.get("replicas", 1),
+        "updated": status.get("updatedReplicas", 0),
+        "available": status.get("availableReplicas", 0),
+        "generation": deployment.get("metadata", {}).get("generation", 0),
+        "observed_generation": status.get("observedGeneration", 0),
+    }
 
 
 class ClassifyFleetOperator(FanoutOperator):
     """in-sync / stale / drifted / stuck / unreachable / traffic-mismatch per region."""
 
+    ui_color = "#fff7e0"
+
+    def run(self, context: Context) -> dict[str, Any]:
+        ti, fleet = context["ti"], self.fleet
+        read = ti.xcom_pull(task_ids="read_desired")
+        if read is None:
+            raise AirflowFailException("read_desired recorded nothing: the fleet cannot be compared with a release")
+        observations = {r: ti.xcom_pull(task_ids=f"observe_{r}") for r in fleet.region_names}
+        # First-seen times live in a Variable: it outlives cleared and deleted runs, and a task
+        # cannot query the previous run's XCom reliably (manual runs have no logical date to
+        # order by). max_active_runs=1 keeps two checks from writing it at once.
+        key = first_seen_key(fleet.app.name)
+        stored = Variable.get(key, default={}, deserialize_json=True) or {}
+        report = classify_fleet(
+            read.get("desired"),
+            observations,
+            {r.name: r.endpoint.weight for r in fleet.regions},
+            fleet.min_serving_regions,
+            stored.get("first_seen", {}),
+            datetime.now(UTC),
+            read.get("releases"),
+        )
+        Variable.set(key, {"checked_at": report["checked_at"], "first_seen": first_seen(report)}, serialize_json=True)
+        report["app"], report["mode"] = fleet.app.name, fleet.consistency.mode
+        self.log.info("fleet %s (%s mode):\n%s", fleet.app.name, report["mode"], table(report))
+        return report
+
 
 class RepairFleetOperator(FanoutOperator):
     """Roll back stuck releases, then trigger a targeted release run."""
+
+    ui_color = "#fbe8e8"
+
+    def run(self, context: Context) -> dict[str, Any]:
+        ti, app = context["ti"], self.fleet.app
+        report = ti.xcom_pull(task_ids="classify")
+        if report is None:
+            raise AirflowFailException("classify recorded no report: nothing to repair from")
+        plan = repair_plan(report)
+        for region, why in plan["skipped"].items():
+            self.log.warning("%s: not repaired: %s", region, why)
+        outcome: dict[str, Any] = {"mode": self.fleet.consistency.mode, **plan, "action": "none"}
+        if not plan["release"]:
+            self.log.info("nothing to repair: %s", report["message"])
+            return outcome
+        desired = report["desired"]
+        release_dag = f"release_{app.name}"
+        conf = {"git_sha": desired["git_sha"], "image": desired["digest"], "regions": plan["release"]}
+        if self.fleet.consistency.mode != "repair":
+            for rb in plan["rollback"]:
+                self.log.info("report mode: would roll back %s to Helm revision %s", rb["region"], rb["revision"])
+            self.log.info("report mode: would trigger %s with conf %s", release_dag, conf)
+            return {**outcome, "action": "report-only", "conf": conf}
+        # The release DAG runs one run at a time, so two repairs of a region never overlap;
+        # piling another run behind an active one would only redo its work. A pending Helm
+        # release may also be that run's own upgrade in flight: never roll it back then.
+        active = ti.get_dr_count(dag_id=release_dag, states=ACTIVE)
+        if active:
+            self.log.warning(
+                "%s has %s queued or running run(s): the next check repairs what is left", release_dag, active
+            )
+            return {**outcome, "action": "waiting", "active_release_runs": active}
+        for rb in plan["rollback"]:
+            done = self.hook.helm(rb["region"]).rollback(app.name, app.namespace, rb["revision"], wait=False)
+            self.log.warning("%s: stuck release rolled back to revision %s (now %s %s)",
+                             rb["region"], rb["revision"], done.revision, done.status)  # fmt: skip
+        run_id = repair_run_id(desired["digest"], plan["release"], context["run_id"])
+        self.log.info("triggering %s run %s with conf %s", release_dag, run_id, conf)
+        ti.xcom_push(key="return_value", value={**outcome, "action": "triggered", "run_id": run_id, "conf": conf})
+        # The Task SDK's own trigger (what TriggerDagRunOperator raises): the API server creates
+        # the run; the same run_id again (this task cleared and re-run) is refused and skipped.
+        raise DagRunTriggerException(
+            trigger_dag_id=release_dag,
+            dag_run_id=run_id,
+            conf=conf,
+            logical_date=None,
+            reset_dag_run=False,
+            skip_when_already_exists=True,
+            wait_for_completion=False,
+            allowed_states=["success"],
+            failed_states=["failed"],
+            poke_interval=60,
+            deferrable=False,
+            note=f"repair by {context['dag'].dag_id}: {report['message']}",
+        )
+
+
+def repair_run_id(digest: str, regions: list[str], check_run_id: str) -> str:
+    """One run id per check run, digest and region set: a retried repair task cannot trigger twice."""
+    tag = hashlib.sha256(f"{check_run_id}|{digest}|{','.join(sorted(regions))}".encode()).hexdigest()[:10]
+    return f"repair__{digest[7:19]}__{tag}"
