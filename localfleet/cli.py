@@ -8,8 +8,8 @@ exactly what `up` started and nothing else.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +31,10 @@ def state_dir() -> Path:
 
 def _regions(fleet: Fleet) -> list[kube.Region]:
     return [kube.Region(r.name, r.local.apiserver_port) for r in fleet.regions if r.local]
+
+
+def _kregion(fleet: Fleet, name: str) -> kube.Region:
+    return next(r for r in _regions(fleet) if r.name == name)
 
 
 def kubeconfig_path(fleet: Fleet) -> Path:
@@ -95,21 +99,73 @@ def down(fleet: Fleet, state: Path | None = None, progress: Progress = print) ->
     progress("fleet down" + (f"; still running: {left}" if left else ""))
 
 
+def region_down(fleet: Fleet, region: str, state: Path, down: bool) -> str:
+    """Stop a region's control plane (its apiserver and controllers), or start it again."""
+    fleet.region(region)  # KeyError names an unknown region
+    if down:
+        stopped = kube.stop_region(region, state)
+        faults.set_region_flag(state, "region_down", region, True)
+        return f"{region} is down (stopped {', '.join(stopped) or 'nothing: it was not running'})"
+    kregion = _kregion(fleet, region)
+    kube.start_region(kregion, state, progress=lambda _: None)
+    faults.set_region_flag(state, "region_down", region, False)
+    return f"{region} is up again"
+
+
+def apply_fault(fleet: Fleet, state: Path, knob: str, region: str | None, value: str | None, clear: bool) -> str:
+    """One fault knob, set or cleared. Returns what changed, for people."""
+    if knob == "region-down":
+        return region_down(fleet, region, state, down=not clear)
+    if knob == "replica-lag":
+        with faults.edit(state) as data:
+            lags = data.setdefault("replica_lag", {})
+            if clear:
+                lags.pop(region, None)
+            else:
+                lags[region] = float(value)
+            if not lags:
+                data.pop("replica_lag")
+        return f"{region}: replication lag {'back to the fleet file' if clear else f'{value} s'}"
+    if knob in ("replica-stuck", "edge-unhealthy", "rollout-unhealthy"):
+        if knob == "rollout-unhealthy":
+            kube.set_pods_ready(_kregion(fleet, region), state, ready=clear, progress=lambda _: None)
+        faults.set_region_flag(state, knob.replace("-", "_"), region, not clear)
+        return f"{region}: {knob} {'cleared' if clear else 'on'}"
+    if knob == "tm-errors":
+        if clear:
+            faults.update_faults(state, tm_errors=None)
+            return "Traffic Manager answers normally"
+        status, _, count = (value or "").partition("x")
+        faults.update_faults(state, tm_errors={"status": int(status), "remaining": int(count or 1)})
+        return f"Traffic Manager answers {status} to the next {count or 1} call(s)"
+    raise ValueError(f"unknown fault {knob!r}")
+
+
+def clear_all(fleet: Fleet, state: Path) -> list[str]:
+    """Undo every fault: restart downed regions, make pods ready again, empty faults.json."""
+    current = faults.read_faults(state)
+    done = [region_down(fleet, r, state, down=False) for r in current.get("region_down") or []]
+    for region in current.get("rollout_unhealthy") or []:
+        kube.set_pods_ready(_kregion(fleet, region), state, ready=True, progress=lambda _: None)
+    faults.update_faults(state, **dict.fromkeys(current))
+    return [*done, "all faults cleared"]
+
+
 def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]:
     """One row per region: what is up, what it holds, what Traffic Manager thinks of it."""
     from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManagerError
 
     state = state or state_dir()
     current_faults = faults.read_faults(state)
-    endpoints = {}
-    with contextlib.suppress(TrafficManagerError, OSError):
-        tm = fleet.traffic_manager
-        client = AzureTrafficManager(
+    tm = fleet.traffic_manager
+    try:
+        with AzureTrafficManager(
             StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
             base_url=tm.base_url, retry_total=0, timeout=3,
-        )  # fmt: skip
-        with client:
-            endpoints = client.endpoints()
+        ) as client:  # fmt: skip
+            endpoints, tm_state = client.endpoints(), "missing"
+    except (TrafficManagerError, OSError):
+        endpoints, tm_state = {}, "TM error"
     rows = []
     for region, kregion in zip(fleet.regions, _regions(fleet), strict=True):
         health = kube.region_health(kregion, state)
@@ -124,7 +180,7 @@ def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]
                 "nodes": f"{health.nodes_ready}/{health.nodes_total}",
                 "registry": "up" if up_ else "DOWN",
                 "digests": ",".join(d[7:19] for d in digests) or "-",
-                "endpoint": ("Enabled" if ep.enabled else "Disabled") if ep else "?",
+                "endpoint": ("Enabled" if ep.enabled else "Disabled") if ep else tm_state,
                 "weight": str(ep.weight) if ep else "?",
                 "monitor": (ep.monitor_status or "?") if ep else "?",
                 "faults": ",".join(faults.regions_with(current_faults, region.name)) or "-",
@@ -142,6 +198,25 @@ def print_table(rows: list[dict[str, str]], out: Callable[[str], None] = print) 
         out("  ".join(row[k].ljust(w) for k, w in widths.items()).rstrip())
 
 
+KNOBS = ("region-down", "replica-lag", "replica-stuck", "rollout-unhealthy", "edge-unhealthy", "tm-errors", "clear-all")
+
+
+def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    state = state_dir()
+    if args.knob == "clear-all":
+        return clear_all(fleet, state)
+    if args.knob == "tm-errors":
+        if not args.clear and not re.fullmatch(r"(429|5\d\d)(x\d+)?", args.region or ""):
+            parser.error("tm-errors takes STATUSxCOUNT, e.g. 429x3 or 500x10")
+        return [apply_fault(fleet, state, args.knob, None, args.region, args.clear)]
+    if not args.region:
+        parser.error(f"{args.knob} needs a region: one of {', '.join(fleet.region_names)}")
+    fleet.region(args.region)
+    if args.knob == "replica-lag" and not args.clear and not (args.value or "").replace(".", "", 1).isdigit():
+        parser.error("replica-lag needs the lag in seconds, e.g. replica-lag westus 30")
+    return [apply_fault(fleet, state, args.knob, args.region, args.value, args.clear)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localfleet", description=__doc__.split("\n")[0])
     parser.add_argument("--fleet", type=Path, default=DEFAULT_FLEET, help="a local fleet file")
@@ -149,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start the fleet (idempotent)")
     sub.add_parser("status", help="a table of every region")
     sub.add_parser("down", help="stop every process the fleet started")
+    fault = sub.add_parser("fault", help="break something on purpose (each knob is reversible)")
+    fault.add_argument("knob", choices=KNOBS, help="what to break; 'clear-all' undoes everything")
+    fault.add_argument("region", nargs="?", help="the region (every knob but tm-errors and clear-all)")
+    fault.add_argument("value", nargs="?", help="replica-lag: seconds; tm-errors: STATUSxCOUNT, e.g. 429x3")
+    fault.add_argument("--clear", action="store_true", help="undo this knob")
     args = parser.parse_args(argv)
     try:
         fleet = load_fleet(args.fleet)
@@ -156,10 +236,15 @@ def main(argv: list[str] | None = None) -> int:
             up(fleet)
         elif args.command == "down":
             down(fleet)
+        elif args.command == "fault":
+            print("\n".join(_fault_command(fleet, parser, args)))
         else:
             print_table(status_rows(fleet))
     except FleetError as err:
         print("\n".join(err.problems), file=sys.stderr)
+        return 2
+    except KeyError as err:
+        print(f"localfleet: {err.args[0]!r} is not a region of {args.fleet}", file=sys.stderr)
         return 2
     except (kube.KubeError, procs.ProcError, registry.RegistryError) as err:
         print(f"localfleet: {err}", file=sys.stderr)

@@ -693,7 +693,7 @@ def start_region(
             f"--kubeconfig={d / 'admin.kubeconfig'}",
             "--manage-all-nodes=true",
             "--node-lease-duration-seconds=40",
-            f"--config={stages}",
+            f"--config={_never_ready_stages(stages) if (d / NEVER_READY).exists() else stages}",
         ]
         pids[comp] = _spawn(d, comp, argv)
         started.append(comp)
@@ -749,6 +749,41 @@ def stop_all(state_dir: Path) -> None:
         for d in sorted(p for p in regions.iterdir() if p.is_dir()):
             stop_region(d.name, state_dir)
     stop_etcd(state_dir)
+
+
+NEVER_READY = "pods-never-ready"
+
+
+def _never_ready_stages(stages: Path) -> Path:
+    """The stages without pod-ready: new pods are scheduled but never become Ready."""
+    target = stages.with_name("kwok-stages-never-ready.yaml")
+    docs = stages.read_text().split("\n---\n")
+    kept = [doc for doc in docs if not re.search(r"^  name: pod-ready$", doc, re.MULTILINE)]
+    if len(kept) != len(docs) - 1:
+        raise KubeError(f"{stages}: expected exactly one pod-ready stage")
+    _write_private(target, "\n---\n".join(kept) + "\n")
+    return target
+
+
+def set_pods_ready(region: Region, state_dir: Path, ready: bool, progress: Progress = print) -> None:
+    """The "rollout never healthy" fault: restart the region's kwok without (or with) pod-ready.
+
+    Pods that are Ready stay Ready; pods created meanwhile never become Ready, so a
+    rollout hangs exactly as one whose new image fails its readiness probe.
+    """
+    d = region_dir(state_dir, region.name)
+    marker = d / NEVER_READY
+    if ready == (not marker.exists()):
+        return
+    if ready:
+        marker.unlink()
+    else:
+        marker.touch()
+    _stop(d, "kwok")
+    # The old kwok's node leases would keep the new one off the nodes until they expire
+    # (40 s); without them it takes the nodes over at once.
+    _api(region, d, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", method="DELETE", timeout=5)
+    start_region(region, state_dir, progress=progress)
 
 
 def region_health(region: Region, state_dir: Path) -> RegionHealth:
