@@ -14,7 +14,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check
 
 venv: $(STAMP)
 $(STAMP): requirements.txt constraints.txt
@@ -65,3 +65,12 @@ fleet-down: venv
 
 fault: venv
 	@$(PY) -m localfleet fault $(ARGS)
+
+## Run the fleet consistency check once (`airflow dags test`) and print its report.
+check: venv
+	@$(PY) -m airflow db migrate >/dev/null
+	@set -o pipefail; FANOUT_FLEETS=$(abspath $(FLEET)) $(PY) -m airflow dags test \
+	  fleet_consistency_$$($(PY) -c 'import sys; from fanout.fleet import load_fleet; print(load_fleet(sys.argv[1]).app.name)' $(FLEET)) 2>&1 \
+	  | tee $(AIRFLOW_HOME)/last-check.log \
+	  | sed -n 's/^[^ ]* \[[a-z ]*\] \(.*\) \[airflow\.task\.operators\.fanout\.airflow\.consistency\.\(Classify\|Repair\)FleetOperator\] .*/\1/p' \
+	  | sed 's/ *$$//'
