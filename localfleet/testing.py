@@ -16,8 +16,10 @@ from localfleet import cli, procs
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_test_fleet(folder: Path, lags: dict[str, int] | None = None, **top: Any) -> Fleet:
-    """include/fleets/local.yaml on free ports, its kubeconfig inside `folder`.
+def write_test_fleet(
+    folder: Path, lags: dict[str, int] | None = None, kubeconfig: Path | None = None, **top: Any
+) -> Fleet:
+    """include/fleets/local.yaml on free ports, its kubeconfig `folder/kubeconfig` unless given.
 
     `lags` overrides replication lags by region; `top` replaces top-level keys
     (e.g. gates=…, failure_policy=…)."""
@@ -28,7 +30,7 @@ def write_test_fleet(folder: Path, lags: dict[str, int] | None = None, **top: An
     data["traffic_manager"]["base_url"] = f"http://127.0.0.1:{procs.free_port()}"
     for region in data["regions"]:
         region["edge_url"] = f"http://127.0.0.1:{procs.free_port()}"
-        region["cluster"]["kubeconfig"]["path"] = str(folder / "kubeconfig")
+        region["cluster"]["kubeconfig"]["path"] = str(kubeconfig or folder / "kubeconfig")
         region["local"]["apiserver_port"] = procs.free_port()
         if lags and region["name"] in lags:
             region["local"]["replication_lag_seconds"] = lags[region["name"]]

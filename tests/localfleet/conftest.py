@@ -5,42 +5,19 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from fanout.fleet import Fleet, load_fleet
-from localfleet import procs
+from fanout.fleet import Fleet
+from localfleet.testing import write_test_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def write_fleet(folder: Path, lags: dict[str, int] | None = None, kubeconfig: Path | None = None, **top: Any) -> Fleet:
-    """include/fleets/local.yaml moved to free ports (registries, edges) so tests never collide
-    with a running fleet; `lags` overrides replication lags, `kubeconfig` every region's
-    kubeconfig path, `top` top-level keys."""
-    data = yaml.safe_load((ROOT / "include/fleets/local.yaml").read_text())
-    data["app"]["source"] = str(ROOT / "include/app")
-    data["app"]["chart"]["path"] = str(ROOT / "include/charts/hello")
-    data["registry"]["endpoints"] = {r: f"127.0.0.1:{procs.free_port()}" for r in data["registry"]["endpoints"]}
-    for region in data["regions"]:
-        region["edge_url"] = f"http://127.0.0.1:{procs.free_port()}"
-        if kubeconfig:
-            region["cluster"]["kubeconfig"]["path"] = str(kubeconfig)
-        if lags and region["name"] in lags:
-            region["local"]["replication_lag_seconds"] = lags[region["name"]]
-    data.update(top)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "fleet.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return load_fleet(path)
-
-
 @pytest.fixture(scope="session")
 def make_fleet() -> Callable[..., Fleet]:
-    """write_fleet, for test modules (they cannot import conftest)."""
-    return write_fleet
+    """localfleet.testing.write_test_fleet: the local fleet moved to free ports."""
+    return write_test_fleet
 
 
 @pytest.fixture(scope="session")
