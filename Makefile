@@ -55,16 +55,16 @@ validate: venv
 	@$(PY) -m fanout validate $(FLEET)
 
 fleet-up: venv system-packages binaries
-	@$(PY) -m localfleet up --fleet $(FLEET)
+	@$(PY) -m localfleet --fleet $(FLEET) up
 
 fleet-status: venv
-	@$(PY) -m localfleet status --fleet $(FLEET)
+	@$(PY) -m localfleet --fleet $(FLEET) status
 
 fleet-down: venv
-	@$(PY) -m localfleet down --fleet $(FLEET)
+	@$(PY) -m localfleet --fleet $(FLEET) down
 
 fault: venv
-	@$(PY) -m localfleet fault $(ARGS)
+	@$(PY) -m localfleet --fleet $(FLEET) fault $(ARGS)
 
 ## Run the fleet consistency check once (`airflow dags test`) and print its report.
 check: venv
