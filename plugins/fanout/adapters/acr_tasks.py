@@ -120,7 +120,8 @@ class AcrTasksBuilder:
         try:
             with blob:
                 blob.upload_blob(archive, blob_type="BlockBlob", overwrite=True)
-        except (AzureError, OSError) as err:
+        except (AzureError, OSError, TypeError) as err:
+            # TypeError: azure-storage-blob 12.31.1 fails that way on an error body without <Message>.
             cause = describe(err)[0]
         else:
             self.progress(f"uploaded the build context ({len(archive)} bytes) to {upload.relative_path}")

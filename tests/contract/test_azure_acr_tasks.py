@@ -1,0 +1,223 @@
+"""ACR Tasks quick build through the real SDKs (azure-mgmt-containerregistrytasks 1.0.0b1,
+api-version 2025-03-01-preview; azure-storage-blob 12.31.1 for the SAS upload) against a
+contract-checking local server, as `az acr build` drives it."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from collections import deque
+
+import pytest
+
+from fanout.adapters.acr_tasks import AcrTasksBuilder, image_name
+from fanout.adapters.builder import BuildError
+from tests.contract.azure_server import ARM_SCOPE, FakeCredential, Request, Response, arm_error
+
+SUB, RG, REG = "6f1c1d6e-0c3a-4d8e-9a57-2f5e8d1c0a01", "rg-storefront-global", "contosoprod"
+ARM = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerRegistry/registries/{REG}"
+API = "2025-03-01-preview"
+TOKEN = FakeCredential.token_for(ARM_SCOPE)
+BLOB = "/acrtasksstore/source/202611280000/0a1b2c.tar.gz"
+LOG_BLOB = "/acrtasksstore/logs/ca1/rawtext.log"
+SIG = "c2lnbmF0dXJlLXNlY3JldA%3D%3D"
+DIGEST = "sha256:" + "b" * 64
+
+
+@pytest.fixture
+def context(tmp_path):
+    (tmp_path / "Containerfile").write_text("FROM scratch\nCOPY index.html /\n")
+    (tmp_path / "index.html").write_text("<h1>hello</h1>\n")
+    (tmp_path / ".dockerignore").write_text("# keep secrets out of the upload\nsecret.env\n*.log\n")
+    (tmp_path / "secret.env").write_text("PASSWORD=hunter2\n")
+    (tmp_path / "debug.log").write_text("noise\n")
+    return tmp_path
+
+
+class Tasks:
+    """ACR Tasks as the server plays it: one upload, one run whose status follows `statuses`."""
+
+    def __init__(self, server, statuses=("Queued", "Running", "Succeeded"), error=None):
+        self.server, self.statuses, self.error = server, deque(statuses), error
+        self.uploaded: bytes | None = None
+        self.request: dict | None = None
+        self.cancelled = False
+        arm = {"api_version": API, "token": TOKEN}
+        server.route("POST", f"{ARM}/listBuildSourceUploadUrl", self.upload_url, **arm)
+        server.route("PUT", BLOB, self.put_blob)
+        server.route("POST", f"{ARM}/scheduleRun", self.schedule, **arm)
+        server.route("GET", f"{ARM}/runs/ca1", self.get_run, **arm)
+        server.route("POST", f"{ARM}/runs/ca1/listLogSasUrl", self.log_url, **arm)
+        server.route("GET", LOG_BLOB, self.get_log)
+        server.route("POST", f"{ARM}/runs/ca1/cancel", self.cancel, **arm)
+
+    def upload_url(self, req: Request, _m) -> Response:
+        assert not req.body, "listBuildSourceUploadUrl takes no body"
+        url = f"{self.server.url}{BLOB}?sv=2024-11-04&se=2026-11-28T15%3A00%3A00Z&sr=b&sp=cw&sig={SIG}"
+        return Response(200, {"uploadUrl": url, "relativePath": "source/202611280000/0a1b2c.tar.gz"})
+
+    def put_blob(self, req: Request, _m) -> Response:
+        assert req.query.get("sig"), "the SAS signature travels in the query"
+        assert "authorization" not in req.headers, "a SAS upload sends no bearer token"
+        assert req.headers.get("x-ms-blob-type") == "BlockBlob", f"x-ms-blob-type {req.headers.get('x-ms-blob-type')}"
+        assert req.headers.get("x-ms-version"), "x-ms-version is required by the Blob service"
+        self.uploaded = req.body
+        return Response(201, b"", {"ETag": '"0x8DC"', "Last-Modified": "Sat, 28 Nov 2026 15:00:00 GMT"})
+
+    def schedule(self, req: Request, _m) -> Response:
+        body = req.json()
+        assert body.get("type") == "DockerBuildRequest", f"type {body.get('type')}"
+        assert body.get("sourceLocation") == "source/202611280000/0a1b2c.tar.gz", "the relativePath, not the SAS URL"
+        assert body.get("dockerFilePath") == "Containerfile"
+        assert body.get("imageNames") == ["storefront/web:abc123"], body.get("imageNames")
+        assert body.get("isPushEnabled") is True
+        assert body.get("platform") == {"os": "Linux", "architecture": "amd64"}, body.get("platform")
+        assert self.uploaded is not None, "scheduled before the source was uploaded"
+        self.request = body
+        return Response(200, self.run("Queued"))
+
+    def run(self, status: str) -> dict:
+        props: dict = {"runId": "ca1", "status": status, "runType": "QuickRun", "provisioningState": "Succeeded"}
+        if status == "Succeeded":
+            props["outputImages"] = [
+                {"registry": f"{REG}.azurecr.io", "repository": "storefront/web", "tag": "abc123", "digest": DIGEST}
+            ]
+        if status in ("Failed", "Error") and self.error:
+            props["runErrorMessage"] = self.error
+        return {"id": f"{ARM}/runs/ca1", "name": "ca1", "type": "Microsoft.ContainerRegistry/registries/runs",
+                "properties": props}  # fmt: skip
+
+    def get_run(self, _req, _m) -> Response:
+        status = self.statuses.popleft() if len(self.statuses) > 1 else self.statuses[0]
+        return Response(200, self.run(status))
+
+    def log_url(self, _req, _m) -> Response:
+        return Response(200, {"logLink": f"{self.server.url}{LOG_BLOB}?sv=2024-11-04&sr=b&sp=r&sig={SIG}"})
+
+    def get_log(self, req: Request, _m) -> Response:
+        text = b"".join(b"step %d\n" % i for i in range(50)) + b"error: COPY failed: index.htm not found\n"
+        headers = {"ETag": '"0x1"', "Last-Modified": "Sat, 28 Nov 2026 15:00:00 GMT", "x-ms-blob-type": "BlockBlob"}
+        if req.headers.get("x-ms-range") or req.headers.get("range"):
+            headers["Content-Range"] = f"bytes 0-{len(text) - 1}/{len(text)}"
+            return Response(206, text, headers)
+        return Response(200, text, headers)
+
+    def cancel(self, _req, _m) -> Response:
+        self.cancelled = True
+        return Response(200)
+
+
+def builder(server, ca, lines=None, **kwargs) -> AcrTasksBuilder:
+    kwargs.setdefault("poll_seconds", 0.05)
+    return AcrTasksBuilder(
+        FakeCredential(), SUB, RG, REG, base_url=server.url, connection_verify=ca, retry_backoff_factor=0.01,
+        progress=(lines.append if lines is not None else None), **kwargs,
+    )  # fmt: skip
+
+
+def test_quick_build_returns_the_digest_of_the_run(server, ca, context):
+    tasks, lines = Tasks(server), []
+    digest = builder(server, ca, lines).build_and_push(context, f"{REG}.eastus2.geo.azurecr.io/storefront/web:abc123")
+    assert digest == DIGEST
+    server.assert_clean()
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(tasks.uploaded))) as tar:
+        names = tar.getnames()
+    assert sorted(names) == [".dockerignore", "Containerfile", "index.html"], "honours .dockerignore"
+    assert any("run ca1 scheduled" in line and "az acr task logs --registry contosoprod --run-id ca1" in line
+               for line in lines)  # fmt: skip
+    assert any("Running" in line for line in lines) and any("Succeeded" in line for line in lines)
+    assert not any(SIG in line or "sig=" in line for line in lines), "the SAS URL is never logged"
+
+
+def test_failed_run_reports_status_error_log_tail_and_link(server, ca, context):
+    Tasks(server, statuses=("Running", "Failed"), error="failed during run, err: exit status 1")
+    with pytest.raises(BuildError) as caught:
+        builder(server, ca).build_and_push(context, "storefront/web:abc123")
+    message = str(caught.value)
+    assert "run ca1 ended Failed: failed during run, err: exit status 1" in message
+    assert "az acr task logs --registry contosoprod --run-id ca1" in message
+    assert "error: COPY failed: index.htm not found" in message and "step 49" in message and "step 5\n" not in message
+    assert SIG not in message
+    server.assert_clean()
+
+
+STORAGE_403 = (
+    b"<?xml version='1.0' encoding='utf-8'?><Error><Code>AuthenticationFailed</Code><Message>Server failed to "
+    b"authenticate the request. Make sure the value of Authorization header is formed correctly including the "
+    b"signature.</Message><AuthenticationErrorDetail>Signed expiry time [Sat, 28 Nov 2026 14:00:00 GMT] must be "
+    b"after signed start time</AuthenticationErrorDetail></Error>"
+)
+
+
+@pytest.mark.parametrize("body", [STORAGE_403, b""], ids=["storage-error", "no-body"])
+def test_expired_sas_upload_fails_without_leaking_the_signature(server, ca, context, body):
+    Tasks(server)
+    headers = {"x-ms-error-code": "AuthenticationFailed", "Content-Type": "application/xml"}
+    server.fail_next("PUT", BLOB, Response(403, body, headers))
+    with pytest.raises(BuildError, match="uploading the build context failed") as caught:
+        builder(server, ca).build_and_push(context, "storefront/web:abc123")
+    assert SIG not in str(caught.value) and "c2lnbmF0" not in str(caught.value)
+    assert not server.calls("POST", f"{ARM}/scheduleRun"), "nothing is scheduled after a failed upload"
+
+
+def test_throttled_schedule_run_is_retried_after_retry_after(server, ca, context):
+    Tasks(server)
+    server.fail_next("POST", f"{ARM}/scheduleRun", arm_error(429, "TooManyRequests", "throttled", {"Retry-After": "1"}))
+    assert builder(server, ca).build_and_push(context, "storefront/web:abc123") == DIGEST
+    assert len(server.calls("POST", f"{ARM}/scheduleRun")) == 2
+
+
+def test_conflict_on_schedule_run_is_not_retried(server, ca, context):
+    Tasks(server)
+    server.fail_next("POST", f"{ARM}/scheduleRun", arm_error(409, "Conflict", "another operation is in progress"))
+    with pytest.raises(BuildError, match="scheduling a build of storefront/web:abc123 failed: HTTP 409 Conflict"):
+        builder(server, ca).build_and_push(context, "storefront/web:abc123")
+    assert len(server.calls("POST", f"{ARM}/scheduleRun")) == 1
+
+
+def test_poll_survives_a_transient_500(server, ca, context):
+    Tasks(server)
+    server.fail_next("GET", f"{ARM}/runs/ca1", arm_error(500, "InternalServerError", "try again"))
+    assert builder(server, ca).build_and_push(context, "storefront/web:abc123") == DIGEST
+
+
+def test_a_run_past_our_deadline_is_cancelled(server, ca, context):
+    tasks = Tasks(server, statuses=("Running",))
+    b = builder(server, ca)
+    run_id = b.start(context, "storefront/web:abc123")
+    with pytest.raises(BuildError, match=r"run ca1 still Running after .* cancelled"):
+        b.wait(run_id, timeout_seconds=0.3)
+    assert tasks.cancelled
+
+
+def test_missing_registry_is_named(server, ca, context):
+    Tasks(server)
+    server.fail_next(
+        "POST", f"{ARM}/listBuildSourceUploadUrl",
+        arm_error(404, "ResourceNotFound", "The Resource 'registries/contosoprod' was not found."),
+    )  # fmt: skip
+    with pytest.raises(
+        BuildError, match="ACR Tasks on registry 'contosoprod': getting a build-source upload URL failed"
+    ):
+        builder(server, ca).build_and_push(context, "storefront/web:abc123")
+
+
+def test_succeeded_run_without_a_digest_is_an_error(server, ca, context):
+    tasks = Tasks(server)
+    original = tasks.run
+
+    def no_outputs(status):
+        body = original(status)
+        body["properties"].pop("outputImages", None)
+        return body
+
+    tasks.run = no_outputs
+    with pytest.raises(BuildError, match="reported no image digest"):
+        builder(server, ca).build_and_push(context, "storefront/web:abc123")
+
+
+def test_image_name_drops_the_registry_host():
+    assert image_name("contosoprod.eastus2.geo.azurecr.io/storefront/web:abc") == "storefront/web:abc"
+    assert image_name("127.0.0.1:5000/app:v1") == "app:v1"
+    assert image_name("storefront/web:abc") == "storefront/web:abc"
