@@ -1,0 +1,151 @@
+"""FleetHook wiring for a fleet with `acr` / `aks` / `azure`: which client each call builds, that
+nothing reaches Azure before a client is asked for, that trigger kwargs carry no credential, and
+the Traffic Manager, ACR and AKS clients it builds talking to the contract server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fanout.adapters.acr import AcrReplica
+from fanout.adapters.acr_tasks import AcrTasksBuilder
+from fanout.adapters.azure_credentials import AzureAccess
+from fanout.adapters.traffic import AzureTrafficManager
+from fanout.airflow.hooks import FleetHook
+from fanout.airflow.triggers import ReplicationTrigger, RolloutTrigger
+from fanout.fleet import parse_fleet
+from tests.contract import test_azure_acr as acr
+from tests.contract import test_azure_aks as aks
+from tests.contract.azure_server import ARM_SCOPE, FakeCredential, Request, Response
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml"
+
+
+def example(**changes) -> dict:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    for key, value in changes.items():
+        data[key].update(value)
+    return data
+
+
+def hook_for(data: dict, server=None, ca=None, credential=None) -> FleetHook:
+    fleet = parse_fleet(data, EXAMPLE)
+    return FleetHook(
+        fleet,
+        access=AzureAccess(credential or FakeCredential()),
+        arm_url=server.url if server else None,
+        connection_verify=ca,
+        azure_options={"retry_backoff_factor": 0.01},
+    )
+
+
+def test_nothing_reaches_azure_or_the_connection_until_a_client_is_asked_for(monkeypatch):
+    monkeypatch.setattr(
+        "fanout.airflow.hooks.access_from_connection", lambda conn_id: pytest.fail("read the connection")
+    )
+    hook = FleetHook(parse_fleet(example(), EXAMPLE))
+    assert hook.replication_trigger_kwargs("westeurope")["conn_id"] == "azure_fanout"
+    assert hook.rollout_trigger_kwargs("westeurope")["aks"]["cluster"] == "aks-storefront-weu"
+
+
+def test_acr_fleet_gets_acr_clients():
+    hook = hook_for(example())
+    replica = hook.registry("westeurope")
+    assert isinstance(replica, AcrReplica) and replica.endpoint == "contosoprod.westeurope.geo.azurecr.io"
+    assert isinstance(hook.builder(), AcrTasksBuilder)
+    assert isinstance(hook.traffic_manager(), AzureTrafficManager)
+    fallback = hook_for(example(registry={"replica_check": "replica-status"}))
+    assert fallback.registry("westeurope").endpoint == "contosoprod.azurecr.io"
+
+
+def test_acr_without_arm_coordinates_is_refused_naming_the_field():
+    data = example()
+    del data["registry"]["resource_group"]
+    with pytest.raises(ValueError, match=r"registry.resource_group: required to reach ACR 'contosoprod'"):
+        hook_for(data).builder()
+
+
+def test_trigger_kwargs_are_plain_serializable_and_secret_free():
+    hook = hook_for(example())
+    digest = "sha256:" + "c" * 64
+    trigger = ReplicationTrigger(
+        **hook.replication_trigger_kwargs("westeurope"), repository="storefront/web", digest=digest, timeout_seconds=60
+    )
+    _, kwargs = trigger.serialize()
+    text = json.dumps(kwargs)
+    assert kwargs["registry_kind"] == "acr" and kwargs["acr"]["region"] == "westeurope"
+    assert "tok-" not in text and "token" not in text.lower()
+    assert ReplicationTrigger(**kwargs).serialize()[1] == kwargs
+    rollout = RolloutTrigger(
+        **hook.rollout_trigger_kwargs("westeurope"), namespace="storefront", name="storefront", digest=digest,
+        timeout_seconds=60,
+    )  # fmt: skip
+    assert json.loads(json.dumps(rollout.serialize()[1]))["aks"]["resource_group"] == "rg-storefront-weu"
+
+
+def test_hook_traffic_manager_drains_through_arm(server, ca):
+    profile = (
+        "/subscriptions/6f1c1d6e-0c3a-4d8e-9a57-2f5e8d1c0a01/resourceGroups/rg-storefront-global/providers/"
+        "Microsoft.Network/trafficmanagerprofiles/tm-storefront"
+    )
+
+    def patch(req: Request, _m) -> Response:
+        assert req.json() == {"properties": {"endpointStatus": "Disabled"}}, req.json()
+        assert req.headers.get("content-type", "").startswith("application/json")
+        return Response(200, {
+            "id": f"{profile}/ExternalEndpoints/westeurope", "name": "westeurope",
+            "type": "Microsoft.Network/trafficManagerProfiles/ExternalEndpoints",
+            "properties": {"endpointStatus": "Disabled", "weight": 200, "target": "weu.storefront.contoso.com"},
+        })  # fmt: skip
+
+    server.route(
+        "PATCH", f"{profile}/ExternalEndpoints/westeurope", patch,
+        api_version="2026-09-01", token=FakeCredential.token_for(ARM_SCOPE),
+    )  # fmt: skip
+    hook = hook_for(example(traffic_manager={"base_url": server.url}), server, ca)
+    state = hook.traffic_manager().set_endpoint("westeurope", enabled=False)
+    assert state.enabled is False and state.weight == 200
+    server.assert_clean()
+
+
+def test_hook_registry_and_kubeconfig_through_the_contract_server(server, ca):
+    acr.serve_acr(server)
+    aks.serve_credentials(server, aks.KUBELOGIN)
+    data = example(registry={"endpoints": {"westeurope": server.host}})
+    data["registry"].update(subscription=acr.SUB, resource_group=acr.RG)
+    data["regions"][4]["cluster"]["aks"].update(
+        subscription=aks.SUB, resource_group=aks.RG, cluster=aks.CLUSTER
+    )  # northeurope
+    hook = hook_for(data, server, ca)
+    assert hook.registry("westeurope").has_manifest(acr.REPO, acr.DIGEST) is True
+    path, context = hook.kubeconfig("northeurope")
+    assert context == aks.CLUSTER and Path(path).stat().st_mode & 0o777 == 0o600
+    assert hook.kubeconfig("northeurope") == (path, context)  # reused while fresh
+    hook.close()
+    assert not Path(path).exists()
+    server.assert_clean()
+
+
+def test_replication_trigger_checks_acr_with_a_credential_from_the_connection(server, ca, monkeypatch):
+    acr.serve_acr(server)
+    credential = FakeCredential()
+    monkeypatch.setattr(
+        "fanout.adapters.azure_credentials.access_from_connection", lambda conn_id: AzureAccess(credential)
+    )
+    # The trigger builds its clients with default TLS settings; trust the test CA the way requests does.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+    trigger = ReplicationTrigger(
+        endpoint=server.host, insecure=False, repository=acr.REPO, digest=acr.DIGEST, registry_kind="acr",
+        conn_id="azure_fanout", timeout_seconds=30, poll_seconds=0.1,
+    )  # fmt: skip
+
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    assert asyncio.run(first_event())["status"] == "ok"
+    server.assert_clean()
