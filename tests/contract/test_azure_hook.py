@@ -20,7 +20,7 @@ from fanout.airflow.triggers import ReplicationTrigger, RolloutTrigger
 from fanout.fleet import parse_fleet
 from tests.contract import test_azure_acr as acr
 from tests.contract import test_azure_aks as aks
-from tests.contract.azure_server import ARM_SCOPE, FakeCredential, Request, Response
+from tests.contract.azure_server import ARM_SCOPE, FakeCredential, Request, Response, arm_error
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml"
 
@@ -148,4 +148,39 @@ def test_replication_trigger_checks_acr_with_a_credential_from_the_connection(se
             return event.payload
 
     assert asyncio.run(first_event())["status"] == "ok"
+    server.assert_clean()
+
+
+TM_PROFILE = (
+    "/subscriptions/6f1c1d6e-0c3a-4d8e-9a57-2f5e8d1c0a01/resourceGroups/rg-storefront-global/providers/"
+    "Microsoft.Network/trafficmanagerprofiles/tm-storefront"
+)
+
+
+def serve_tm_endpoint(server):
+    def patch(req: Request, _m) -> Response:
+        props = req.json()["properties"]
+        return Response(200, {
+            "id": f"{TM_PROFILE}/ExternalEndpoints/eastus2", "name": "eastus2",
+            "type": "Microsoft.Network/trafficManagerProfiles/ExternalEndpoints",
+            "properties": {"endpointStatus": props["endpointStatus"], "weight": props.get("weight", 250)},
+        })  # fmt: skip
+
+    pattern = f"{TM_PROFILE}/ExternalEndpoints/eastus2"
+    server.route("PATCH", pattern, patch, api_version="2026-09-01", token=FakeCredential.token_for(ARM_SCOPE))
+    return pattern
+
+
+def test_hook_traffic_manager_waits_out_throttling_and_reports_conflicts(server, ca):
+    from fanout.adapters.traffic import TrafficManagerError
+
+    pattern = serve_tm_endpoint(server)
+    tm = hook_for(example(traffic_manager={"base_url": server.url}), server, ca).traffic_manager()
+    server.fail_next("PATCH", pattern, arm_error(429, "TooManyRequests", "throttled", {"Retry-After": "1"}))
+    assert tm.set_endpoint("eastus2", enabled=True, weight=250).enabled is True
+    assert len(server.calls("PATCH", pattern)) == 2
+    server.fail_next("PATCH", pattern, arm_error(409, "Conflict", "The profile is being updated"))
+    with pytest.raises(TrafficManagerError, match="endpoint 'eastus2': disabling failed: HTTP 409 Conflict") as caught:
+        tm.set_endpoint("eastus2", enabled=False)
+    assert caught.value.status_code == 409
     server.assert_clean()
