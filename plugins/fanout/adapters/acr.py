@@ -202,5 +202,7 @@ def acr_replica_from_connection(conn_id: str, endpoint: str, acr: dict[str, str]
             acr["registry"],
             base_url=None if access.cloud == "AzurePublicCloud" else access.arm_url,
         )
-    region = (acr or {}).get("region") or endpoint.split(".")[1]
+    # <registry>.<region>.geo.azurecr.io names its region; the region only matters with `acr` anyway.
+    labels = endpoint.split(":")[0].split(".")
+    region = (acr or {}).get("region") or (labels[1] if endpoint.endswith(".geo.azurecr.io") else "")
     return AcrReplica(access.credential, endpoint, region=region, replicas=replicas, audience=access.acr_audience)
