@@ -5,7 +5,7 @@ No I/O here: the operators gather the facts, these functions decide."""
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -140,3 +140,35 @@ def final_traffic(
         if region in stale:
             warnings.append(f"{region} serves {serving.get(region) or 'nothing'}, not {digest}: left drained")
     return desired, warnings
+
+
+def rollback_all_targets(
+    deploys: Mapping[str, Mapping[str, Any] | None], rolled_back: Mapping[str, Mapping[str, Any] | None]
+) -> dict[str, int | None]:
+    """failure_policy rollback-all: the regions this run upgraded that still run its release,
+    each with the Helm revision to return to (None: a first install, there is nothing older).
+
+    `deploys` holds each region's helm_deploy result ({"changed", "previous_revision", …}); a
+    region whose upgrade was skipped because the digest was already live was not changed by this
+    run and keeps what it runs. `rolled_back` holds each region's own rollback outcome: a region
+    that its gate failure already sent back is not rolled back a second time.
+    """
+    targets: dict[str, int | None] = {}
+    for region, deploy in deploys.items():
+        if not deploy or not deploy.get("changed"):
+            continue
+        if (rolled_back.get(region) or {}).get("rolled_back_to"):
+            continue
+        targets[region] = deploy.get("previous_revision")
+    return targets
+
+
+def traffic_after_failure(*, was_enabled: bool, healthy: bool, runs_known_good: bool) -> bool:
+    """Should a region whose release step failed take traffic again (True) or stay drained?
+
+    Only a region this run drained comes back (one drained before the run stays as it was), and
+    only when it answers healthy on code that was serving before: its previous revision after a
+    rollback, or the unchanged release when the upgrade never happened. The min-serving floor is
+    the rebalance step's job, over the whole fleet.
+    """
+    return was_enabled and healthy and runs_known_good

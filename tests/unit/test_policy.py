@@ -5,7 +5,16 @@ from pathlib import Path
 import pytest
 
 from fanout.fleet import load_fleet
-from fanout.policy import EndpointState, PolicyError, check_drain, digest_of, final_traffic, rollout_status
+from fanout.policy import (
+    EndpointState,
+    PolicyError,
+    check_drain,
+    digest_of,
+    final_traffic,
+    rollback_all_targets,
+    rollout_status,
+    traffic_after_failure,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = load_fleet(REPO / "include/fleets/local.yaml")  # 4 regions, weight 100 each, share 50 %, min serving 2
@@ -13,10 +22,7 @@ D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
 
 def endpoints(disabled=(), weight=100):
-    return {
-        r: EndpointState(r, "ExternalEndpoints", r not in disabled, weight, "Online")
-        for r in FLEET.region_names
-    }
+    return {r: EndpointState(r, "ExternalEndpoints", r not in disabled, weight, "Online") for r in FLEET.region_names}
 
 
 def test_digest_of():
@@ -124,3 +130,38 @@ def test_final_traffic_brings_back_a_drained_region_to_keep_the_floor():
     desired, warnings = final_traffic(FLEET, eps, serving, None)
     assert [r for r, e in desired.items() if e.enabled] == ["eastus", "westeurope"]
     assert warnings == ["eastus was drained but is enabled: min_serving_regions is 2"]
+
+
+def test_rollback_all_targets_every_region_this_run_upgraded():
+    deploys = {
+        "westus": {"changed": True, "previous_revision": 3, "revision": 4},  # passed its gates
+        "eastus": {"changed": True, "previous_revision": 2, "revision": 5},  # failed, rolled itself back
+        "northeurope": {"changed": False, "previous_revision": 7, "revision": 7},  # already live: untouched
+        "westeurope": None,  # a later wave that never started
+    }
+    own = {"eastus": {"rolled_back_to": 2}, "westus": None}
+    assert rollback_all_targets(deploys, own) == {"westus": 3}
+
+
+def test_rollback_all_targets_a_first_install_has_nothing_to_return_to():
+    deploys = {"westus": {"changed": True, "previous_revision": None, "revision": 1}}
+    assert rollback_all_targets(deploys, {}) == {"westus": None}
+
+
+def test_rollback_all_targets_a_failed_first_install_that_could_not_roll_back():
+    # Its own rollback found nothing to go back to: rollback-all reports it, once.
+    deploys = {"eastus": {"changed": True, "previous_revision": None}}
+    assert rollback_all_targets(deploys, {"eastus": {"rolled_back_to": None}}) == {"eastus": None}
+
+
+@pytest.mark.parametrize(
+    ("was_enabled", "healthy", "known_good", "enable"),
+    [
+        (True, True, True, True),  # drained by this run, back on healthy old code
+        (True, False, True, False),  # still unhealthy after the rollback: stays drained
+        (True, True, False, False),  # a first install that failed: nothing known good runs
+        (False, True, True, False),  # drained before this run: the run does not undo that
+    ],
+)
+def test_traffic_after_failure(was_enabled, healthy, known_good, enable):
+    assert traffic_after_failure(was_enabled=was_enabled, healthy=healthy, runs_known_good=known_good) is enable

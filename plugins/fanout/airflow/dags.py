@@ -141,6 +141,11 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
             task_id="record", trigger_rule=TriggerRule.NONE_FAILED, outlets=[release_asset(app)], **kw
         )
         all_groups >> rebalance
+        if fleet.failure_policy == "rollback-all":
+            # all_done, not one_failed: one_failed fires at the first failure, while the other
+            # regions of that wave are still deploying; the task itself skips when nothing failed.
+            rollback_all = op.RollbackAllOperator(task_id="rollback_all", trigger_rule=TriggerRule.ALL_DONE, **kw)
+            all_groups >> rollback_all >> rebalance
         [*restores, rebalance] >> record
     return dag
 

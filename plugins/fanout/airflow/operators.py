@@ -8,7 +8,10 @@ Outside systems are reached only through FleetHook; decisions come from fanout.p
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.parse
+import urllib.request
 from datetime import timedelta
 from functools import cache, cached_property
 from typing import Any, ClassVar
@@ -21,8 +24,16 @@ from fanout.adapters.helm import HelmError
 from fanout.airflow.hooks import FleetHook
 from fanout.airflow.triggers import HttpGateTrigger, ReplicationTrigger, RolloutTrigger, probe_edge
 from fanout.fleet import Fleet, load_fleet
-from fanout.planner import plan_waves
-from fanout.policy import DIGEST, PolicyError, check_drain, final_traffic, rollout_status
+from fanout.planner import PlanError, plan_waves
+from fanout.policy import (
+    DIGEST,
+    PolicyError,
+    check_drain,
+    final_traffic,
+    rollback_all_targets,
+    rollout_status,
+    traffic_after_failure,
+)
 
 # Region steps that record a failure, in the order they run.
 STEPS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "gate_metric")
@@ -93,6 +104,32 @@ class FanoutOperator(BaseOperator):
     def endpoint_name(self) -> str:
         return self.fleet.region(self.region).endpoint.name
 
+    def task_states(self, context: Context, task_ids: list[str] | None = None) -> dict[str, str | None]:
+        """The state of tasks of this run by task id (every task when `task_ids` is None).
+
+        Trigger rules cannot tell a step that failed from one that never ran because an
+        earlier wave failed (both count for one_failed), so the steps that react to a
+        failure ask the run which tasks really failed.
+        """
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=task_ids, run_ids=[ti.run_id])
+        return {task: (str(state) if state is not None else None) for task, state in states.get(ti.run_id, {}).items()}
+
+    def failures(self, context: Context) -> list[dict[str, Any]]:
+        """What failed in this run, one entry per failed task, each naming region, step and cause."""
+        ti = context["ti"]
+        found = []
+        for task_id, state in sorted(self.task_states(context).items()):
+            if state != "failed":
+                continue
+            recorded = ti.xcom_pull(task_ids=task_id, key="failure")
+            group, _, step = task_id.rpartition(".")
+            region = group.removeprefix("deploy_") if group.startswith("deploy_") else None
+            if region is None and task_id.startswith("wait_replication_"):
+                region, step = task_id.removeprefix("wait_replication_"), "wait_replication"
+            found.append(recorded or {"region": region, "gate": step, "cause": f"task {task_id} failed; see its log"})
+        return found
+
 
 class ValidateReleaseOperator(FanoutOperator):
     """Refuse a run whose conf does not fit the fleet or whose chart does not render; print the plan."""
@@ -102,7 +139,18 @@ class ValidateReleaseOperator(FanoutOperator):
 
     def run(self, context: Context) -> dict[str, Any]:
         params = context["params"]
-        plan = plan_waves(self.fleet, params.get("regions"))
+        # Airflow accepts conf keys no param declares; a misspelt "regoins" would then
+        # release to every region. Refuse it while nothing has changed yet.
+        declared = set(context["dag"].params.keys())
+        unknown = sorted(set(context["dag_run"].conf or {}) - declared)
+        if unknown:
+            raise AirflowFailException(
+                f"conf: unknown key(s) {', '.join(map(repr, unknown))}; this DAG takes {', '.join(sorted(declared))}"
+            )
+        try:
+            plan = plan_waves(self.fleet, params.get("regions"))
+        except PlanError as err:
+            raise AirflowFailException(f"regions: {err}") from None
         self.log.info("%s", plan.explain())
         if params.get("dry_run"):
             self.log.info("dry run: the plan above is all this run does")
@@ -301,11 +349,17 @@ class RollbackRegionOperator(FanoutOperator):
     def run(self, context: Context) -> dict[str, Any]:
         ti, app = context["ti"], self.fleet.app
         group = f"deploy_{self.region}"
+        states = self.task_states(context, [f"{group}.{step}" for step in STEPS])
+        if not any(state == "failed" for state in states.values()):
+            # one_failed also fires when the whole group is upstream_failed: an earlier wave
+            # or this region's replication failed and nothing here ran or changed.
+            raise AirflowSkipException(f"{self.region}: no step of this region failed; nothing to roll back")
         failure = next(
             (f for step in STEPS if (f := ti.xcom_pull(task_ids=f"{group}.{step}", key="failure"))),
             {"region": self.region, "gate": "unknown", "cause": "a step failed without saying why; see its log"},
         )
         deployed = ti.xcom_pull(task_ids=f"{group}.helm_deploy") or {}
+        drained = ti.xcom_pull(task_ids=f"{group}.drain") or {}
         outcome: dict[str, Any] = {**failure, "rolled_back_to": None, "traffic": "drained"}
         previous = deployed.get("previous_revision")
         if deployed.get("changed") and previous:
@@ -316,16 +370,66 @@ class RollbackRegionOperator(FanoutOperator):
         elif deployed.get("changed"):
             self.log.warning("%s: first install failed; nothing to roll back to, the region stays drained", self.region)
         healthy, serving, detail = self.probe(self.region)
-        if healthy and (outcome["rolled_back_to"] or not deployed.get("changed")):
+        known_good = bool(outcome["rolled_back_to"]) or (bool(deployed) and not deployed.get("changed"))
+        if traffic_after_failure(
+            was_enabled=bool(drained.get("was_enabled")), healthy=healthy, runs_known_good=known_good
+        ):
             weight = self.fleet.region(self.region).endpoint.weight
             self.hook.traffic_manager().set_endpoint(self.endpoint_name(), enabled=True, weight=weight)
             outcome["traffic"] = "enabled"
+        elif not drained:
+            outcome["traffic"] = "unchanged (this run did not drain it)"
+        elif not drained.get("was_enabled"):
+            outcome["traffic"] = "drained (it was drained before this run)"
         outcome["serving"] = serving
         self.log.error(
             "%s: %s failed: %s — rolled back to %s, traffic %s (%s)",
             self.region, failure["gate"], failure["cause"], outcome["rolled_back_to"], outcome["traffic"], detail,
         )  # fmt: skip
         return outcome
+
+
+class RollbackAllOperator(FanoutOperator):
+    """failure_policy rollback-all: once every started region has finished, roll back each one
+    this run upgraded, so a failed release leaves the whole fleet on what it ran before."""
+
+    ui_color = "#fbe8e8"
+
+    def run(self, context: Context) -> dict[str, Any]:
+        failures = self.failures(context)
+        if not failures:
+            raise AirflowSkipException("nothing failed: nothing to roll back")
+        ti, app = context["ti"], self.fleet.app
+        regions = self.fleet.region_names
+        deploys = {r: ti.xcom_pull(task_ids=f"deploy_{r}.helm_deploy") for r in regions}
+        own = {r: ti.xcom_pull(task_ids=f"deploy_{r}.rollback") for r in regions}
+        outcome: dict[str, Any] = {}
+        for region, previous in rollback_all_targets(deploys, own).items():
+            if previous is None:
+                outcome[region] = {"rolled_back_to": None, "note": "first install: nothing older to return to"}
+                self.log.warning("%s: first install in this run; nothing older to roll back to", region)
+                continue
+            self.log.info("%s: rolling back to helm revision %s (rollback-all)", region, previous)
+            done = self.hook.helm(region).rollback(app.name, app.namespace, previous, wait=True)
+            healthy, serving, detail = self.probe(region)
+            outcome[region] = {"rolled_back_to": previous, "revision": done.revision, "serving": serving}
+            self.log.info("%s: now at revision %s (%s); %s", region, done.revision, done.status, detail)
+            if not healthy:
+                self._drain_if_allowed(region)
+        causes = "; ".join(f"{f['region']}: {f['gate']}: {f['cause']}" for f in failures)
+        self.log.error("rollback-all after: %s — rolled back %s", causes, ", ".join(outcome) or "nothing")
+        return {"rolled_back": outcome}
+
+    def _drain_if_allowed(self, region: str) -> None:
+        tm = self.hook.traffic_manager()
+        try:
+            check_drain(self.fleet, tm.endpoints(), region)
+        except PolicyError as err:
+            # Old code served beats NXDOMAIN: keep it enabled and say so.
+            self.log.warning("%s is unhealthy after its rollback but stays enabled: %s", region, err)
+            return
+        tm.set_endpoint(self.fleet.region(region).endpoint.name, enabled=False)
+        self.log.warning("%s is unhealthy after its rollback: drained", region)
 
 
 class BakeOperator(FanoutOperator):
@@ -344,9 +448,12 @@ class RebalanceOperator(FanoutOperator):
 
     def run(self, context: Context) -> dict[str, Any]:
         params, ti = context["params"], context["ti"]
+        if ti.xcom_pull(task_ids="validate") is None:
+            # A refused run must change nothing, not even the traffic floor.
+            raise AirflowSkipException("validate refused this run: nothing was changed")
         built = ti.xcom_pull(task_ids="build") or {}
         digest = built.get("digest")
-        failures = [f for r in self.fleet.region_names if (f := ti.xcom_pull(task_ids=f"deploy_{r}.rollback"))]
+        failures = self.failures(context)
         wanted = params.get("regions") or self.fleet.region_names
         serving = {r: self.probe(r)[1] for r in self.fleet.region_names}
         tm = self.hook.traffic_manager()
@@ -369,7 +476,13 @@ class RebalanceOperator(FanoutOperator):
             for r in self.fleet.region_names
         }
         if failures:
-            causes = "; ".join(f"{f['region']}: {f['gate']}: {f['cause']}" for f in failures)
+            causes = "; ".join(f"{f['region'] or 'release'}: {f['gate']}: {f['cause']}" for f in failures)
+            rolled = (ti.xcom_pull(task_ids="rollback_all") or {}).get("rolled_back") or {}
+            if rolled:
+                causes += "; rollback-all: " + ", ".join(
+                    f"{r} to revision {o['rolled_back_to']}" if o.get("rolled_back_to") else f"{r} ({o['note']})"
+                    for r, o in rolled.items()
+                )
             raise AirflowFailException(f"release of {self.fleet.app.name} {digest} failed — {causes}")
         return {"regions": summary, "warnings": warnings}
 
@@ -396,3 +509,22 @@ class RecordReleaseOperator(FanoutOperator):
         context["outlet_events"][release_asset(self.fleet.app.name)].extra = extra
         self.log.info("recorded release %s of %s", built["digest"], self.fleet.app.name)
         return extra
+
+
+class MetricGateOperator(_GateOperator):
+    """A Prometheus-style instant query stays at or under its threshold."""
+
+    def run(self, context: Context) -> dict[str, Any]:
+        gate = self.fleet.gates.metric
+        url = f"{gate.url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': gate.query})}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                result = json.loads(response.read())["data"]["result"]
+            value = max(float(sample["value"][1]) for sample in result) if result else None
+        except (OSError, ValueError, KeyError, IndexError) as err:
+            self.fail(context, f"metric query failed: {err}")
+        if value is None:
+            self.fail(context, f"metric query returned no samples: {gate.query}")
+        if value > gate.max_value:
+            self.fail(context, f"{gate.query} = {value:g}, above {gate.max_value:g}")
+        return {"value": value}
