@@ -74,3 +74,7 @@ check: venv
 	  | tee $(AIRFLOW_HOME)/last-check.log \
 	  | sed -n 's/^[^ ]* \[[a-z ]*\] \(.*\) \[airflow\.task\.operators\.fanout\.airflow\.consistency\.\(Classify\|Repair\)FleetOperator\] .*/\1/p' \
 	  | sed 's/ *$$//'
+
+## Figures for the local fleet: start-up time, idle memory, one release.
+bench: venv system-packages binaries
+	@$(PY) -m localfleet.bench --release
