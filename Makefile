@@ -14,7 +14,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench
 
 venv: $(STAMP)
 $(STAMP): requirements.txt constraints.txt
