@@ -22,7 +22,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fanout.adapters.helm import HelmError
 from fanout.airflow.hooks import FleetHook
-from fanout.airflow.triggers import HttpGateTrigger, ReplicationTrigger, RolloutTrigger, probe_edge
+from fanout.airflow.triggers import HttpGateTrigger, PollingTrigger, ReplicationTrigger, RolloutTrigger, probe_edge
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import PlanError, plan_waves
 from fanout.policy import (
@@ -37,6 +37,10 @@ from fanout.policy import (
 
 # Region steps that record a failure, in the order they run.
 STEPS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "gate_metric")
+# Waits run in the worker for this long before they defer (PollingTrigger.poll_inline says why),
+# and a deferred trigger checks first this long after the deferral.
+INLINE_SECONDS = 10.0
+SETTLE_SECONDS = 8.0
 
 
 @cache
@@ -103,6 +107,22 @@ class FanoutOperator(BaseOperator):
 
     def endpoint_name(self) -> str:
         return self.fleet.region(self.region).endpoint.name
+
+    def wait(self, context: Context, trigger: PollingTrigger, method_name: str) -> Any:
+        """Wait for `trigger`'s condition: in the worker first, deferred (holding no slot) if it lasts."""
+        event = trigger.poll_inline(INLINE_SECONDS)
+        if event is not None:
+            return getattr(self, method_name)(context, event)
+        self.log.info("still waiting after %.0f s (%s): deferring", INLINE_SECONDS, trigger.last_detail)
+        trigger.not_before = time.time() + SETTLE_SECONDS
+        self.defer(trigger=trigger, method_name=method_name)
+
+    def pause(self, seconds: int, method_name: str, context: Context) -> Any:
+        """Wait `seconds`: in the worker when short, deferred otherwise (see INLINE_SECONDS)."""
+        if seconds > INLINE_SECONDS:
+            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)), method_name=method_name)
+        time.sleep(seconds)
+        return getattr(self, method_name)(context)
 
     def task_states(self, context: Context, task_ids: list[str] | None = None) -> dict[str, str | None]:
         """The state of tasks of this run by task id (every task when `task_ids` is None).
@@ -182,21 +202,16 @@ class WaitForReplicationOperator(FanoutOperator):
 
     def run(self, context: Context) -> dict[str, Any] | None:
         digest = self.release(context)["digest"]
-        registry = self.hook.registry(self.region)
-        if registry.has_manifest(self.fleet.registry.repository, digest):
-            self.log.info("%s already serves %s", registry.endpoint, digest)
-            return {"waited": 0.0}
-        self.log.info("waiting for %s to serve %s", registry.endpoint, digest)
-        self.defer(
-            trigger=ReplicationTrigger(
-                endpoint=registry.endpoint,
-                insecure=registry.insecure,
-                repository=self.fleet.registry.repository,
-                digest=digest,
-                timeout_seconds=self.fleet.registry.replication_timeout_seconds,
-            ),
-            method_name="execute_complete",
+        where = self.hook.replication_trigger_kwargs(self.region)
+        self.log.info("waiting for %s to serve %s", where["endpoint"], digest)
+        trigger = ReplicationTrigger(
+            **where,
+            repository=self.fleet.registry.repository,
+            digest=digest,
+            timeout_seconds=self.fleet.registry.replication_timeout_seconds,
+            poll_seconds=1.0,
         )
+        return self.wait(context, trigger, "execute_complete")
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         if event["status"] != "ok":
@@ -281,48 +296,40 @@ class _GateOperator(FanoutOperator):
 class RolloutGateOperator(_GateOperator):
     """Wait, deferred, until the Deployment has rolled out the digest on every replica."""
 
-    def run(self, context: Context) -> None:
-        kubeconfig, kube_context = self.hook.kubeconfig(self.region)
-        self.defer(
-            trigger=RolloutTrigger(
-                kubeconfig=kubeconfig,
-                context=kube_context,
-                namespace=self.fleet.app.namespace,
-                name=self.fleet.app.name,
-                digest=self.release(context)["digest"],
-                timeout_seconds=self.fleet.gates.rollout_timeout_seconds,
-                poll_seconds=1.0,
-            ),
-            method_name="finish",
+    def run(self, context: Context) -> dict[str, Any]:
+        trigger = RolloutTrigger(
+            **self.hook.rollout_trigger_kwargs(self.region),
+            namespace=self.fleet.app.namespace,
+            name=self.fleet.app.name,
+            digest=self.release(context)["digest"],
+            timeout_seconds=self.fleet.gates.rollout_timeout_seconds,
+            poll_seconds=1.0,
         )
+        return self.wait(context, trigger, "finish")
 
 
 class HttpGateOperator(_GateOperator):
     """Wait, deferred, until the region's edge answers healthy on the digest N times in a row."""
 
-    def run(self, context: Context) -> None:
+    def run(self, context: Context) -> dict[str, Any]:
         gate = self.fleet.gates.http
-        self.defer(
-            trigger=HttpGateTrigger(
-                edge_url=self.fleet.region(self.region).edge_url,
-                health_path=gate.health_path,
-                version_path=gate.version_path,
-                digest=self.release(context)["digest"] if gate.expect_release_digest else None,
-                needed=gate.consecutive_successes,
-                timeout_seconds=gate.timeout_seconds,
-                poll_seconds=gate.interval_seconds,
-            ),
-            method_name="finish",
+        trigger = HttpGateTrigger(
+            edge_url=self.fleet.region(self.region).edge_url,
+            health_path=gate.health_path,
+            version_path=gate.version_path,
+            digest=self.release(context)["digest"] if gate.expect_release_digest else None,
+            needed=gate.consecutive_successes,
+            timeout_seconds=gate.timeout_seconds,
+            poll_seconds=gate.interval_seconds,
         )
+        return self.wait(context, trigger, "finish")
 
 
 class SoakGateOperator(_GateOperator):
     """Let the region run the release for the soak time, then check it is still healthy."""
 
     def run(self, context: Context) -> dict[str, Any]:
-        if self.fleet.gates.soak_seconds:
-            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.fleet.gates.soak_seconds)), method_name="after")
-        return self.after(context)
+        return self.pause(self.fleet.gates.soak_seconds, "after", context)
 
     def after(self, context: Context, event: Any = None) -> dict[str, Any]:
         healthy, digest, detail = self.probe(self.region)
@@ -436,8 +443,7 @@ class BakeOperator(FanoutOperator):
     """Wait the fleet's bake time between two waves (deferred)."""
 
     def run(self, context: Context) -> None:
-        if self.fleet.rollout.bake_seconds:
-            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=self.fleet.rollout.bake_seconds)), method_name="done")
+        self.pause(self.fleet.rollout.bake_seconds, "done", context)
 
     def done(self, context: Context, event: Any = None) -> None:
         self.log.info("baked %s s", self.fleet.rollout.bake_seconds)

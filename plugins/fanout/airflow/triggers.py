@@ -19,44 +19,84 @@ from fanout.adapters.registry import OciRegistry, RegistryError
 from fanout.policy import rollout_status
 
 
-class _PollingTrigger(BaseTrigger):
+class PollingTrigger(BaseTrigger):
     """Poll `check()` every `poll_seconds` until it says done or `timeout_seconds` pass.
 
     `started_at` travels with the serialized trigger, so a triggerer restart does not
-    restart the clock.
+    restart the clock. `not_before` (epoch seconds) holds the first check back: see
+    `poll_inline` for why an operator sets it when it defers.
     """
 
-    def __init__(self, *, timeout_seconds: float, poll_seconds: float = 2.0, started_at: float | None = None):
+    def __init__(
+        self,
+        *,
+        timeout_seconds: float,
+        poll_seconds: float = 2.0,
+        started_at: float | None = None,
+        not_before: float | None = None,
+    ):
         super().__init__()
         self.timeout_seconds = timeout_seconds
         self.poll_seconds = poll_seconds
         self.started_at = started_at or time.time()
+        self.not_before = not_before
+        self.last_detail = "not checked yet"
 
     def _kwargs(self) -> dict[str, Any]:
         return {
             "timeout_seconds": self.timeout_seconds,
             "poll_seconds": self.poll_seconds,
             "started_at": self.started_at,
+            "not_before": self.not_before,
         }
 
     async def check(self) -> tuple[bool, str]:
         raise NotImplementedError
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        detail = "not checked yet"
+    def close(self) -> None:
+        """Release what `check()` opened (subclasses that hold resources override this)."""
+
+    async def _poll(self, budget: float | None) -> dict[str, Any] | None:
+        """Poll until done, timed out (the event payload) or `budget` seconds are used up (None)."""
+        end = None if budget is None else time.monotonic() + budget
         while True:
-            done, detail = await self.check()
+            done, self.last_detail = await self.check()
             waited = round(time.time() - self.started_at, 1)
             if done:
-                yield TriggerEvent({"status": "ok", "detail": detail, "waited": waited})
-                return
+                return {"status": "ok", "detail": self.last_detail, "waited": waited}
             if waited >= self.timeout_seconds:
-                yield TriggerEvent({"status": "timeout", "detail": detail, "waited": waited})
-                return
+                return {"status": "timeout", "detail": self.last_detail, "waited": waited}
+            if end is not None and time.monotonic() + self.poll_seconds > end:
+                return None
             await asyncio.sleep(self.poll_seconds)
 
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            if self.not_before:
+                await asyncio.sleep(max(0.0, self.not_before - time.time()))
+            event = await self._poll(None)
+            assert event is not None  # no budget: only done or timeout end the loop
+            yield TriggerEvent(event)
+        finally:
+            self.close()
 
-class ReplicationTrigger(_PollingTrigger):
+    def poll_inline(self, budget: float) -> dict[str, Any] | None:
+        """The same wait, in the worker, for at most `budget` seconds: the event if it ended, else None.
+
+        Most waits of a release are over in seconds (a replica a few seconds behind, a rollout
+        kwok finishes at once, three probes a second apart), and a deferral costs a task restart.
+        Worse, Airflow 3.3 fails a deferred task whose trigger fires within seconds: the scheduler
+        drains the deferring process's exit event after the resumed try is already running and
+        takes it for a task killed externally (apache/airflow#71580, #72716). So an operator polls
+        here first and defers only a wait that is still going, with `not_before` a few seconds out.
+        """
+        try:
+            return asyncio.run(self._poll(budget))
+        finally:
+            self.close()
+
+
+class ReplicationTrigger(PollingTrigger):
     """Until the region's registry replica serves `digest` (HEAD /v2/<repo>/manifests/<digest>).
 
     For ACR (`registry_kind="acr"`, inferred from an `*.azurecr.io` endpoint) the trigger reads the
@@ -103,7 +143,7 @@ class ReplicationTrigger(_PollingTrigger):
         return present, ("present" if present else f"{self.endpoint} does not have it yet")
 
 
-class RolloutTrigger(_PollingTrigger):
+class RolloutTrigger(PollingTrigger):
     """Until the Deployment has rolled out `digest` on every replica."""
 
     def __init__(
@@ -125,14 +165,10 @@ class RolloutTrigger(_PollingTrigger):
              "name": self.name, "digest": self.digest, "aks": self.aks, **self._kwargs()},
         )  # fmt: skip
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    def close(self) -> None:
+        if getattr(self, "_aks", None) is not None:
+            self._aks.close()
         self._aks = None
-        try:
-            async for event in super().run():
-                yield event
-        finally:
-            if self._aks is not None:
-                self._aks.close()
 
     async def check(self) -> tuple[bool, str]:
         try:
@@ -169,7 +205,7 @@ def probe_edge(
     return healthy, digest, f"healthy={healthy} digest={digest}"
 
 
-class HttpGateTrigger(_PollingTrigger):
+class HttpGateTrigger(PollingTrigger):
     """Until the edge answers healthy and serves `digest` on `needed` probes in a row."""
 
     def __init__(
