@@ -86,6 +86,9 @@ class Helm:
                 yaml.safe_dump(values, f)
             args = ["upgrade", "--install", release, chart, "-n", namespace, "--create-namespace"]
             args += ["-f", str(values_file), "--timeout", f"{self.timeout_seconds}s"]
+            # The release is the desired state: a field someone edited by hand (drift) is
+            # taken back, not refused as a server-side apply conflict.
+            args += ["--server-side=true", "--force-conflicts"]
             if version and chart.startswith("oci://"):
                 args += ["--version", version]
             if description:
