@@ -306,24 +306,12 @@ def test_an_endpoint_disabled_by_hand_is_traffic_mismatch(fleet, released, mend)
     assert "disabled" in report["regions"]["eastus"]["detail"]
 
 
-class FieldManagerConflict(Exception):
-    """The known failure below, and only it: anything else fails the test."""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=FieldManagerConflict,
-    reason="Helm 4 applies server-side without --force-conflicts (fanout/adapters/helm.py): the upgrade "
-    "that should undo the edit fails with a field-manager conflict on .spec.template.spec.containers[].image",
-)
 def test_repair_undoes_an_edited_deployment(fleet, released, mend):
     edit_image(fleet, "westus", fleet.push_variant("0.0.2-hotfix"))
     report, repair = fleet.check(repair=True)
     assert states(report)["westus"] == "drifted" and repair["conf"]["regions"] == ["westus"]
     fleet.db("take", repair["run_id"])
     done = fleet.dags_test(RELEASE, repair["conf"])
-    if "conflict occurred while applying object hello/hello" in done.stdout:
-        raise FieldManagerConflict("helm upgrade refused to overwrite the edited image")
     assert done.returncode == 0, done.stdout[-4000:]
     report, _ = fleet.check()
     assert states(report)["westus"] == "in-sync", report["regions"]["westus"]
