@@ -1,0 +1,43 @@
+"""Fixtures for release tests on the session's local fleet."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from release_checks import Run
+
+from localfleet.faults import update_faults
+
+Release = Callable[..., Run]
+
+
+@pytest.fixture
+def release(run_dag, airflow_home) -> Release:
+    """release(conf, fleet_path=None, timeout=480) -> Run of `airflow dags test release_hello`."""
+
+    def run(conf: dict[str, Any], fleet_path: Path | None = None, timeout: float = 480) -> Run:
+        started = time.monotonic()
+        done = run_dag("release_hello", conf, fleet_path=fleet_path, timeout=timeout)
+        print(f"\n[timing] airflow dags test release_hello: {time.monotonic() - started:.1f} s", flush=True)
+        return Run(done.stdout, done.returncode, airflow_home / "airflow.db")
+
+    return run
+
+
+@pytest.fixture
+def faults(local_fleet) -> Iterator[Callable[..., dict[str, Any]]]:
+    """faults(edge_unhealthy=[...], replica_lag={...}, …) sets fleet fault knobs; every knob a test
+    set is cleared afterwards, pass or fail, so the next test finds a healthy fleet."""
+    touched: set[str] = set()
+
+    def set_faults(**knobs: Any) -> dict[str, Any]:
+        touched.update(knobs)
+        return update_faults(local_fleet.state, **knobs)
+
+    yield set_faults
+    if touched:
+        update_faults(local_fleet.state, **dict.fromkeys(touched))

@@ -1,0 +1,260 @@
+"""What the release tests look at on the real local fleet: Helm history, what each edge serves,
+Traffic Manager state (sampled during a run), task timings and states of one DAG run.
+
+Everything here reads the fleet through the same adapters and endpoints the release uses,
+or Airflow's own records of a run; nothing reaches into Fanout's internals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fanout.adapters.cluster import Cluster
+from fanout.adapters.helm import Helm, HelmRelease
+from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
+from fanout.airflow.hooks import helm_binary
+from fanout.fleet import Fleet, load_fleet
+from fanout.policy import EndpointState
+
+REPO = Path(__file__).resolve().parents[2]
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# The Azure SDK logs every request at INFO; a watch polling four times a second drowns the output.
+logging.getLogger("azure").setLevel(logging.WARNING)
+
+
+def git_sha() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def random_sha() -> str:
+    """A commit id for a run whose source is a test variant (the tag it builds is then unique)."""
+    return uuid.uuid4().hex[:12]
+
+
+# -- the fleet as users and operators see it -------------------------------------------
+
+
+def tm_client(fleet: Fleet) -> AzureTrafficManager:
+    tm = fleet.traffic_manager
+    return AzureTrafficManager(
+        StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile, base_url=tm.base_url, timeout=5
+    )
+
+
+def traffic(fleet: Fleet) -> dict[str, EndpointState]:
+    with tm_client(fleet) as client:
+        return client.endpoints()
+
+
+def set_traffic(fleet: Fleet, region: str, *, enabled: bool) -> None:
+    """Test clean-up only: put one endpoint back the way a finished release leaves it."""
+    r = fleet.region(region)
+    with tm_client(fleet) as client:
+        client.set_endpoint(r.endpoint.name, enabled=enabled, weight=r.endpoint.weight)
+
+
+def edge(fleet: Fleet, region: str, path: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(fleet.region(region).edge_url + path, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def serving(fleet: Fleet, region: str) -> str | None:
+    return edge(fleet, region, "/version")[1].get("digest")
+
+
+def healthy(fleet: Fleet, region: str) -> bool:
+    return edge(fleet, region, "/healthz")[0] == 200
+
+
+def helm(fleet: Fleet, region: str) -> Helm:
+    access = fleet.region(region).cluster.kubeconfig
+    return Helm(helm_binary(), str(fleet.resolve(access.path)), access.context, timeout_seconds=60)
+
+
+def history(fleet: Fleet, region: str) -> list[HelmRelease]:
+    return helm(fleet, region).history(fleet.app.name, fleet.app.namespace)
+
+
+def revision(fleet: Fleet, region: str) -> int:
+    """The release's current revision; 0 before the first install."""
+    h = history(fleet, region)
+    return h[-1].revision if h else 0
+
+
+def annotations(fleet: Fleet, region: str) -> dict[str, str]:
+    access = fleet.region(region).cluster.kubeconfig
+    deployment = Cluster(str(fleet.resolve(access.path)), access.context).deployment(
+        fleet.app.namespace, fleet.app.name
+    )
+    return (deployment or {}).get("metadata", {}).get("annotations") or {}
+
+
+@dataclass(frozen=True)
+class RegionState:
+    revision: int
+    digest: str | None
+    enabled: bool
+    weight: int | None
+
+
+def snapshot(fleet: Fleet) -> dict[str, RegionState]:
+    """Per region: Helm revision, digest served at the edge, endpoint status and weight."""
+    endpoints = traffic(fleet)
+    out = {}
+    for region in fleet.regions:
+        ep = endpoints[region.endpoint.name]
+        out[region.name] = RegionState(revision(fleet, region.name), serving(fleet, region.name), ep.enabled, ep.weight)
+    return out
+
+
+class TrafficWatch:
+    """Samples Traffic Manager every `interval` seconds while a run goes on, so the test can
+    assert the rules held at every moment it saw, not only at the end."""
+
+    def __init__(self, fleet: Fleet, interval: float = 0.25):
+        self.fleet, self.interval = fleet, interval
+        self.samples: list[tuple[float, frozenset[str]]] = []  # (time, enabled regions)
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._names = {r.endpoint.name: r.name for r in fleet.regions}
+
+    def _run(self) -> None:
+        with tm_client(self.fleet) as client:
+            while not self._stop.is_set():
+                try:
+                    eps = client.endpoints()
+                    enabled = frozenset(self._names[n] for n, e in eps.items() if e.enabled and n in self._names)
+                    self.samples.append((time.time(), enabled))
+                except Exception:  # a slow stand-in must not end the watch; count it instead
+                    self.errors += 1
+                self._stop.wait(self.interval)
+
+    def __enter__(self) -> TrafficWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def fewest_enabled(self) -> int:
+        return min(len(s) for _, s in self.samples)
+
+    def ever_drained(self) -> set[str]:
+        everyone = set(self.fleet.region_names)
+        return {r for _, s in self.samples for r in everyone - s}
+
+    def report(self) -> str:
+        return f"{len(self.samples)} samples, fewest enabled {self.fewest_enabled}, drained at some point: " + (
+            ", ".join(sorted(self.ever_drained())) or "none"
+        )
+
+
+# -- a test variant of the fleet file (same running fleet, other source or policy) -----
+
+
+def variant_fleet(base: Fleet, folder: Path, *, new_source: bool = True, **changes: Any) -> Path:
+    """Write a copy of `base`'s fleet file into `folder`: the same running fleet, with its
+    app source copied and given a unique VERSION (so the build gives a new digest) and
+    `changes` applied (dotted keys reach into mappings: "gates.http.timeout_seconds")."""
+    data = yaml.safe_load(base.source_path.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    if new_source:
+        source = folder / "app"
+        shutil.copytree(REPO / "include/app", source, dirs_exist_ok=True)
+        (source / "VERSION").write_text(f"test-{uuid.uuid4().hex}\n")
+        data["app"]["source"] = str(source)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = folder / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    load_fleet(path)  # a variant the release would refuse is a broken test, not a finding
+    return path
+
+
+# -- one `airflow dags test` run, read back ----------------------------------------------
+
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+)Z .*\[DAG TEST\] (starting|end task) task_id=(\S+)")
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text + "+00:00").timestamp()
+
+
+@dataclass
+class Run:
+    """A finished `airflow dags test` run: its output, task timings and (from Airflow's
+    database) task states."""
+
+    output: str
+    returncode: int
+    db: Path
+    dag_id: str = "release_hello"
+    started: dict[str, float] = field(default_factory=dict)
+    ended: dict[str, float] = field(default_factory=dict)
+    segments: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # `dags test` runs one task at a time, so the lines between a task's start and end are its log.
+        current, lines = None, []
+        for line in self.output.splitlines():
+            m = _LINE.match(line)
+            if m:
+                when, what, task = _ts(m.group(1)), m.group(2), m.group(3)
+                if what == "starting":
+                    self.started[task], current, lines = when, task, []
+                else:
+                    self.ended[task] = when
+                    self.segments[task] = "\n".join(lines)
+                    current = None
+            elif current:
+                lines.append(line)
+
+    @property
+    def run_id(self) -> str:
+        m = re.search(r"run_id=(manual__\S+?)[,\s]", self.output)
+        assert m, "no run id in the output"
+        return m.group(1)
+
+    def states(self) -> dict[str, str | None]:
+        with sqlite3.connect(self.db) as db:
+            rows = db.execute(
+                "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (self.dag_id, self.run_id)
+            ).fetchall()
+        return dict(rows)
+
+    def duration(self, task: str) -> float:
+        return self.ended[task] - self.started[task]
+
+    def tail(self, n: int = 6000) -> str:
+        return self.output[-n:]
+
+
+def timed(label: str, started: float) -> None:
+    print(f"\n[timing] {label}: {time.monotonic() - started:.1f} s", flush=True)

@@ -1,0 +1,50 @@
+"""Promise 2 on the real local fleet: a region is deployed only after its own registry replica
+serves the release digest, and waiting for it is a real, deferred wait."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from release_checks import random_sha, snapshot, timed, variant_fleet
+
+pytestmark = pytest.mark.localfleet
+
+LAG = 25  # longer than the in-worker phase (INLINE_SECONDS), so the wait must defer
+SLOW = "northeurope"  # wave 2; eastus is the home registry, which never lags
+
+
+def test_a_lagging_replica_is_waited_for(local_fleet, release, faults, tmp_path):
+    started = time.monotonic()
+    fleet = local_fleet.fleet
+    # A new source gives a new digest, so no replica has it yet. Only SLOW lags; the
+    # others get it at once, so any long wait can only be SLOW's.
+    path = variant_fleet(fleet, tmp_path)
+    faults(replica_lag={r: (LAG if r == SLOW else 0) for r in fleet.region_names if r != fleet.registry.home})
+    run = release({"git_sha": random_sha()}, fleet_path=path)
+    assert run.returncode == 0, run.tail()
+    digest = snapshot(fleet)[SLOW].digest
+    assert f"as {digest}" in run.segments["build"]
+
+    # The replicator's own record: SLOW got the digest LAG seconds after home had it.
+    copies = json.loads((local_fleet.state / "replication.json").read_text())["digests"][digest]
+    seen, arrived = copies["seen"], copies["regions"][SLOW]["at"]
+    assert arrived - seen >= LAG, copies
+
+    wait = f"wait_replication_{SLOW}"
+    log = run.segments[wait]
+    print(f"{wait}: {run.duration(wait):.1f} s; replica got it {arrived - seen:.1f} s after home")
+    # The task deferred (its trigger ran) instead of holding a worker slot…
+    assert "deferring" in log and "running trigger in line" in log, log[-3000:]
+    # …did not pass before the replica had the digest, and so lasted at least LAG since the push.
+    assert run.ended[wait] >= arrived
+    assert run.ended[wait] - seen >= LAG
+    assert run.started[f"deploy_{SLOW}.helm_deploy"] > arrived
+    # The other replicas had it at once: none of them waited anywhere near the lag.
+    for region in fleet.region_names:
+        if region != SLOW:
+            other = f"wait_replication_{region}"
+            print(f"{other}: {run.duration(other):.1f} s")
+            assert run.duration(other) < LAG / 2, (other, run.segments[other][-2000:])
+    timed("replication lag", started)
