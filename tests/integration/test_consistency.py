@@ -176,8 +176,8 @@ def edit_image(fleet: Fleet, region: str, digest: str) -> None:
 
 
 def undo_edit(fleet: Fleet, region: str, digest: str) -> None:
-    """Set the image back and drop the editor's field ownership (Helm 4 applies server-side and
-    would otherwise refuse every later upgrade with a field-manager conflict)."""
+    """Set the image back and drop the editor's field ownership: `helm rollback` applies
+    server-side without --force-conflicts and would refuse that field otherwise."""
     apps = fleet.apps(region)
     dep = apps.read_namespaced_deployment(APP, NS)
     if not any(m.manager == "OpenAPI-Generator" for m in dep.metadata.managed_fields or []):
