@@ -103,6 +103,7 @@ class Helm:
 
     def rollback(self, release: str, namespace: str, revision: int, *, wait: bool = True) -> HelmRelease:
         args = ["rollback", release, str(revision), "-n", namespace, "--timeout", f"{self.timeout_seconds}s"]
+        args += ["--server-side=true", "--force-conflicts"]  # as in upgrade_install: hand edits are taken back
         if wait:
             args.append("--wait")
         self._run(*args)
