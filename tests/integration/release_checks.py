@@ -11,7 +11,6 @@ import logging
 import re
 import shutil
 import sqlite3
-import subprocess
 import threading
 import time
 import urllib.error
@@ -35,12 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # The Azure SDK logs every request at INFO; a watch polling four times a second drowns the output.
 logging.getLogger("azure").setLevel(logging.WARNING)
-
-
-def git_sha() -> str:
-    return subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def random_sha() -> str:

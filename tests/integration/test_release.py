@@ -1,8 +1,9 @@
 """The release DAG on the real local fleet (control planes, registries, Traffic Manager stand-in):
 a full release wave by wave, a re-release that changes nothing, a dry run, refused conf.
 
-The tests share the session's fleet and run in file order: the first one releases the repo's
-app, the next ones check that repeating or refusing a release leaves that state alone."""
+The tests share the session's fleet and run in file order: the first one releases a copy of
+the repo's app with its own VERSION (so the digest is new to every region, whatever earlier
+tests released), the next ones check that repeating or refusing a release leaves that alone."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import itertools
 import time
 
 import pytest
-from release_checks import RegionState, TrafficWatch, annotations, git_sha, history, snapshot, timed
+from release_checks import RegionState, TrafficWatch, annotations, history, random_sha, snapshot, timed, variant_fleet
 
 pytestmark = pytest.mark.localfleet
 
@@ -18,8 +19,16 @@ pytestmark = pytest.mark.localfleet
 WAVES = [["westus"], ["eastus", "northeurope"], ["westeurope"]]
 STEPS = ["drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore"]
 
+# One commit for this module's releases: the same commit and source must give the same digest.
+SHA = random_sha()
 # What the first test released, for the ones after it (each can also run alone).
 released: dict[str, dict[str, RegionState]] = {}
+
+
+@pytest.fixture(scope="module")
+def app_fleet(local_fleet, tmp_path_factory):
+    """The session fleet with its own copy of include/app."""
+    return variant_fleet(local_fleet.fleet, tmp_path_factory.mktemp("release"))
 
 
 def all_live(fleet, state: dict[str, RegionState]) -> None:
@@ -28,30 +37,31 @@ def all_live(fleet, state: dict[str, RegionState]) -> None:
     assert all(s.enabled and s.weight == 100 for s in state.values()), state
 
 
-def ensure_released(local_fleet, release) -> dict[str, RegionState]:
+def ensure_released(local_fleet, release, app_fleet) -> dict[str, RegionState]:
     if "head" not in released:
-        run = release({"git_sha": git_sha()})
+        run = release({"git_sha": SHA}, fleet_path=app_fleet)
         assert run.returncode == 0, run.tail()
         released["head"] = snapshot(local_fleet.fleet)
     return released["head"]
 
 
-def test_a_release_reaches_every_region_wave_by_wave(local_fleet, release):
+def test_a_release_reaches_every_region_wave_by_wave(local_fleet, release, app_fleet):
     started = time.monotonic()
     fleet = local_fleet.fleet
     before = snapshot(fleet)
     with TrafficWatch(fleet) as watch:
-        run = release({"git_sha": git_sha()})
+        run = release({"git_sha": SHA}, fleet_path=app_fleet)
     assert run.returncode == 0, run.tail()
     after = snapshot(fleet)
     released["head"] = after
     print(watch.report())
 
-    # Every region serves the one digest built from include/app, on a new Helm revision,
+    # Every region serves the one digest just built, on a new Helm revision,
     # annotated with this run, and takes traffic at its full weight again.
     all_live(fleet, after)
     digest = after["westus"].digest
     assert f"as {digest}" in run.segments["build"]
+    assert digest not in {s.digest for s in before.values()}, before
     for region in fleet.region_names:
         assert after[region].revision == before[region].revision + 1, (region, before, after)
         assert annotations(fleet, region)["fanout.dev/run-id"] == run.run_id
@@ -76,12 +86,12 @@ def test_a_release_reaches_every_region_wave_by_wave(local_fleet, release):
     timed("happy path", started)
 
 
-def test_releasing_a_live_digest_changes_nothing(local_fleet, release):
+def test_releasing_a_live_digest_changes_nothing(local_fleet, release, app_fleet):
     started = time.monotonic()
     fleet = local_fleet.fleet
-    before = ensure_released(local_fleet, release)
+    before = ensure_released(local_fleet, release, app_fleet)
     with TrafficWatch(fleet) as watch:
-        run = release({"git_sha": git_sha()})
+        run = release({"git_sha": SHA}, fleet_path=app_fleet)
     assert run.returncode == 0, run.tail()
     after = snapshot(fleet)
 
