@@ -81,6 +81,12 @@ class Registry(_Strict):
         """`<name>.azurecr.io` for ACR: answers from the replica nearest to the caller."""
         return f"{self.name}.azurecr.io".lower()
 
+    def pull_host(self, region: str) -> str:
+        """The host a cluster in `region` pulls from. For ACR that is the login server:
+        geo-replication serves each pull from the nearest replica, and the kubelet's ACR
+        credential provider matches `*.azurecr.io`, one label, so not the regional hosts."""
+        return self.login_server if self.kind == "acr" else self.endpoint(region)
+
     def endpoint(self, region: str) -> str:
         """The host that serves `region`'s replica."""
         if region in self.endpoints:
@@ -213,6 +219,11 @@ class Fleet(_Strict):
     @property
     def total_weight(self) -> int:
         return sum(r.endpoint.weight for r in self.regions)
+
+    @property
+    def chart_ref(self) -> str:
+        """What `helm` is given: the OCI reference, or the chart folder made absolute."""
+        return self.app.chart.oci or str(self.resolve(self.app.chart.path))
 
     def resolve(self, path: str) -> Path:
         """A path from the fleet file, made absolute."""

@@ -172,3 +172,14 @@ def traffic_after_failure(*, was_enabled: bool, healthy: bool, runs_known_good: 
     the rebalance step's job, over the whole fleet.
     """
     return was_enabled and healthy and runs_known_good
+
+
+def chart_values(fleet: Fleet, region: str, digest: str, run_id: str, git_sha: str) -> dict[str, Any]:
+    """The values a region's Helm release gets: the fleet's, with the image pinned by digest."""
+    registry = fleet.registry
+    return {
+        **fleet.app.values,
+        "image": {"repository": f"{registry.pull_host(region)}/{registry.repository}", "digest": digest},
+        "region": region,
+        "release": {"runId": run_id, "gitSha": git_sha},
+    }

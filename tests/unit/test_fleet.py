@@ -153,3 +153,11 @@ def test_cli_refuses_a_broken_file_with_one_line_per_problem(tmp_path, local_dat
     run = run_cli("validate", str(broken))
     assert run.returncode == 2
     assert run.stderr.splitlines() == [f"{broken}: regions[3].pair: 'westus9' is not a region of this fleet"]
+
+
+def test_clusters_pull_acr_images_from_the_login_server():
+    acr = load_fleet(AZURE).registry
+    assert acr.pull_host("westeurope") == "contosoprod.azurecr.io"  # geo-replication picks the replica
+    assert acr.endpoint("westeurope") == "contosoprod.westeurope.geo.azurecr.io"  # what the wait checks
+    oci = load_fleet(LOCAL).registry
+    assert oci.pull_host("westus") == oci.endpoint("westus") == "127.0.0.1:5102"

@@ -8,6 +8,7 @@ from fanout.fleet import load_fleet
 from fanout.policy import (
     EndpointState,
     PolicyError,
+    chart_values,
     check_drain,
     digest_of,
     final_traffic,
@@ -165,3 +166,29 @@ def test_rollback_all_targets_a_failed_first_install_that_could_not_roll_back():
 )
 def test_traffic_after_failure(was_enabled, healthy, known_good, enable):
     assert traffic_after_failure(was_enabled=was_enabled, healthy=healthy, runs_known_good=known_good) is enable
+
+
+def test_chart_values_pin_the_image_by_digest_per_region():
+    values = chart_values(FLEET, "westus", D1, "manual__1", "abc1234")
+    assert values["image"] == {"repository": "127.0.0.1:5102/fanout/hello", "digest": D1}
+    assert values["replicaCount"] == 2  # the fleet's own values stay
+    assert values["release"] == {"runId": "manual__1", "gitSha": "abc1234"}
+
+
+def test_the_chart_refuses_values_that_do_not_render():
+    from fanout.adapters.helm import HelmError, render_chart
+    from fanout.airflow.hooks import helm_binary
+
+    good = chart_values(FLEET, "westus", D1, "r", "abc1234")
+    assert 'image: "127.0.0.1:5102/fanout/hello@' + D1 in render_chart(
+        helm_binary(), "hello", FLEET.chart_ref, "hello", good
+    )
+    cases = [
+        ({"image": {"repository": "r/app", "digest": "latest"}}, "at '/image/digest': 'latest' does not match"),
+        ({"image": {"repository": "r/app", "digest": ""}}, "Fanout deploys by digest, never by tag"),
+        ({"replicaCount": "two"}, "at '/replicaCount': got string, want integer"),
+        ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+    ]
+    for change, message in cases:
+        with pytest.raises(HelmError, match=message):
+            render_chart(helm_binary(), "hello", FLEET.chart_ref, "hello", {**good, **change})

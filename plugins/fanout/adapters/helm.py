@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,34 @@ class HelmRelease:
     status: str  # deployed, failed, pending-install, pending-upgrade, pending-rollback, superseded, …
     chart: str
     description: str = ""
+
+
+@contextmanager
+def values_file(values: dict[str, Any]) -> Iterator[Path]:
+    """A 0600 values file in a private temp dir, gone when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="fanout-helm-") as tmp:
+        path = Path(tmp) / "values.yaml"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(values, f)
+        yield path
+
+
+def render_chart(
+    binary: str, release: str, chart: str, namespace: str, values: dict[str, Any], version: str | None = None
+) -> str:
+    """`helm template`: the manifests `values` make, with no cluster. HelmError says why not."""
+    with values_file(values) as path:
+        argv = [binary, "template", release, chart, "-n", namespace, "-f", str(path)]
+        if version and chart.startswith("oci://"):
+            argv += ["--version", version]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:
+            raise HelmError(f"helm template {chart} did not finish in 120 s") from None
+    if done.returncode != 0:
+        raise HelmError(f"helm template {chart} failed: {done.stderr.strip()[-800:]}")
+    return done.stdout
 
 
 @dataclass(frozen=True)
@@ -79,13 +109,9 @@ class Helm:
         description: str = "",
         wait: bool = False,
     ) -> HelmRelease:
-        with tempfile.TemporaryDirectory(prefix="fanout-helm-") as tmp:
-            values_file = Path(tmp) / "values.yaml"
-            fd = os.open(values_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                yaml.safe_dump(values, f)
+        with values_file(values) as path:
             args = ["upgrade", "--install", release, chart, "-n", namespace, "--create-namespace"]
-            args += ["-f", str(values_file), "--timeout", f"{self.timeout_seconds}s"]
+            args += ["-f", str(path), "--timeout", f"{self.timeout_seconds}s"]
             # The release is the desired state: a field someone edited by hand (drift) is
             # taken back, not refused as a server-side apply conflict.
             args += ["--server-side=true", "--force-conflicts"]

@@ -20,14 +20,15 @@ from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from fanout.adapters.helm import HelmError
-from fanout.airflow.hooks import FleetHook
+from fanout.adapters.helm import HelmError, render_chart
+from fanout.airflow.hooks import FleetHook, helm_binary
 from fanout.airflow.triggers import HttpGateTrigger, PollingTrigger, ReplicationTrigger, RolloutTrigger, probe_edge
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import PlanError, plan_waves
 from fanout.policy import (
     DIGEST,
     PolicyError,
+    chart_values,
     check_drain,
     final_traffic,
     rollback_all_targets,
@@ -96,9 +97,6 @@ class FanoutOperator(BaseOperator):
         if not built or not DIGEST.match(built.get("digest", "")):
             raise AirflowFailException("no release digest: the build task did not record one")
         return built
-
-    def image_repository(self, region: str) -> str:
-        return f"{self.fleet.registry.endpoint(region)}/{self.fleet.registry.repository}"
 
     def probe(self, region: str) -> tuple[bool, str | None, str]:
         """(healthy, digest served, detail) from the region's edge, as a user would see it."""
@@ -172,6 +170,16 @@ class ValidateReleaseOperator(FanoutOperator):
         except PlanError as err:
             raise AirflowFailException(f"regions: {err}") from None
         self.log.info("%s", plan.explain())
+        # Chart values are input too: a chart that will not render is refused here, before
+        # any region is drained, not in the middle of wave 2.
+        app, probe_digest = self.fleet.app, "sha256:" + "0" * 64
+        for region in plan.regions:
+            values = chart_values(self.fleet, region, probe_digest, context["run_id"], params["git_sha"])
+            try:
+                render_chart(helm_binary(), app.name, self.fleet.chart_ref, app.namespace, values, app.chart.version)
+            except HelmError as err:
+                raise AirflowFailException(f"app.values / app.chart ({region}): {err}") from None
+        self.log.info("chart %s renders for every region of the plan", self.fleet.chart_ref)
         if params.get("dry_run"):
             self.log.info("dry run: the plan above is all this run does")
         return {"waves": [list(w.regions) for w in plan.waves], "dry_run": bool(params.get("dry_run"))}
@@ -190,7 +198,7 @@ class BuildImageOperator(FanoutOperator):
             self.log.info("releasing the given digest %s (no build)", image)
             return {"digest": image, "repository": registry.repository, "tag": None}
         tag = image or params["git_sha"][:12]
-        destination = f"{registry.endpoint(registry.home)}/{registry.repository}:{tag}"
+        destination = f"{registry.pull_host(registry.home)}/{registry.repository}:{tag}"
         started = time.monotonic()
         digest = self.hook.builder().build_and_push(self.fleet.resolve(self.fleet.app.source), destination)
         self.log.info("built and pushed %s as %s in %.1f s", destination, digest, time.monotonic() - started)
@@ -260,13 +268,8 @@ class HelmDeployOperator(FanoutOperator):
             self.log.info("%s already runs %s (revision %s): no upgrade", self.region, digest, current.revision)
             return {"changed": False, "previous_revision": current.revision, "revision": current.revision}
         previous = next((h.revision for h in reversed(history) if h.status == "deployed"), None)
-        values = {
-            **app.values,
-            "image": {"repository": self.image_repository(self.region), "digest": digest},
-            "region": self.region,
-            "release": {"runId": context["run_id"], "gitSha": context["params"]["git_sha"]},
-        }
-        chart = app.chart.oci or str(self.fleet.resolve(app.chart.path))
+        values = chart_values(self.fleet, self.region, digest, context["run_id"], context["params"]["git_sha"])
+        chart = self.fleet.chart_ref
         try:
             done = helm.upgrade_install(
                 app.name, chart, app.namespace, values, version=app.chart.version,

@@ -1,0 +1,51 @@
+"""The validate task refuses input that cannot work, before any task changes anything."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from airflow.sdk.exceptions import AirflowFailException
+
+from fanout.airflow.operators import ValidateReleaseOperator
+
+REPO = Path(__file__).resolve().parents[2]
+PARAMS = {"git_sha": "0123abc", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
+
+
+def run_validate(fleet_path, conf=None):
+    op = ValidateReleaseOperator(task_id="validate", fleet_path=str(fleet_path))
+    conf = {"git_sha": "0123abc", **(conf or {})}
+    context = {
+        "params": {**PARAMS, **conf},
+        "dag": SimpleNamespace(params=PARAMS),
+        "dag_run": SimpleNamespace(conf=conf),
+        "run_id": "manual__test",
+    }
+    return op.execute(context)
+
+
+def fleet_with(tmp_path, **values):
+    data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
+    data["app"]["source"] = str(REPO / "include/app")
+    data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
+    data["app"]["values"].update(values)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_good_run_gets_its_plan(tmp_path):
+    out = run_validate(fleet_with(tmp_path), {"regions": ["eastus", "westus"]})
+    assert out == {"waves": [["westus"], ["eastus"]], "dry_run": False}
+
+
+def test_chart_values_that_do_not_render_are_refused(tmp_path):
+    refused = r"(?s)app.values / app.chart \(westus\): .*'/replicaCount': got string"
+    with pytest.raises(AirflowFailException, match=refused):
+        run_validate(fleet_with(tmp_path, replicaCount="two"))
+
+
+def test_unknown_conf_keys_are_refused(tmp_path):
+    with pytest.raises(AirflowFailException, match=r"conf: unknown key.s. 'regoins'"):
+        run_validate(fleet_with(tmp_path), {"regoins": ["westus"]})
