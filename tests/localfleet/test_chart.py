@@ -1,0 +1,33 @@
+"""The app's chart installs with Helm 4 `--wait` in every region of the local fleet."""
+
+import pytest
+from kubernetes import client, config
+
+from fanout.adapters.helm import Helm
+from fanout.airflow.hooks import helm_binary
+from fanout.policy import chart_values
+
+pytestmark = pytest.mark.localfleet
+DIGEST = "sha256:" + "c" * 64  # kwok runs no containers: any digest rolls out
+
+
+def test_chart_installs_with_wait_in_every_region(local_fleet):
+    fleet = local_fleet.fleet
+    for region in fleet.regions:
+        access = region.cluster.kubeconfig
+        kubeconfig = str(fleet.resolve(access.path))
+        helm = Helm(helm_binary(), kubeconfig, access.context, timeout_seconds=120)
+        values = chart_values(fleet, region.name, DIGEST, "chart-test", "0123abc")
+        try:
+            done = helm.upgrade_install("chartcheck", fleet.chart_ref, "chartcheck", values, wait=True)
+            assert (done.revision, done.status) == (1, "deployed")
+            apps = client.AppsV1Api(config.new_client_from_config(kubeconfig, context=access.context))
+            status = apps.read_namespaced_deployment("chartcheck", "chartcheck").status
+            # --wait returned only once the rollout was complete
+            assert status.available_replicas == status.replicas == values["replicaCount"]
+            assert (
+                f"@{DIGEST}"
+                in apps.read_namespaced_deployment("chartcheck", "chartcheck").spec.template.spec.containers[0].image
+            )
+        finally:
+            helm.uninstall("chartcheck", "chartcheck")
