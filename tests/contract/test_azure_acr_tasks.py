@@ -4,10 +4,13 @@ contract-checking local server, as `az acr build` drives it."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
+import json
 import tarfile
 from collections import deque
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +224,169 @@ def test_image_name_drops_the_registry_host():
     assert image_name("contosoprod.eastus2.geo.azurecr.io/storefront/web:abc") == "storefront/web:abc"
     assert image_name("127.0.0.1:5000/app:v1") == "app:v1"
     assert image_name("storefront/web:abc") == "storefront/web:abc"
+
+
+# -- following a run deferrably: AcrRunTrigger in the triggerer, BuildImageOperator around it --------
+
+
+@pytest.fixture
+def connection(monkeypatch) -> list[str]:
+    """The Airflow connection the trigger reads in the triggerer, standing in with a FakeCredential;
+    the list of connection ids read."""
+    from fanout.adapters.azure_credentials import AzureAccess
+
+    credential = FakeCredential()
+    read: list[str] = []
+
+    def access_from_connection(conn_id: str) -> AzureAccess:
+        read.append(conn_id)
+        return AzureAccess(credential)
+
+    monkeypatch.setattr("fanout.adapters.azure_credentials.access_from_connection", access_from_connection)
+    return read
+
+
+def run_trigger(trigger) -> dict:
+    """Drive trigger.run() as the triggerer does, after a serialize round trip; the first event."""
+    import importlib
+
+    path, kwargs = trigger.serialize()
+    module, _, name = path.rpartition(".")
+    revived = getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
+
+    async def first_event() -> dict:
+        async for event in revived.run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    return asyncio.run(first_event())
+
+
+def run_trigger_for(server, ca, **timing):
+    from fanout.airflow.triggers import AcrRunTrigger
+
+    timing = {"timeout_seconds": 30, "poll_seconds": 0.05, **timing}
+    return run_trigger(
+        AcrRunTrigger(
+            run_id="ca1", conn_id="azure_fanout", subscription=SUB, resource_group=RG, registry=REG,
+            base_url=server.url, connection_verify=ca, **timing,
+        )
+    )  # fmt: skip
+
+
+def test_trigger_reports_the_digest_of_a_succeeded_run(server, ca, connection):
+    Tasks(server, statuses=("Queued", "Running", "Succeeded"))
+    event = run_trigger_for(server, ca)
+    assert event["status"] == "ok" and event["run_status"] == "Succeeded", event
+    assert event["digest"] == DIGEST and event["images"] == [f"storefront/web:abc123@{DIGEST}"]
+    assert "az acr task logs --registry contosoprod --run-id ca1" in event["log"]
+    assert connection == ["azure_fanout"], "the credential comes from the connection, read once"
+    assert len(server.calls("GET", f"{ARM}/runs/ca1")) == 3
+    server.assert_clean()
+
+
+def test_trigger_reports_a_failed_run_with_its_error_log_command_and_tail(server, ca, connection):
+    Tasks(server, statuses=("Running", "Failed"), error="failed during run, err: exit status 1")
+    event = run_trigger_for(server, ca)
+    assert event["status"] == "failed" and event["run_status"] == "Failed", event
+    assert event["error"] == "failed during run, err: exit status 1"
+    assert "error: COPY failed: index.htm not found" in event["log_tail"]
+    assert "run ca1 ended Failed: failed during run, err: exit status 1" in event["detail"]
+    assert "az acr task logs --registry contosoprod --run-id ca1" in event["detail"]
+    assert SIG not in json.dumps(event) and "sig=" not in json.dumps(event), "the log's SAS URL stays out"
+    server.assert_clean()
+
+
+@pytest.mark.parametrize("status", ["Canceled", "Error", "Timeout"])
+def test_every_other_terminal_status_is_a_failure(server, ca, connection, status):
+    Tasks(server, statuses=(status,))
+    event = run_trigger_for(server, ca)
+    assert event["status"] == "failed" and event["run_status"] == status
+    assert f"run ca1 ended {status}" in event["detail"]
+
+
+def test_trigger_past_its_deadline_cancels_the_run(server, ca, connection):
+    tasks = Tasks(server, statuses=("Running",))
+    event = run_trigger_for(server, ca, timeout_seconds=0.3)
+    assert event["status"] == "timeout" and event["run_status"] == "Running" and event["cancelled"] is True
+    assert tasks.cancelled and len(server.calls("POST", f"{ARM}/runs/ca1/cancel")) == 1
+    assert "run ca1 still Running after" in event["detail"] and "cancelled it" in event["detail"]
+    assert "az acr task logs --registry contosoprod --run-id ca1" in event["detail"]
+    server.assert_clean()
+
+
+def test_trigger_that_cannot_cancel_says_so(server, ca, connection):
+    Tasks(server, statuses=("Running",))
+    server.fail_next("POST", f"{ARM}/runs/ca1/cancel", arm_error(409, "Conflict", "run is finishing"))
+    event = run_trigger_for(server, ca, timeout_seconds=0.3)
+    assert event["status"] == "timeout" and event["cancelled"] is False
+    assert "could not cancel it" in event["detail"]
+
+
+def test_trigger_polls_through_a_transient_error_but_stops_at_a_missing_run(server, ca, connection):
+    Tasks(server)
+    server.fail_next("GET", f"{ARM}/runs/ca1", arm_error(500, "InternalServerError", "try again"))
+    assert run_trigger_for(server, ca)["status"] == "ok"
+    server.fail_next("GET", f"{ARM}/runs/ca1", arm_error(404, "ResourceNotFound", "run ca1 was not found"))
+    event = run_trigger_for(server, ca, timeout_seconds=600)
+    assert event["status"] == "failed" and event["waited"] < 60, "a 404 does not heal by waiting"
+    assert "reading run ca1 failed: HTTP 404 ResourceNotFound" in event["detail"]
+    assert "az acr task logs --registry contosoprod --run-id ca1" in event["detail"]
+
+
+def test_trigger_without_a_usable_connection_fails_at_once(server, ca, monkeypatch):
+    def missing(conn_id):
+        raise RuntimeError(f"The conn_id `{conn_id}` isn't defined")
+
+    monkeypatch.setattr("fanout.adapters.azure_credentials.access_from_connection", missing)
+    event = run_trigger_for(server, ca, timeout_seconds=600)
+    assert event["status"] == "failed" and "cannot use connection 'azure_fanout'" in event["detail"]
+    assert not server.seen
+
+
+def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(server, ca, connection):
+    """The whole ACR path: the worker uploads and schedules, defers with plain kwargs, the trigger
+    follows the run from a connection, and the resumed task returns the XCom a local build returns."""
+    from airflow.sdk.exceptions import TaskDeferred
+
+    from fanout.adapters.azure_credentials import AzureAccess
+    from fanout.airflow.hooks import FleetHook
+    from fanout.airflow.operators import BuildImageOperator
+    from fanout.fleet import load_fleet
+
+    tasks = Tasks(server)
+    fleet_file = Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml"
+    op = BuildImageOperator(task_id="build", fleet_path=str(fleet_file))
+    op.__dict__["hook"] = FleetHook(
+        load_fleet(str(fleet_file)), access=AzureAccess(FakeCredential()), arm_url=server.url, connection_verify=ca,
+        azure_options={"retry_backoff_factor": 0.01},
+    )  # fmt: skip
+    params = {"git_sha": "abc123", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({"params": params})
+    assert tasks.request is not None, "the run was scheduled before the task deferred"
+    assert not server.calls("GET", f"{ARM}/runs/ca1"), "the worker does not poll the run"
+    _, kwargs = deferred.value.trigger.serialize()
+    text = json.dumps(kwargs)
+    assert kwargs["run_id"] == "ca1" and kwargs["conn_id"] == "azure_fanout" and kwargs["registry"] == REG
+    assert "tok-" not in text and "token" not in text.lower() and "secret" not in text.lower()
+    assert deferred.value.method_name == "acr_build_done"
+    assert kwargs["timeout_seconds"] == 3600 + 300 and kwargs["not_before"] > kwargs["started_at"]
+    # The settle delay and a build's poll interval are for a live scheduler and ACR, not this test.
+    deferred.value.trigger.not_before, deferred.value.trigger.poll_seconds = None, 0.05
+    event = run_trigger(deferred.value.trigger)
+    result = op.acr_build_done({"params": params}, event, **deferred.value.kwargs)
+    assert result == {"digest": DIGEST, "repository": "storefront/web", "tag": "abc123"}
+    server.assert_clean()
+
+
+def test_build_operator_fails_a_failed_run_naming_the_log(server, ca):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from fanout.airflow.operators import BuildImageOperator
+
+    op = BuildImageOperator(task_id="build", fleet_path="unused.yaml")
+    event = {"status": "failed", "detail": "ACR Tasks on registry 'contosoprod': run ca1 ended Failed\nlog: az acr …",
+             "waited": 42.0, "run_id": "ca1"}  # fmt: skip
+    with pytest.raises(AirflowFailException, match=r"build of x/y:z: .*run ca1 ended Failed\nlog: az acr"):
+        op.acr_build_done({}, event, destination="x/y:z", tag="z")

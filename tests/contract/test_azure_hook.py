@@ -50,6 +50,7 @@ def test_nothing_reaches_azure_or_the_connection_until_a_client_is_asked_for(mon
     hook = FleetHook(parse_fleet(example(), EXAMPLE))
     assert hook.replication_trigger_kwargs("westeurope")["conn_id"] == "azure_fanout"
     assert hook.rollout_trigger_kwargs("westeurope")["aks"]["cluster"] == "aks-storefront-weu"
+    assert hook.acr_run_trigger_kwargs("ca1")["base_url"] is None, "the triggerer takes ARM from the connection"
 
 
 def test_acr_fleet_gets_acr_clients():

@@ -8,12 +8,12 @@
 
 ACR Tasks left azure-mgmt-containerregistry in 15.0; `azure-mgmt-containerregistrytasks` 1.0.0b1
 (api-version 2025-03-01-preview) is the SDK for it. The build runs in the registry's home region.
-`start` and `state` are public so that a deferrable trigger can follow a run it did not start.
+`start`, `state`, `cancel`, `failure` and `digest_of` are public so that a deferrable trigger
+(fanout.airflow.triggers.AcrRunTrigger) can follow a run the worker started.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +55,16 @@ def image_name(destination: str) -> str:
     return destination
 
 
+def run_log_link(subscription: str, resource_group: str, registry: str, run_id: str) -> str:
+    """Where a person reads a run's log (az CLI and the run's ARM id for the portal); needs no client,
+    so a failure report can name it even when the run could not be read."""
+    rid = (
+        f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/"
+        f"Microsoft.ContainerRegistry/registries/{registry}/runs/{run_id}"
+    )
+    return f"az acr task logs --registry {registry} --run-id {run_id}  (run {rid})"
+
+
 class AcrTasksBuilder:
     """Quick builds on one registry. `progress` receives one line per status change and per minute."""
 
@@ -86,6 +96,21 @@ class AcrTasksBuilder:
             **client_options(base_url=base_url, connection_verify=connection_verify, **options),
         )
 
+    @classmethod
+    def from_connection(
+        cls, conn_id: str, subscription: str, resource_group: str, registry: str, *, base_url: str | None = None,
+        **kwargs: Any,
+    ) -> AcrTasksBuilder:  # fmt: skip
+        """A builder whose credential comes from Airflow connection `conn_id`, for a trigger that must
+        not carry credentials. `base_url` None means the ARM endpoint of the connection's cloud."""
+        from fanout.adapters import azure_credentials
+
+        # Looked up on the module, not imported by name, so tests can stand in for the connection.
+        access = azure_credentials.access_from_connection(conn_id)
+        if base_url is None and access.cloud != "AzurePublicCloud":
+            base_url = access.arm_url
+        return cls(access.credential, subscription, resource_group, registry, base_url=base_url, **kwargs)
+
     @property
     def _where(self) -> str:
         return f"ACR Tasks on registry '{self.registry}'"
@@ -94,12 +119,7 @@ class AcrTasksBuilder:
         self._client.close()
 
     def run_link(self, run_id: str) -> str:
-        """Where a person reads the run's log (az CLI and the run's ARM id for the portal)."""
-        rid = (
-            f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}/providers/"
-            f"Microsoft.ContainerRegistry/registries/{self.registry}/runs/{run_id}"
-        )
-        return f"az acr task logs --registry {self.registry} --run-id {run_id}  (run {rid})"
+        return run_log_link(self.subscription, self.resource_group, self.registry, run_id)
 
     def upload_context(self, context: Path) -> str:
         """Upload the packed context; returns the relative path a build request refers to."""
@@ -184,11 +204,18 @@ class AcrTasksBuilder:
             if state.done:
                 return state
             if time.monotonic() >= deadline:
-                # We fail the build either way; if cancelling fails, the run's own timeout ends it.
-                with contextlib.suppress(AzureError):
-                    self._client.runs.cancel(self.resource_group, self.registry, run_id)
+                self.cancel(run_id)
                 raise BuildError(f"{self._where}: run {run_id} still {state.status} after {elapsed:.0f} s; cancelled")
             time.sleep(self.poll_seconds)
+
+    def cancel(self, run_id: str) -> bool:
+        """Ask ACR to cancel the run; False if it could not be asked. Whoever cancels fails the build
+        either way, and a run we failed to cancel still ends at its own `timeout`."""
+        try:
+            self._client.runs.cancel(self.resource_group, self.registry, run_id)
+        except (AzureError, OSError):
+            return False
+        return True
 
     def log_tail(self, run_id: str, lines: int = 30) -> str:
         """The end of the run's log, or '' when it cannot be read (a failure report must not fail)."""
@@ -210,14 +237,23 @@ class AcrTasksBuilder:
         except AzureAdapterError as err:
             raise BuildError(str(err)) from None
         if state.status != "Succeeded":
-            tail = self.log_tail(run_id)
-            raise BuildError(
-                f"{self._where}: run {run_id} ended {state.status}"
-                + (f": {state.error}" if state.error else "")
-                + f"\nlog: {self.run_link(run_id)}"
-                + (f"\nlast lines of the log:\n{tail}" if tail else "")
-            )
-        if not state.digest or not DIGEST.match(state.digest):
-            raise BuildError(f"{self._where}: run {run_id} succeeded but reported no image digest ({state.images})")
+            raise BuildError(self.failure(state, self.log_tail(run_id)))
+        digest = self.digest_of(state)
         self.progress(f"run {run_id} pushed {', '.join(state.images)}")
+        return digest
+
+    def failure(self, state: RunState, tail: str = "") -> str:
+        """Why a run that ended other than Succeeded failed, and where its whole log is."""
+        return (
+            f"{self._where}: run {state.run_id} ended {state.status}"
+            + (f": {state.error}" if state.error else "")
+            + f"\nlog: {self.run_link(state.run_id)}"
+            + (f"\nlast lines of the log:\n{tail}" if tail else "")
+        )
+
+    def digest_of(self, state: RunState) -> str:
+        """The digest a Succeeded run pushed; a run that reports none cannot pin a release."""
+        if not state.digest or not DIGEST.match(state.digest):
+            images = state.images
+            raise BuildError(f"{self._where}: run {state.run_id} succeeded but reported no image digest ({images})")
         return state.digest

@@ -156,6 +156,21 @@ class FleetHook(BaseHook):
             },
         }
 
+    def acr_run_trigger_kwargs(self, run_id: str) -> dict[str, Any]:
+        """What AcrRunTrigger needs to follow ACR Tasks run `run_id` from the triggerer: coordinates
+        and the connection id, never a credential. `base_url` / `connection_verify` are this hook's
+        test overrides (None in production: the trigger takes the ARM endpoint of the connection's cloud)."""
+        reg = self._acr()
+        return {
+            "run_id": run_id,
+            "conn_id": self.fleet.azure.conn_id,
+            "subscription": reg.subscription,
+            "resource_group": reg.resource_group,
+            "registry": reg.name,
+            "base_url": self._arm_url,
+            "connection_verify": self._verify,
+        }
+
     def aks(self, region: str) -> AksCluster:
         access = self.fleet.region(region).cluster.aks
         if access is None:

@@ -14,15 +14,25 @@ import urllib.parse
 import urllib.request
 from datetime import timedelta
 from functools import cache, cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from fanout.adapters.acr_tasks import AcrTasksBuilder
+from fanout.adapters.azure_credentials import AzureAdapterError
+from fanout.adapters.builder import BuildError
 from fanout.adapters.helm import HelmError, render_chart
 from fanout.airflow.hooks import FleetHook, helm_binary
-from fanout.airflow.triggers import HttpGateTrigger, PollingTrigger, ReplicationTrigger, RolloutTrigger, probe_edge
+from fanout.airflow.triggers import (
+    AcrRunTrigger,
+    HttpGateTrigger,
+    PollingTrigger,
+    ReplicationTrigger,
+    RolloutTrigger,
+    probe_edge,
+)
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import PlanError, plan_waves
 from fanout.policy import (
@@ -199,10 +209,41 @@ class BuildImageOperator(FanoutOperator):
             return {"digest": image, "repository": registry.repository, "tag": None}
         tag = image or params["git_sha"][:12]
         destination = f"{registry.pull_host(registry.home)}/{registry.repository}:{tag}"
+        if registry.kind == "acr":
+            self.start_acr_build(destination, tag)
         started = time.monotonic()
         digest = self.hook.builder().build_and_push(self.fleet.resolve(self.fleet.app.source), destination)
         self.log.info("built and pushed %s as %s in %.1f s", destination, digest, time.monotonic() - started)
         return {"digest": digest, "repository": registry.repository, "tag": tag}
+
+    def start_acr_build(self, destination: str, tag: str) -> NoReturn:
+        """Schedule the ACR Tasks run and defer: a build takes minutes, and they are spent in ACR,
+        not in a worker slot. No inline poll first (see `wait`): no build ends within seconds."""
+        builder = self.hook.builder()
+        assert isinstance(builder, AcrTasksBuilder)  # an acr registry always gets one
+        try:
+            run_id = builder.start(self.fleet.resolve(self.fleet.app.source), destination)
+        except AzureAdapterError as err:
+            raise BuildError(str(err)) from None
+        finally:
+            builder.close()
+        self.log.info("ACR Tasks run %s builds %s; log: %s", run_id, destination, builder.run_link(run_id))
+        trigger = AcrRunTrigger(
+            **self.hook.acr_run_trigger_kwargs(run_id),
+            # The run's own timeout plus time to queue and push, as AcrTasksBuilder.wait allows.
+            timeout_seconds=builder.build_timeout_seconds + 300,
+            poll_seconds=builder.poll_seconds,
+            not_before=time.time() + SETTLE_SECONDS,
+        )
+        self.defer(trigger=trigger, method_name="acr_build_done", kwargs={"destination": destination, "tag": tag})
+
+    def acr_build_done(self, context: Context, event: dict[str, Any], destination: str, tag: str) -> dict[str, Any]:
+        digest = event.get("digest") or ""
+        if event["status"] != "ok" or not DIGEST.match(digest):
+            raise AirflowFailException(f"build of {destination}: {event['detail']}")
+        run_id, waited = event["run_id"], event["waited"]
+        self.log.info("built and pushed %s as %s in %.0f s (ACR Tasks run %s)", destination, digest, waited, run_id)
+        return {"digest": digest, "repository": self.fleet.registry.repository, "tag": tag}
 
 
 class WaitForReplicationOperator(FanoutOperator):

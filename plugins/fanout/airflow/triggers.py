@@ -14,6 +14,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from fanout.adapters.acr_tasks import AcrTasksBuilder, RunState, run_log_link
+from fanout.adapters.azure_credentials import AzureAdapterError, scrub
+from fanout.adapters.builder import BuildError
 from fanout.adapters.cluster import Cluster, ClusterError
 from fanout.adapters.registry import OciRegistry, RegistryError
 from fanout.policy import rollout_status
@@ -232,3 +235,105 @@ class HttpGateTrigger(PollingTrigger):
         if not good and healthy:
             detail = f"edge serves {digest}, expected {self.digest}"
         return self.streak >= self.needed, f"{detail} ({self.streak}/{self.needed} good probes in a row)"
+
+
+class AcrRunTrigger(PollingTrigger):
+    """Until ACR Tasks run `run_id` ends: the quick build BuildImageOperator started.
+
+    Like the other Azure triggers it carries coordinates and a connection id, never a credential;
+    the triggerer builds its own client from connection `conn_id`. `base_url` None means the ARM
+    endpoint of the connection's cloud. FleetHook.acr_run_trigger_kwargs(run_id) gives all of these.
+
+    The event says how the run ended, with the full message in `detail`: `ok` with the pushed
+    `digest` and `images`; `failed` with the run's status, error, log command and log tail;
+    `timeout` when our deadline came first, after asking ACR to cancel the run (`cancelled`).
+    """
+
+    # A missing run or a refused credential does not heal by waiting, unlike 429/5xx (which the
+    # SDK has already retried) or a dropped connection; polling on would only hide it for an hour.
+    FATAL_STATUS = (401, 403, 404)
+
+    def __init__(
+        self, *, run_id: str, conn_id: str, subscription: str, resource_group: str, registry: str,
+        base_url: str | None = None, connection_verify: str | bool | None = None, **kwargs: Any,
+    ):  # fmt: skip
+        super().__init__(**kwargs)
+        self.run_id, self.conn_id = run_id, conn_id
+        self.subscription, self.resource_group, self.registry = subscription, resource_group, registry
+        self.base_url, self.connection_verify = base_url, connection_verify
+        self._tasks: AcrTasksBuilder | None = None
+        self._state: RunState | None = None
+        self._fatal: str | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{__name__}.AcrRunTrigger",
+            {"run_id": self.run_id, "conn_id": self.conn_id, "subscription": self.subscription,
+             "resource_group": self.resource_group, "registry": self.registry, "base_url": self.base_url,
+             "connection_verify": self.connection_verify, **self._kwargs()},
+        )  # fmt: skip
+
+    def _builder(self) -> AcrTasksBuilder:
+        if self._tasks is None:
+            self._tasks = AcrTasksBuilder.from_connection(
+                self.conn_id, self.subscription, self.resource_group, self.registry,
+                base_url=self.base_url, connection_verify=self.connection_verify,
+            )  # fmt: skip
+        return self._tasks
+
+    def close(self) -> None:
+        if self._tasks is not None:
+            self._tasks.close()
+        self._tasks = None
+
+    async def check(self) -> tuple[bool, str]:
+        # In threads: reading the connection and the SDK calls are blocking I/O.
+        try:
+            tasks = await asyncio.to_thread(self._builder)
+        except Exception as err:
+            # Whatever stops us reading the connection (missing, wrong cloud, no credential) will
+            # not change by waiting: report it now instead of at the deadline.
+            self._fatal = scrub(f"ACR Tasks run {self.run_id}: cannot use connection '{self.conn_id}': {err}")
+            return True, self._fatal
+        try:
+            state = await asyncio.to_thread(tasks.state, self.run_id)
+        except AzureAdapterError as err:
+            if err.status_code in self.FATAL_STATUS:
+                self._fatal = str(err)
+                return True, self._fatal
+            return False, str(err)
+        if self._state is None or state.status != self._state.status:
+            self.log.info("ACR Tasks run %s: %s", self.run_id, state.status)
+        self._state = state
+        return state.done, f"run {self.run_id} {state.status}"
+
+    async def _poll(self, budget: float | None) -> dict[str, Any] | None:
+        event = await super()._poll(budget)
+        return None if event is None else await asyncio.to_thread(self._outcome, event)
+
+    def _outcome(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The base event (done or deadline) turned into how the run ended."""
+        link = run_log_link(self.subscription, self.resource_group, self.registry, self.run_id)
+        status = self._state.status if self._state else "Unknown"
+        out = {**event, "run_id": self.run_id, "run_status": status, "log": link}
+        if event["status"] == "timeout":
+            cancelled = self._tasks is not None and self._tasks.cancel(self.run_id)
+            what = "cancelled it" if cancelled else "could not cancel it; it ends at its own timeout"
+            out["detail"] = (
+                f"ACR Tasks on registry '{self.registry}': run {self.run_id} still {status} after "
+                f"{event['waited']:.0f} s; {what} ({event['detail']})\nlog: {link}"
+            )
+            return {**out, "cancelled": cancelled}
+        if self._fatal is not None or self._state is None or self._tasks is None:
+            error = self._fatal or event["detail"]
+            return {**out, "status": "failed", "error": error, "detail": f"{error}\nlog: {link}"}
+        state, tasks = self._state, self._tasks
+        if state.status == "Succeeded":
+            try:
+                digest = tasks.digest_of(state)
+            except BuildError as err:
+                return {**out, "status": "failed", "error": str(err), "detail": f"{err}\nlog: {link}"}
+            pushed = ", ".join(state.images)
+            return {**out, "digest": digest, "images": list(state.images), "detail": f"pushed {pushed}"}
+        tail = tasks.log_tail(self.run_id)
+        return {**out, "status": "failed", "error": state.error, "log_tail": tail, "detail": tasks.failure(state, tail)}
