@@ -46,11 +46,12 @@ def _rss_mb(pids: list[int]) -> float:
 
 
 def _fleet_pids(state: Path) -> list[int]:
-    pids = list(kube.all_pids(state).values())
+    # The control planes' pidfiles are under pids/ as well; a set counts each process once.
+    pids = set(kube.all_pids(state).values())
     for pidfile in (state / "pids").glob("*.pid"):
         if (pid := procs.pid(pidfile.stem, state)) is not None:
-            pids.append(pid)
-    return pids
+            pids.add(pid)
+    return sorted(pids)
 
 
 def main(argv: list[str] | None = None) -> int:

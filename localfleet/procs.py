@@ -95,10 +95,26 @@ def alive(name: str, state_dir: str | Path) -> bool:
     return pid(name, state_dir) is not None
 
 
-def _reap(found: int) -> None:
+def _state(found: int) -> str | None:
+    """The one-letter state /proc shows for `found` ("R", "S", "Z", ...), or None once it is gone."""
+    try:
+        return Path(f"/proc/{found}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _reap(found: int, block: bool = False) -> None:
     # Only our direct children can be reaped; anyone else's is init's business.
     with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(found, os.WNOHANG)
+        os.waitpid(found, 0 if block else os.WNOHANG)
+
+
+def _write_pidfile(name: str, state_dir: str | Path, found: int, cmdline: list[str]) -> None:
+    path = pid_path(name, state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": found, "cmdline": cmdline}))
+    tmp.replace(path)
 
 
 def start(
@@ -120,7 +136,6 @@ def start(
         return running
     log = log_path(name, state_dir)
     log.parent.mkdir(parents=True, exist_ok=True)
-    pid_path(name, state_dir).parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(argv)}\n".encode())
         out.flush()
@@ -137,10 +152,7 @@ def start(
         except OSError as err:
             raise ProcError(f"{name}: cannot run {argv[0]}: {err.strerror}") from None
     # Record what /proc shows, not argv: that is what `pid` compares against later.
-    cmdline = _cmdline(proc.pid) or list(argv)
-    tmp = pid_path(name, state_dir).with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": proc.pid, "cmdline": cmdline}))
-    tmp.replace(pid_path(name, state_dir))
+    _write_pidfile(name, state_dir, proc.pid, _cmdline(proc.pid) or list(argv))
     if ready is None:
         return proc.pid
     deadline = time.monotonic() + timeout
@@ -175,7 +187,30 @@ def stop(name: str, state_dir: str | Path, timeout: float = 10.0) -> bool:
     # Children may linger after the leader exits; the group id still reaches them.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(found, signal.SIGKILL)
-    _reap(found)
+    # A multi-threaded leader shows "Z" while its other threads are still exiting, and WNOHANG
+    # cannot reap it until they are gone: that zombie would stay for as long as we run. After
+    # SIGKILL those threads go at once, so a blocking wait is short (and fails at once if the
+    # zombie is not our child).
+    deadline = time.monotonic() + 5
+    while (state := _state(found)) is not None and time.monotonic() < deadline:
+        if state == "Z":
+            _reap(found, block=True)
+            break
+        _reap(found)
+        time.sleep(0.05)
+    return True
+
+
+def adopt(name: str, found: int, state_dir: str | Path, program: str) -> bool:
+    """Record the running process `found` as `name`, if its argv[0] names `program`; True if it did.
+
+    For processes started before they were managed here: from then on `pid` and `stop` find
+    them like any other. The program check keeps a recycled pid from being adopted.
+    """
+    cmdline = _cmdline(found)
+    if not cmdline or Path(cmdline[0]).name != program:
+        return False
+    _write_pidfile(name, state_dir, found, cmdline)
     return True
 
 
