@@ -49,3 +49,20 @@ def test_chart_values_that_do_not_render_are_refused(tmp_path):
 def test_unknown_conf_keys_are_refused(tmp_path):
     with pytest.raises(AirflowFailException, match=r"conf: unknown key.s. 'regoins'"):
         run_validate(fleet_with(tmp_path), {"regoins": ["westus"]})
+
+
+def test_bake_waits_only_after_waves_this_run_touched(tmp_path, monkeypatch):
+    from fanout.airflow.operators import BakeOperator
+
+    data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
+    data["rollout"]["bake_seconds"] = 3
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    bake = BakeOperator(task_id="bake_after_wave_1", fleet_path=str(path), wave_regions=["westus"])
+    paused = []
+    monkeypatch.setattr(BakeOperator, "pause", lambda self, seconds, *_: paused.append(seconds))
+    bake.execute({"params": {**PARAMS, "regions": ["westeurope"]}})
+    assert paused == []
+    bake.execute({"params": {**PARAMS, "regions": ["westus", "westeurope"]}})
+    bake.execute({"params": PARAMS})  # no subset: every wave is touched
+    assert paused == [3, 3]

@@ -121,7 +121,10 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
             if wave.number < len(plan.waves):
                 # Skipped regions (not in the run's subset) must not stop later waves.
                 bake = op.BakeOperator(
-                    task_id=f"bake_after_wave_{wave.number}", trigger_rule=TriggerRule.NONE_FAILED, **kw
+                    task_id=f"bake_after_wave_{wave.number}",
+                    trigger_rule=TriggerRule.NONE_FAILED,
+                    wave_regions=list(wave.regions),
+                    **kw,
                 )
                 groups >> bake
                 previous = bake

@@ -486,7 +486,15 @@ class RollbackAllOperator(FanoutOperator):
 class BakeOperator(FanoutOperator):
     """Wait the fleet's bake time between two waves (deferred)."""
 
+    def __init__(self, *, wave_regions: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.wave_regions = wave_regions
+
     def run(self, context: Context) -> None:
+        # A run for a few regions (a repair, say) must not bake after waves it did not touch.
+        if not any(targeted(context["params"], r) for r in self.wave_regions):
+            self.log.info("no region of this wave (%s) is in this run: no bake", ", ".join(self.wave_regions))
+            return
         self.pause(self.fleet.rollout.bake_seconds, "done", context)
 
     def done(self, context: Context, event: Any = None) -> None:
