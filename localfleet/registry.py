@@ -21,21 +21,15 @@ from pathlib import Path
 
 import yaml
 
+from fanout.adapters.registry import MANIFEST_TYPES
 from fanout.fleet import Fleet, load_fleet
 from localfleet import procs
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 
 # distribution 2.8 answers 404 MANIFEST_UNKNOWN for an OCI manifest unless Accept names
-# its type, so every manifest request carries all four types.
-MANIFEST_ACCEPT = ", ".join(
-    [
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.oci.image.index.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-        "application/vnd.docker.distribution.manifest.list.v2+json",
-    ]
-)
+# its type, so every manifest request carries the same types a release asks for.
+MANIFEST_ACCEPT = MANIFEST_TYPES
 
 
 class RegistryError(RuntimeError):
