@@ -1,19 +1,23 @@
-"""`python -m fanout`: the command line for people (validate a fleet file, print a plan)."""
+"""`python -m fanout`: the command line for people and CI (validate a fleet file, print a plan,
+trigger a release on a running Airflow).
+
+The fleet and planner modules (pydantic, PyYAML) are imported only by the commands that use them,
+so `fanout trigger` runs in CI with nothing but httpx installed and `PYTHONPATH=plugins`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from fanout.fleet import FleetError, load_fleet
-from fanout.planner import PlanError, plan_waves
-
 
 def _regions(text: str) -> list[str]:
     return [r.strip() for r in text.split(",") if r.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    from fanout import trigger
+
     parser = argparse.ArgumentParser(prog="fanout", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="check a fleet file; one line per problem")
@@ -21,7 +25,26 @@ def main(argv: list[str] | None = None) -> int:
     plan = sub.add_parser("plan", help="print the waves a release would take, and why")
     plan.add_argument("fleet", help="path to a fleet YAML file")
     plan.add_argument("--regions", type=_regions, help="comma-separated subset of regions (default: all)")
-    args = parser.parse_args(argv)
+    trigger.add_arguments(
+        sub.add_parser(
+            "trigger",
+            help="start a release run on a running Airflow (from CI, once per merge); --wait follows it",
+            description=trigger.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "trigger":
+        from fanout.trigger import run
+
+        return run(args)
+
+    from fanout.fleet import FleetError, load_fleet
+    from fanout.planner import PlanError, plan_waves
 
     try:
         fleet = load_fleet(args.fleet)
