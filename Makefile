@@ -23,9 +23,10 @@ $(STAMP): requirements.txt constraints.txt
 	@$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
-# Debian packages the local fleet runs: the CNCF registry, skopeo (replication), buildah (builds).
+# Debian packages the local fleet runs: the CNCF registry, skopeo (replication), buildah (builds);
+# docker-compose (1.29) checks docker-compose.yaml in the tests without a Docker engine.
 system-packages:
-	@missing=$$(for p in docker-registry skopeo buildah; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in docker-registry skopeo buildah docker-compose; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
