@@ -8,8 +8,8 @@ its own session and records it under the state dir::
     <state_dir>/logs/<name>.log   stdout and stderr, appended across restarts
 
 `start` is idempotent and `stop` kills the whole process group. A process counts as
-ours only if /proc/<pid>/cmdline still matches what we started, so a recycled PID is
-never mistaken for (or killed as) one of ours.
+ours only if /proc still shows the start time we recorded (pidfiles of older versions:
+the command line), so a recycled PID is never mistaken for (or killed as) one of ours.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_STATE_DIR = Path("~/.cache/fanout/localfleet").expanduser()
 
@@ -74,11 +75,20 @@ def _cmdline(pid: int) -> list[str] | None:
     return []
 
 
-def _read_pidfile(name: str, state_dir: str | Path) -> tuple[int, list[str]] | None:
+def _read_pidfile(name: str, state_dir: str | Path) -> dict[str, Any] | None:
     try:
         data = json.loads(pid_path(name, state_dir).read_text())
-        return int(data["pid"]), list(data["cmdline"])
+        int(data["pid"])
+        return data
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _started(found: int) -> int | None:
+    """When `found` started (clock ticks since boot): with the pid, it names one process for good."""
+    try:
+        return int(Path(f"/proc/{found}/stat").read_text().rpartition(")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -87,8 +97,12 @@ def pid(name: str, state_dir: str | Path) -> int | None:
     recorded = _read_pidfile(name, state_dir)
     if recorded is None:
         return None
-    found, cmdline = recorded
-    return found if _cmdline(found) == cmdline else None
+    found = int(recorded["pid"])
+    if "started" in recorded:
+        # Start time, not the command line: some programs retitle themselves (setproctitle).
+        alive_now = _state(found) not in (None, "Z")
+        return found if alive_now and _started(found) == recorded["started"] else None
+    return found if _cmdline(found) == recorded.get("cmdline") else None
 
 
 def alive(name: str, state_dir: str | Path) -> bool:
@@ -109,11 +123,17 @@ def _reap(found: int, block: bool = False) -> None:
         os.waitpid(found, 0 if block else os.WNOHANG)
 
 
+def _primary_group(user: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(user).pw_gid
+
+
 def _write_pidfile(name: str, state_dir: str | Path, found: int, cmdline: list[str]) -> None:
     path = pid_path(name, state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"pid": found, "cmdline": cmdline}))
+    tmp.write_text(json.dumps({"pid": found, "cmdline": cmdline, "started": _started(found)}))
     tmp.replace(path)
 
 
@@ -125,10 +145,12 @@ def start(
     ready: Callable[[], bool] | None = None,
     timeout: float = 30.0,
     cwd: str | Path | None = None,
+    user: str | None = None,
 ) -> int:
     """Start `argv` detached as `name` and return its pid; if it already runs, return that pid.
 
-    `env` is added to this process's environment. `ready` is polled until it returns true;
+    `env` is added to this process's environment; `user` (when root) runs it as that user and
+    its primary group. `ready` is polled until it returns true;
     if the process dies or `timeout` passes first it is stopped and ProcError names it.
     """
     running = pid(name, state_dir)
@@ -148,6 +170,9 @@ def start(
                 env={**os.environ, **(env or {})},
                 cwd=cwd,
                 start_new_session=True,
+                user=user,
+                group=user and _primary_group(user),
+                extra_groups=[] if user else None,
             )
         except OSError as err:
             raise ProcError(f"{name}: cannot run {argv[0]}: {err.strerror}") from None

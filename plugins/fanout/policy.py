@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from fanout.fleet import Fleet
@@ -183,3 +184,42 @@ def chart_values(fleet: Fleet, region: str, digest: str, run_id: str, git_sha: s
         "region": region,
         "release": {"runId": run_id, "gitSha": git_sha},
     }
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One release run as the queue sees it: who asked for what, and when."""
+
+    run_id: str
+    run_after: datetime
+    git_sha: str | None
+    regions: tuple[str, ...] | None  # None: every region
+    dry_run: bool = False
+
+    @classmethod
+    def from_conf(cls, run_id: str, run_after: datetime, conf: Mapping[str, Any] | None) -> RunRequest:
+        conf = conf or {}
+        regions = conf.get("regions")
+        return cls(
+            run_id, run_after, conf.get("git_sha"), tuple(regions) if regions else None, bool(conf.get("dry_run"))
+        )
+
+
+def superseding_run(me: RunRequest, queued: Collection[RunRequest]) -> RunRequest | None:
+    """The newest queued run that makes `me` pointless, or None when `me` should go ahead.
+
+    A newer run supersedes an older one only when it would do at least the same work: it is
+    not a dry run and it covers every region the older one targets. So a burst of merges
+    ends with one release of the newest commit, while a newer one-region repair never
+    cancels an older full release (nor a dry run anything)."""
+    if me.dry_run:
+        return None  # a dry run changes nothing; there is nothing to save by skipping it
+    candidates = [
+        run
+        for run in queued
+        if run.run_id != me.run_id
+        and (run.run_after, run.run_id) > (me.run_after, me.run_id)
+        and not run.dry_run
+        and (run.regions is None or (me.regions is not None and set(me.regions) <= set(run.regions)))
+    ]
+    return max(candidates, key=lambda run: (run.run_after, run.run_id), default=None)

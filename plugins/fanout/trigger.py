@@ -392,6 +392,7 @@ class Follower:
         """Poll one run, printing each state change, until it ends, is superseded, or time runs out."""
         seen: dict[tuple[str, int], str] = {}
         run_state: str | None = None
+        supersede_checked = False
         while True:
             run = self.api.get_run(self.dag_id, run_id)
             if run is None:
@@ -405,8 +406,9 @@ class Follower:
                 if state and seen.get(key) != state:
                     seen[key] = state
                     self.log(format_progress(self.now(), key[0], state, key[1], ti.get("try_number") or 1))
-            if seen.get((SUPERSEDE_TASK, -1)) == "skipped":
-                # A skip without the XCom (a dry run, say) is an ordinary skip: keep following.
+            if not supersede_checked and seen.get((SUPERSEDE_TASK, -1)) in ("success", "skipped"):
+                # The check ends successful either way; only its `superseded` XCom tells (once).
+                supersede_checked = True
                 info = self.api.xcom(self.dag_id, run_id, SUPERSEDE_TASK, "superseded")
                 if isinstance(info, Mapping):
                     return Outcome("superseded", run_state, tis, dict(info))

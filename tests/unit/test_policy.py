@@ -1,5 +1,6 @@
 """Release policy: drain refusals, rollout completeness, the traffic a run ends with."""
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -8,12 +9,14 @@ from fanout.fleet import load_fleet
 from fanout.policy import (
     EndpointState,
     PolicyError,
+    RunRequest,
     chart_values,
     check_drain,
     digest_of,
     final_traffic,
     rollback_all_targets,
     rollout_status,
+    superseding_run,
     traffic_after_failure,
 )
 
@@ -192,3 +195,52 @@ def test_the_chart_refuses_values_that_do_not_render():
     for change, message in cases:
         with pytest.raises(HelmError, match=message):
             render_chart(helm_binary(), "hello", FLEET.chart_ref, "hello", {**good, **change})
+
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def request(run_id, minute, regions=None, dry_run=False, sha="abcdef1"):
+    return RunRequest(run_id, T0 + timedelta(minutes=minute), sha, tuple(regions) if regions else None, dry_run)
+
+
+def test_a_burst_of_merges_is_superseded_by_the_newest():
+    me = request("m1", 0)
+    queued = [request("m3", 2, sha="ccccccc"), request("m2", 1, sha="bbbbbbb")]
+    assert superseding_run(me, queued).run_id == "m3"
+    # The newest of the burst goes ahead: nothing queued is newer than it.
+    assert superseding_run(queued[0], [me, queued[1]]) is None
+
+
+def test_only_newer_runs_supersede():
+    me = request("m2", 5)
+    assert superseding_run(me, [request("m1", 1), me]) is None
+
+
+def test_a_newer_partial_run_does_not_supersede_a_full_release():
+    # A consistency repair of one region, queued behind a merge, must not cancel the merge.
+    assert superseding_run(request("merge", 0), [request("repair", 1, regions=["eastus"])]) is None
+
+
+def test_a_newer_run_covering_my_regions_supersedes_me():
+    me = request("repair", 0, regions=["eastus"])
+    assert superseding_run(me, [request("merge", 1)]).run_id == "merge"
+    assert superseding_run(me, [request("two", 1, regions=["westus", "eastus"])]).run_id == "two"
+    assert superseding_run(me, [request("other", 1, regions=["westus"])]) is None
+
+
+def test_dry_runs_neither_supersede_nor_are_superseded():
+    assert superseding_run(request("m1", 0), [request("dry", 1, dry_run=True)]) is None
+    assert superseding_run(request("dry", 0, dry_run=True), [request("m2", 1)]) is None
+
+
+def test_runs_queued_at_the_same_instant_are_ordered_by_run_id():
+    a, b = request("merge__a", 0), request("merge__b", 0)
+    assert superseding_run(a, [b]).run_id == "merge__b"
+    assert superseding_run(b, [a]) is None
+
+
+def test_run_request_from_conf():
+    req = RunRequest.from_conf("r", T0, {"git_sha": "abc1234", "regions": ["eastus"], "dry_run": True})
+    assert req == RunRequest("r", T0, "abc1234", ("eastus",), True)
+    assert RunRequest.from_conf("r", T0, None) == RunRequest("r", T0, None, None, False)

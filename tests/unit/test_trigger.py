@@ -451,7 +451,7 @@ def superseded(by: str, sha: str) -> dict[str, str]:
 
 
 def test_a_superseded_run_follows_the_chain_and_exits_with_the_last_outcome():
-    skipped = {"check_superseded": "skipped", "build": "skipped"}
+    skipped = {"check_superseded": "success", "build": "skipped"}
     airflow = FakeAirflow(
         script=[("queued", {}), ("success", skipped)],
         scripts={
@@ -474,7 +474,7 @@ def test_a_superseded_run_follows_the_chain_and_exits_with_the_last_outcome():
 
 def test_a_superseded_run_exits_with_a_successful_newer_run():
     airflow = FakeAirflow(
-        script=[("success", {"check_superseded": "skipped"})],
+        script=[("success", {"check_superseded": "success"})],
         scripts={"run-b": [("running", {}), ("success", {"check_superseded": "success", "record": "success"})]},
         xcoms={(RUN_ID, "check_superseded", "superseded"): superseded("run-b", NEWER_SHA)},
     )
@@ -486,7 +486,7 @@ def test_a_superseded_run_exits_with_a_successful_newer_run():
 
 def test_no_follow_superseded_exits_0_at_once():
     airflow = FakeAirflow(
-        script=[("running", {"check_superseded": "skipped"})],
+        script=[("running", {"check_superseded": "success"})],
         scripts={"run-b": [("failed", {})]},
         xcoms={(RUN_ID, "check_superseded", "superseded"): superseded("run-b", NEWER_SHA)},
     )
@@ -497,8 +497,8 @@ def test_no_follow_superseded_exits_0_at_once():
     assert not any("run-b" in r.url.path for r in airflow.requests)
 
 
-def test_a_skipped_check_without_the_superseded_xcom_is_an_ordinary_run():
-    airflow = FakeAirflow(script=[("success", {"check_superseded": "skipped", "validate": "success"})])
+def test_a_check_without_the_superseded_xcom_is_an_ordinary_run():
+    airflow = FakeAirflow(script=[("success", {"check_superseded": "success", "validate": "success"})])
     result = invoke(["--app", "hello", "--git-sha", SHA, "--wait", "--dry-run"], airflow)
 
     assert result.code == 0

@@ -16,6 +16,7 @@ from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule
 
 from fanout.airflow import consistency as cc
 from fanout.airflow import operators as op
+from fanout.airflow.supersede import CheckSupersededOperator
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import plan_waves
 
@@ -98,9 +99,10 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
         doc_md=f"```\n{plan.explain()}\n```",
     ) as dag:
         kw = {"fleet_path": path}
+        check = CheckSupersededOperator(task_id=op.SUPERSEDING_TASK, **kw)
         validate = op.ValidateReleaseOperator(task_id="validate", **kw)
         build = op.BuildImageOperator(task_id="build", **kw)
-        validate >> build
+        check >> validate >> build
         waits = {
             r: op.WaitForReplicationOperator(task_id=f"wait_replication_{r}", region=r, **kw) for r in plan.regions
         }

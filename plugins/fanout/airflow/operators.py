@@ -52,6 +52,9 @@ STEPS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "gate
 # and a deferred trigger checks first this long after the deferral.
 INLINE_SECONDS = 10.0
 SETTLE_SECONDS = 8.0
+# The run's first task; when a newer queued run supersedes this one it records why under this key.
+SUPERSEDING_TASK = "check_superseded"
+SUPERSEDED_KEY = "superseded"
 
 
 @cache

@@ -1,0 +1,240 @@
+"""A real Airflow for the local fleet, the way teams run it: PostgreSQL, then the api-server,
+scheduler (LocalExecutor), dag-processor and triggerer as separate processes.
+
+`airflow dags test` runs a DAG in one process and replaces its run each time; per-merge
+triggers, queued and superseded runs, clearing one region and scheduled checks need the real
+thing. Everything lives in one folder:
+
+    <folder>/stack.json   ports and secrets, so `up` again and `down` find the same stack
+    <folder>/home/        AIRFLOW_HOME (task logs under home/logs)
+    <folder>/pids, logs/  one pidfile and log per process (localfleet.procs)
+
+`up` is idempotent; `down` stops every part and then any process still carrying this
+AIRFLOW_HOME (task processes outlive a killed scheduler otherwise), so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from localfleet import procs
+from localfleet.postgres import Postgres, PostgresError
+from localfleet.testing import airflow_env
+
+DEFAULT_FOLDER = Path("~/.cache/fanout/airflow").expanduser()
+DEFAULT_API_PORT = 8280  # not 8080: leave that to an Airflow the developer runs already
+COMPONENTS = ("apiserver", "scheduler", "dag-processor", "triggerer")
+Progress = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    """A part of the local Airflow failed; the message names it and quotes its log."""
+
+
+class AirflowStack:
+    def __init__(self, folder: Path, fleet_path: Path, api_port: int | None = None, parallelism: int = 8):
+        self.folder, self.fleet_path = folder.resolve(), fleet_path.resolve()
+        self.settings = self._settings(api_port, parallelism)
+        self.postgres = Postgres(self.folder, self.settings["postgres_port"])
+
+    @property
+    def home(self) -> Path:
+        return self.folder / "home"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings['api_port']}"
+
+    def _settings(self, api_port: int | None, parallelism: int) -> dict[str, Any]:
+        path = self.folder / "stack.json"
+        if path.exists():
+            settings = json.loads(path.read_text())
+            if api_port is None or settings["api_port"] == api_port:
+                return settings
+        from cryptography.fernet import Fernet
+
+        settings = {
+            "api_port": api_port or DEFAULT_API_PORT,
+            "postgres_port": procs.free_port(),
+            "worker_log_port": procs.free_port(),
+            "trigger_log_port": procs.free_port(),
+            "parallelism": parallelism,
+            "jwt_secret": secrets.token_urlsafe(32),
+            "fernet_key": Fernet.generate_key().decode(),
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(settings, indent=1))
+        return settings
+
+    def env(self) -> dict[str, str]:
+        """The environment of every Airflow process of this stack (and of `airflow` commands run
+        against it)."""
+        s, url = self.settings, self.url
+        return {
+            **airflow_env(self.home, self.fleet_path),
+            # Components run `airflow …` and tasks run `helm`: the venv's bin comes first.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.url(),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": str(s["parallelism"]),
+            "AIRFLOW__CORE__FERNET_KEY": s["fernet_key"],
+            "AIRFLOW__API_AUTH__JWT_SECRET": s["jwt_secret"],
+            # Local only: a DAG runs on its schedule as soon as it is parsed (production keeps the default).
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(s["api_port"]),
+            "AIRFLOW__API__BASE_URL": url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(s["worker_log_port"]),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(s["trigger_log_port"]),
+        }
+
+    # -- lifecycle -----------------------------------------------------------------
+    def up(self, progress: Progress = print, timeout: float = 300) -> None:
+        started = time.monotonic()
+        self.home.mkdir(parents=True, exist_ok=True)
+        progress(f"postgres on 127.0.0.1:{self.postgres.port}")
+        try:
+            self.postgres.up()
+        except (PostgresError, procs.ProcError) as err:
+            raise StackError(str(err)) from None
+        progress("airflow db migrate")
+        migrate = subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env=self.env(), capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if migrate.returncode != 0:
+            raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}{migrate.stderr[-3000:]}")
+        commands = {
+            "apiserver": ["api-server", "--host", "127.0.0.1", "--port", str(self.settings["api_port"]), "-w", "1"],
+            "scheduler": ["scheduler"],
+            "dag-processor": ["dag-processor"],
+            "triggerer": ["triggerer"],
+        }
+        for name in COMPONENTS:
+            progress(f"airflow {commands[name][0]}")
+            try:
+                procs.start(name, [sys.executable, "-m", "airflow", *commands[name]], self.folder, env=self.env())
+            except procs.ProcError as err:
+                raise StackError(str(err)) from None
+        progress("waiting until every part reports healthy")
+        self._wait("every part healthy", self.healthy, deadline=started + timeout)
+        progress(f"Airflow is up at {self.url} in {time.monotonic() - started:.0f} s")
+
+    def _wait(self, what: str, check: Callable[[], bool], deadline: float) -> None:
+        while time.monotonic() < deadline:
+            for name in COMPONENTS:
+                if not procs.alive(name, self.folder):
+                    raise StackError(f"{name} exited; last lines of {procs.log_path(name, self.folder)}:\n"
+                                     + procs.log_tail(name, self.folder, 30))  # fmt: skip
+            try:
+                if check():
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(1)
+        tails = "\n".join(f"--- {n}:\n{procs.log_tail(n, self.folder, 10)}" for n in COMPONENTS)
+        raise StackError(f"Airflow not ready ({what}) in time; last log lines:\n{tails}")
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=5) as response:
+            return json.loads(response.read())
+
+    def healthy(self) -> bool:
+        health = self.health()
+        parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
+
+    def credentials(self) -> tuple[str, str]:
+        """(username, password) of the admin the simple auth manager generated at start-up."""
+        path = self.home / "simple_auth_manager_passwords.json.generated"
+        user, password = next(iter(json.loads(path.read_text()).items()))
+        return user, password
+
+    def down(self, progress: Progress = print, remove: bool = False) -> None:
+        for name in reversed(COMPONENTS):
+            if procs.stop(name, self.folder, timeout=30):
+                progress(f"stopped {name}")
+        self.postgres.down(remove=remove)
+        left = self.sweep()
+        if left:
+            progress(f"stopped {left} leftover process(es) of {self.home}")
+
+    def sweep(self) -> int:
+        """Kill any process whose environment names this stack's AIRFLOW_HOME; how many there were."""
+        marker = f"AIRFLOW_HOME={self.home}".encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(found)
+
+    def status_rows(self) -> list[dict[str, str]]:
+        try:
+            health = self.health()
+        except (OSError, ValueError):
+            health = {}
+        names = {"apiserver": "metadatabase", "dag-processor": "dag_processor"}
+        rows = [{"part": "postgres", "running": str(self.postgres.running()), "health": "-"}]
+        for name in COMPONENTS:
+            reported = (health.get(names.get(name, name)) or {}).get("status", "-")
+            rows.append({"part": name, "running": str(procs.alive(name, self.folder)), "health": reported})
+        return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localfleet.airflow_stack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fleet", type=Path, default=Path("include/fleets/local.yaml"), help="fleet file")
+    parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help=f"stack folder (default {DEFAULT_FOLDER})")
+    parser.add_argument("--port", type=int, default=None, help=f"api-server port (default {DEFAULT_API_PORT})")
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("--remove", action="store_true", help="with down: also delete the database")
+    args = parser.parse_args(argv)
+    stack = AirflowStack(args.folder, args.fleet, args.port)
+    try:
+        if args.command == "up":
+            stack.up()
+            user, _ = stack.credentials()
+            print(f"UI and REST API: {stack.url}  user {user}, password in {stack.home}/"
+                  "simple_auth_manager_passwords.json.generated")  # fmt: skip
+            print("trigger a release: eval $(python -m localfleet.airflow_stack env) && "
+                  "python -m fanout trigger --app <app> --git-sha <sha> --wait")  # fmt: skip
+        elif args.command == "down":
+            stack.down(remove=args.remove)
+        elif args.command == "status":
+            for row in stack.status_rows():
+                print(f"{row['part']:<14} running={row['running']:<6} health={row['health']}")
+        else:
+            user, password = stack.credentials()
+            print(f"export FANOUT_AIRFLOW_URL={stack.url} FANOUT_AIRFLOW_USERNAME={user} "
+                  f"FANOUT_AIRFLOW_PASSWORD={password}")  # fmt: skip
+    except (StackError, OSError, urllib.error.URLError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
