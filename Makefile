@@ -14,7 +14,8 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench \
+	airflow-up airflow-status airflow-env airflow-down
 
 venv: $(STAMP)
 $(STAMP): requirements.txt constraints.txt
@@ -24,9 +25,10 @@ $(STAMP): requirements.txt constraints.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # Debian packages the local fleet runs: the CNCF registry, skopeo (replication), buildah (builds);
+# postgresql for the local Airflow's database (make airflow-up, the e2e tests);
 # docker-compose (1.29) checks docker-compose.yaml in the tests without a Docker engine.
 system-packages:
-	@missing=$$(for p in docker-registry skopeo buildah docker-compose; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in docker-registry skopeo buildah postgresql docker-compose; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
@@ -79,3 +81,17 @@ check: venv
 ## Figures for the local fleet: start-up time, idle memory, one release.
 bench: venv system-packages binaries
 	@$(PY) -m localfleet.bench --release
+
+## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet.
+airflow-up: fleet-up
+	@$(PY) -m localfleet.airflow_stack --fleet $(FLEET) up
+
+airflow-status: venv
+	@$(PY) -m localfleet.airflow_stack --fleet $(FLEET) status
+
+## Prints the FANOUT_AIRFLOW_* settings `fanout trigger` reads: eval $$(make -s airflow-env)
+airflow-env: venv
+	@$(PY) -m localfleet.airflow_stack --fleet $(FLEET) env
+
+airflow-down: venv
+	@$(PY) -m localfleet.airflow_stack --fleet $(FLEET) down
