@@ -4,8 +4,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +67,20 @@ def run_dag(airflow_home, local_fleet):
         )
 
     return run
+
+
+@pytest.fixture
+def faults(local_fleet) -> Iterator[Callable[..., dict[str, Any]]]:
+    """faults(edge_unhealthy=[...], replica_lag={...}, …) sets fleet fault knobs; every knob a test
+    set is cleared afterwards, pass or fail, so the next test finds a healthy fleet."""
+    from localfleet.faults import update_faults
+
+    touched: set[str] = set()
+
+    def set_faults(**knobs: Any) -> dict[str, Any]:
+        touched.update(knobs)
+        return update_faults(local_fleet.state, **knobs)
+
+    yield set_faults
+    if touched:
+        update_faults(local_fleet.state, **dict.fromkeys(touched))

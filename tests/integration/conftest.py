@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from release_checks import Run
-
-from localfleet.faults import update_faults
 
 Release = Callable[..., Run]
 
@@ -26,18 +24,3 @@ def release(run_dag, airflow_home) -> Release:
         return Run(done.stdout, done.returncode, airflow_home / "airflow.db")
 
     return run
-
-
-@pytest.fixture
-def faults(local_fleet) -> Iterator[Callable[..., dict[str, Any]]]:
-    """faults(edge_unhealthy=[...], replica_lag={...}, …) sets fleet fault knobs; every knob a test
-    set is cleared afterwards, pass or fail, so the next test finds a healthy fleet."""
-    touched: set[str] = set()
-
-    def set_faults(**knobs: Any) -> dict[str, Any]:
-        touched.update(knobs)
-        return update_faults(local_fleet.state, **knobs)
-
-    yield set_faults
-    if touched:
-        update_faults(local_fleet.state, **dict.fromkeys(touched))

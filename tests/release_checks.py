@@ -30,7 +30,7 @@ from fanout.airflow.hooks import helm_binary
 from fanout.fleet import Fleet, load_fleet
 from fanout.policy import EndpointState
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # The Azure SDK logs every request at INFO; a watch polling four times a second drowns the output.
 logging.getLogger("azure").setLevel(logging.WARNING)

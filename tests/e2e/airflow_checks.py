@@ -1,0 +1,79 @@
+"""What the end-to-end tests use to drive and read a running Airflow: its REST API as an
+operator's script would call it, `fanout trigger` as CI runs it, and task logs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from localfleet.airflow_stack import AirflowStack
+
+REPO = Path(__file__).resolve().parents[2]
+CONSISTENCY_SCHEDULE = "*/2 * * * *"
+
+
+class Rest:
+    """The Airflow REST API v2 with the simple auth manager's admin (what an operator's script does)."""
+
+    def __init__(self, stack: AirflowStack):
+        user, password = stack.credentials()
+        self.client = httpx.Client(base_url=stack.url, timeout=30)
+        token = self.client.post("/auth/token", json={"username": user, "password": password})
+        token.raise_for_status()
+        self.client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self.client.request(method, path, json=body)
+        assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text[:500]}"
+        return response.json() if response.content else None
+
+    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        found = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
+        return {ti["task_id"]: ti for ti in found["task_instances"]}
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
+        response = self.client.get(path)
+        return response.json()["value"] if response.status_code == 200 else None
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        state = "?"
+        while time.monotonic() < deadline:
+            state = self.run(dag_id, run_id)["state"]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(2)
+        raise AssertionError(f"{dag_id} run {run_id} still {state} after {timeout:.0f} s")
+
+
+def fanout_trigger(stack: AirflowStack, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m fanout trigger …` as CI runs it, pointed at the stack."""
+    user, password = stack.credentials()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "plugins"),
+        "FANOUT_AIRFLOW_URL": stack.url,
+        "FANOUT_AIRFLOW_USERNAME": user,
+        "FANOUT_AIRFLOW_PASSWORD": password,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "fanout", "trigger", *args],
+        env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+    )  # fmt: skip
+
+
+def task_log(stack: AirflowStack, dag_id: str, run_id: str, task_id: str, attempt: int) -> str:
+    path = (
+        stack.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}" / f"attempt={attempt}.log"
+    )
+    return path.read_text() if path.exists() else ""

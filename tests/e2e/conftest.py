@@ -1,0 +1,45 @@
+"""A real Airflow on PostgreSQL (localfleet.airflow_stack) over the session's local fleet.
+
+One stack for the release tests: starting one costs about 20 s and a database, and the tests here
+are what teams do with one Airflow (merge triggers, bursts, clearing a region, waiting for
+the schedule), in that order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from airflow_checks import CONSISTENCY_SCHEDULE, Rest
+from release_checks import variant_fleet
+
+from localfleet import procs
+from localfleet.airflow_stack import AirflowStack
+
+
+@pytest.fixture(scope="session")
+def e2e_fleet(local_fleet, tmp_path_factory) -> Path:
+    """The session fleet with its own app source (a digest no replica has yet) and a consistency
+    check every two minutes, so the scheduler runs one by itself while the tests watch."""
+    folder = tmp_path_factory.mktemp("e2e-fleet")
+    return variant_fleet(local_fleet.fleet, folder, **{"consistency.schedule": CONSISTENCY_SCHEDULE})
+
+
+# Module scope: the stack (and its scheduled checks) stops before the next test module's work.
+@pytest.fixture(scope="module")
+def airflow_stack(e2e_fleet, tmp_path_factory) -> Iterator[AirflowStack]:
+    stack = AirflowStack(tmp_path_factory.mktemp("airflow-stack"), e2e_fleet, procs.free_port())
+    started = time.monotonic()
+    try:
+        stack.up(progress=lambda line: print(f"[airflow] {line}", flush=True))
+        print(f"\n[timing] airflow stack up: {time.monotonic() - started:.1f} s", flush=True)
+        yield stack
+    finally:
+        stack.down(progress=lambda line: print(f"[airflow] {line}", flush=True), remove=True)
+        assert stack.sweep() == 0, "processes of the stack survived its down"
+
+
+@pytest.fixture(scope="module")
+def rest(airflow_stack) -> Rest:
+    return Rest(airflow_stack)

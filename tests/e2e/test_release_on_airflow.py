@@ -1,0 +1,180 @@
+"""Fanout the way teams run it: a real Airflow on PostgreSQL, releases triggered from "CI"
+(`python -m fanout trigger`) through the REST API, a burst of merges, one region re-run by
+clearing its tasks, and the consistency check on its schedule. All against the local fleet.
+
+The tests run in file order and build on each other's fleet state, as days of a real fleet do."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from airflow_checks import CONSISTENCY_SCHEDULE, Rest, fanout_trigger, task_log
+from release_checks import TrafficWatch, random_sha, snapshot, timed
+
+from fanout.adapters.builder import BuildahBuilder
+from fanout.airflow.hooks import cache_dir
+
+pytestmark = [pytest.mark.localfleet, pytest.mark.e2e]
+
+DAG = "release_hello"
+CHECK_DAG = "fleet_consistency_hello"
+SLOW, LAG = "northeurope", 25  # longer than a wait's in-worker phase: this wait defers to the triggerer
+REGION_TASKS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore", "rollback")
+
+
+def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest, faults):
+    started = time.monotonic()
+    fleet = local_fleet.fleet
+    faults(replica_lag={SLOW: LAG})
+    sha = random_sha()
+    with TrafficWatch(fleet) as watch:
+        done = fanout_trigger(airflow_stack, "--app", "hello", "--git-sha", sha, "--ref", "main", "--wait")
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_id = done.stdout.strip()
+    assert run_id.startswith("merge__") and "\n" not in run_id, done.stdout
+    # Progress shows on the way (one line per task state change), ending with the run's state.
+    assert "deploy_eastus.helm_deploy" in done.stderr and f"{run_id}  success" in done.stderr
+
+    run = rest.run(DAG, run_id)
+    assert run["conf"] == {"git_sha": sha, "source_ref": "main"}
+    digest = rest.xcom(DAG, run_id, "build")["digest"]
+    state = snapshot(fleet)
+    assert {s.digest for s in state.values()} == {digest}, state
+    assert all(s.enabled for s in state.values()), state
+    assert watch.fewest_enabled >= fleet.min_serving_regions, watch.report()
+    # The lagging replica's wait went to the triggerer (holding no worker slot) and came back.
+    wait = f"wait_replication_{SLOW}"
+    tis = rest.task_instances(DAG, run_id)
+    assert tis[wait]["state"] == "success"
+    assert "Pausing task as DEFERRED" in task_log(airflow_stack, DAG, run_id, wait, tis[wait]["try_number"])
+    timed("e2e: merge trigger → release through the scheduler", started)
+
+
+def build_variants(fleet, tmp_path: Path, count: int) -> list[str]:
+    """Images CI would have built for `count` merges: distinct digests in the home registry."""
+    registry = fleet.registry
+    builder = BuildahBuilder(cache_dir() / "buildah", insecure=registry.insecure)
+    digests = []
+    for n in range(count):
+        source = tmp_path / f"app{n}"
+        shutil.copytree(fleet.app.source, source)
+        (source / "VERSION").write_text(f"burst-{n}-{random_sha()}\n")
+        destination = f"{registry.pull_host(registry.home)}/{registry.repository}:burst-{n}-{time.time_ns()}"
+        digests.append(builder.build_and_push(source, destination))
+    return digests
+
+
+def test_a_burst_of_merges_ends_with_every_region_on_the_newest(local_fleet, airflow_stack, rest, tmp_path):
+    started = time.monotonic()
+    fleet = local_fleet.fleet
+    first, middle, newest = build_variants(fleet, tmp_path, 3)
+    shas = [random_sha() for _ in range(3)]
+
+    def trigger(sha: str, image: str) -> str:
+        done = fanout_trigger(airflow_stack, "--app", "hello", "--git-sha", sha, "--image", image)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    # A release is under way when two more merges land behind it.
+    m1 = trigger(shas[0], first)
+    deadline = time.monotonic() + 120
+    while rest.task_instances(DAG, m1)["check_superseded"]["state"] != "success":
+        assert time.monotonic() < deadline, "the first release never started"
+        time.sleep(1)
+    m2, m3 = trigger(shas[1], middle), trigger(shas[2], newest)
+
+    # CI's job for the middle merge follows its run, sees it superseded, and follows the newest.
+    done = fanout_trigger(airflow_stack, "--app", "hello", "--follow", m2, "--wait", "--timeout", "900")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert f"superseded by {m3}" in done.stderr, done.stderr[-4000:]
+    assert rest.wait_run(DAG, m1, timeout=60) == "success"
+
+    runs = {run_id: rest.run(DAG, run_id) for run_id in (m1, m2, m3)}
+    assert {r["state"] for r in runs.values()} == {"success"}
+    # The middle one did nothing: every task but the check skipped, with the newest run named.
+    middle_tis = rest.task_instances(DAG, m2)
+    assert middle_tis["check_superseded"]["state"] == "success"
+    assert {t: ti["state"] for t, ti in middle_tis.items() if t != "check_superseded"} == dict.fromkeys(
+        set(middle_tis) - {"check_superseded"}, "skipped"
+    )
+    superseded = rest.xcom(DAG, m2, "check_superseded", "superseded")
+    assert superseded["by"] == m3 and superseded["git_sha"] == shas[2]
+    # Releases never interleaved: each began after the one before it ended.
+    spans = sorted((r["start_date"], r["end_date"]) for r in runs.values())
+    for (_, end), (next_start, _) in itertools.pairwise(spans):
+        assert end <= next_start, spans
+    # Both releases that ran recorded themselves; the newest is what every region serves.
+    assert rest.task_instances(DAG, m1)["record"]["state"] == "success"
+    assert rest.task_instances(DAG, m3)["record"]["state"] == "success"
+    state = snapshot(fleet)
+    assert {s.digest for s in state.values()} == {newest}, state
+    assert all(s.enabled for s in state.values()), state
+    timed("e2e: burst of three merges", started)
+
+
+def test_clearing_one_region_redeploys_only_it_and_converges(local_fleet, airflow_stack, rest):
+    """Promise 6 on a running Airflow: the documented clearTaskInstances call re-runs one region."""
+    started = time.monotonic()
+    fleet, region = local_fleet.fleet, "eastus"
+    runs = rest.call("GET", f"/api/v2/dags/{DAG}/dagRuns?order_by=-start_date&limit=20&state=success")["dag_runs"]
+    run_id = next(
+        r["dag_run_id"] for r in runs if rest.task_instances(DAG, r["dag_run_id"])["record"]["state"] == "success"
+    )
+    first = rest.task_instances(DAG, run_id)
+    released = snapshot(fleet)
+    group = [f"deploy_{region}.{step}" for step in REGION_TASKS]
+    with TrafficWatch(fleet) as watch:
+        rest.call(
+            "POST",
+            f"/api/v2/dags/{DAG}/clearTaskInstances",
+            # Both default to true, and then nothing would be cleared.
+            {"dry_run": False, "only_failed": False, "dag_run_id": run_id, "task_ids": group},
+        )
+        assert rest.wait_run(DAG, run_id, timeout=300) == "success"
+    second = rest.task_instances(DAG, run_id)
+    # Only the region's own tasks ran again, each one more try; everything else kept its try.
+    for task_id, ti in second.items():
+        ran_again = task_id in group and task_id != f"deploy_{region}.rollback"
+        assert ti["try_number"] == first[task_id]["try_number"] + (1 if ran_again else 0), (task_id, ti)
+    for step in REGION_TASKS[:-1]:
+        assert second[f"deploy_{region}.{step}"]["state"] == "success", step
+    assert second[f"deploy_{region}.rollback"]["state"] == "skipped"
+    assert region in watch.ever_drained(), watch.report()
+    assert watch.fewest_enabled >= fleet.min_serving_regions, watch.report()
+    # Same end state: the digest was live, so Helm was not upgraded again.
+    attempt = second[f"deploy_{region}.helm_deploy"]["try_number"]
+    assert "no upgrade" in task_log(airflow_stack, DAG, run_id, f"deploy_{region}.helm_deploy", attempt)
+    assert snapshot(fleet) == released
+    timed("e2e: clear one region and re-run it", started)
+
+
+def finished_scheduled_checks(rest: Rest, started_after: str) -> list[dict]:
+    found = rest.call("GET", f"/api/v2/dags/{CHECK_DAG}/dagRuns?run_type=scheduled&limit=100")["dag_runs"]
+    return [r for r in found if r["state"] in ("success", "failed") and r["start_date"] > started_after]
+
+
+def test_the_consistency_check_runs_on_its_schedule(local_fleet, rest):
+    """Nobody triggers it: the scheduler starts a run at each tick of the fleet's schedule. The
+    first one after the last release finds every region in sync."""
+    started = time.monotonic()
+    assert CONSISTENCY_SCHEDULE == "*/2 * * * *"
+    releases = rest.call("GET", f"/api/v2/dags/{DAG}/dagRuns?limit=100")["dag_runs"]
+    assert releases and all(r["end_date"] for r in releases), "a release is still going"
+    last_release_end = max(r["end_date"] for r in releases)
+    deadline = time.monotonic() + 300  # the next tick is ≤ 120 s away, then the check itself
+    while not (done := finished_scheduled_checks(rest, last_release_end)):
+        assert time.monotonic() < deadline, "no scheduled consistency run finished within 5 minutes"
+        time.sleep(5)
+    check = min(done, key=lambda r: r["start_date"])
+    assert check["state"] == "success", check
+    assert check["triggered_by"] == "timetable"
+    report = rest.xcom(CHECK_DAG, check["dag_run_id"], "classify")
+    assert set(report["regions"]) == set(local_fleet.fleet.region_names)
+    assert report["desired"] is not None
+    states = {region: r["state"] for region, r in report["regions"].items()}
+    assert set(states.values()) == {"in-sync"}, states
+    timed("e2e: waited for a scheduled consistency run", started)
