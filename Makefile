@@ -14,7 +14,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench \
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow \
 	airflow-up airflow-status airflow-env airflow-down
 
 venv: $(STAMP)
@@ -81,6 +81,10 @@ check: venv
 ## Figures for the local fleet: start-up time, idle memory, one release.
 bench: venv system-packages binaries
 	@$(PY) -m localfleet.bench --release
+
+## Worker slots busy while release runs wait, on a private real Airflow (prints figures).
+bench-airflow: venv system-packages binaries
+	@$(PY) -m localfleet.bench_airflow
 
 ## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet.
 airflow-up: fleet-up

@@ -212,7 +212,12 @@ class ClassifyFleetOperator(FanoutOperator):
 
 
 class RepairFleetOperator(FanoutOperator):
-    """Roll back stuck releases, then trigger a targeted release run."""
+    """Trigger a targeted release run for the regions that are not in sync.
+
+    The repair never changes a region itself: the release run does, so drains, pairs, gates
+    and rollback apply, and since release runs go one at a time (max_active_runs=1) no region
+    is ever changed by two runs at once. That run's helm_deploy also rolls a stuck release
+    back to its last good revision before upgrading."""
 
     ui_color = "#fbe8e8"
 
@@ -231,24 +236,20 @@ class RepairFleetOperator(FanoutOperator):
         desired = report["desired"]
         release_dag = f"release_{app.name}"
         conf = {"git_sha": desired["git_sha"], "image": desired["digest"], "regions": plan["release"]}
+        for rb in plan["rollback"]:
+            self.log.info("%s is stuck: the release run rolls it back to Helm revision %s first",
+                          rb["region"], rb["revision"])  # fmt: skip
         if self.fleet.consistency.mode != "repair":
-            for rb in plan["rollback"]:
-                self.log.info("report mode: would roll back %s to Helm revision %s", rb["region"], rb["revision"])
             self.log.info("report mode: would trigger %s with conf %s", release_dag, conf)
             return {**outcome, "action": "report-only", "conf": conf}
-        # The release DAG runs one run at a time, so two repairs of a region never overlap;
-        # piling another run behind an active one would only redo its work. A pending Helm
-        # release may also be that run's own upgrade in flight: never roll it back then.
+        # Piling another run behind an active one would only redo its work (or be superseded
+        # by it): the next check repairs whatever that run leaves behind.
         active = ti.get_dr_count(dag_id=release_dag, states=ACTIVE)
         if active:
             self.log.warning(
                 "%s has %s queued or running run(s): the next check repairs what is left", release_dag, active
             )
             return {**outcome, "action": "waiting", "active_release_runs": active}
-        for rb in plan["rollback"]:
-            done = self.hook.helm(rb["region"]).rollback(app.name, app.namespace, rb["revision"], wait=False)
-            self.log.warning("%s: stuck release rolled back to revision %s (now %s %s)",
-                             rb["region"], rb["revision"], done.revision, done.status)  # fmt: skip
         run_id = repair_run_id(desired["digest"], plan["release"], context["run_id"])
         self.log.info("triggering %s run %s with conf %s", release_dag, run_id, conf)
         ti.xcom_push(key="return_value", value={**outcome, "action": "triggered", "run_id": run_id, "conf": conf})
