@@ -66,6 +66,10 @@ def test_release_graph_follows_the_plan(dagbag, dag_id, fleet_file):
     ids = set(dag.task_ids)
     assert {"validate", "build", "rebalance", "record"} <= ids
     assert dag.get_task("build").upstream_task_ids == {"validate"}
+    # The queue check comes first, so a superseded run changes nothing at all.
+    assert [t.task_id for t in dag.roots] == ["check_superseded"]
+    assert dag.get_task("validate").upstream_task_ids == {"check_superseded"}
+    assert dag.max_active_runs == 1
     for region in fleet.region_names:
         group = [f"deploy_{region}.{step}" for step in ("drain", "helm_deploy", "gate_rollout", "gate_http")]
         assert set(group) <= ids
