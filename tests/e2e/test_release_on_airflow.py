@@ -17,6 +17,8 @@ from release_checks import TrafficWatch, random_sha, snapshot, timed
 
 from fanout.adapters.builder import BuildahBuilder
 from fanout.airflow.hooks import cache_dir
+from fanout.trigger import AirflowApi
+from localfleet.slots import INLINE_SECONDS, SlotSampler, is_wait, summarize
 
 pytestmark = [pytest.mark.localfleet, pytest.mark.e2e]
 
@@ -31,11 +33,16 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     fleet = local_fleet.fleet
     faults(replica_lag={SLOW: LAG})
     sha = random_sha()
-    with TrafficWatch(fleet) as watch:
-        done = fanout_trigger(airflow_stack, "--app", "hello", "--git-sha", sha, "--ref", "main", "--wait")
+    run_id = f"merge__{sha[:12]}__e2e"
+    user, password = airflow_stack.credentials()
+    api = AirflowApi(airflow_stack.url, username=user, password=password)
+    api.login()
+    with TrafficWatch(fleet) as watch, SlotSampler(api, DAG, run_id) as sampler:
+        done = fanout_trigger(
+            airflow_stack, "--app", "hello", "--git-sha", sha, "--ref", "main", "--run-id", run_id, "--wait"
+        )
     assert done.returncode == 0, done.stderr[-4000:]
-    run_id = done.stdout.strip()
-    assert run_id.startswith("merge__") and "\n" not in run_id, done.stdout
+    assert done.stdout == f"{run_id}\n"
     # Progress shows on the way (one line per task state change), ending with the run's state.
     assert "deploy_eastus.helm_deploy" in done.stderr and f"{run_id}  success" in done.stderr
 
@@ -51,6 +58,11 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     tis = rest.task_instances(DAG, run_id)
     assert tis[wait]["state"] == "success"
     assert "Pausing task as DEFERRED" in task_log(airflow_stack, DAG, run_id, wait, tis[wait]["try_number"])
+    figures = summarize(sampler.samples, is_wait, airflow_stack.settings["parallelism"])
+    print(
+        f"\n[slots] { ({k: v for k, v in figures.items() if k != 'waits'}) }\n[slots] {wait}: {figures['waits'][wait]}"
+    )
+    assert figures["waits"][wait]["deferred_s"] >= LAG - INLINE_SECONDS - 10, figures["waits"][wait]
     timed("e2e: merge trigger → release through the scheduler", started)
 
 
