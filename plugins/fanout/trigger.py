@@ -37,7 +37,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 
-# The same patterns as the release DAG's params (fanout.airflow.dags), kept here so CI needs no Airflow.
+# The release DAG's Params use these patterns too (fanout.airflow.dags); they live here so CI needs no Airflow.
 GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
 IMAGE = re.compile(r"^(sha256:[0-9a-f]{64}|[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 

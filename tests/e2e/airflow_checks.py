@@ -10,46 +10,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from fanout.trigger import AirflowApi
 from localfleet.airflow_stack import AirflowStack
 
 REPO = Path(__file__).resolve().parents[2]
 CONSISTENCY_SCHEDULE = "*/2 * * * *"
 
 
-class Rest:
-    """The Airflow REST API v2 with the simple auth manager's admin (what an operator's script does)."""
+class Rest(AirflowApi):
+    """`fanout trigger`'s REST client as the stack's admin, plus what an operator's script adds."""
 
     def __init__(self, stack: AirflowStack):
         user, password = stack.credentials()
-        self.client = httpx.Client(base_url=stack.url, timeout=30)
-        token = self.client.post("/auth/token", json={"username": user, "password": password})
-        token.raise_for_status()
-        self.client.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+        super().__init__(stack.url, username=user, password=password)
+        self.login()
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = self.client.request(method, path, json=body)
-        assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text[:500]}"
+        response = self._request(method, path, json=body, retry=method == "GET")
         return response.json() if response.content else None
 
-    def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
-        return self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
-
-    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
-        found = self.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")
-        return {ti["task_id"]: ti for ti in found["task_instances"]}
-
-    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
-        path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}"
-        response = self.client.get(path)
-        return response.json()["value"] if response.status_code == 200 else None
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+        """The run's task instances by task id."""
+        return {ti["task_id"]: ti for ti in self.task_instances(dag_id, run_id)}
 
     def wait_run(self, dag_id: str, run_id: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         state = "?"
         while time.monotonic() < deadline:
-            state = self.run(dag_id, run_id)["state"]
+            state = self.get_run(dag_id, run_id)["state"]
             if state in ("success", "failed"):
                 return state
             time.sleep(2)

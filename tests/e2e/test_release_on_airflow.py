@@ -17,7 +17,6 @@ from release_checks import TrafficWatch, random_sha, snapshot, timed
 
 from fanout.adapters.builder import BuildahBuilder
 from fanout.airflow.hooks import cache_dir
-from fanout.trigger import AirflowApi
 from localfleet.slots import INLINE_SECONDS, SlotSampler, is_wait, summarize
 
 pytestmark = [pytest.mark.localfleet, pytest.mark.e2e]
@@ -34,10 +33,7 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     faults(replica_lag={SLOW: LAG})
     sha = random_sha()
     run_id = f"merge__{sha[:12]}__e2e"
-    user, password = airflow_stack.credentials()
-    api = AirflowApi(airflow_stack.url, username=user, password=password)
-    api.login()
-    with TrafficWatch(fleet) as watch, SlotSampler(api, DAG, run_id) as sampler:
+    with TrafficWatch(fleet) as watch, SlotSampler(rest, DAG, run_id) as sampler:
         done = fanout_trigger(
             airflow_stack, "--app", "hello", "--git-sha", sha, "--ref", "main", "--run-id", run_id, "--wait"
         )
@@ -46,16 +42,16 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     # Progress shows on the way (one line per task state change), ending with the run's state.
     assert "deploy_eastus.helm_deploy" in done.stderr and f"{run_id}  success" in done.stderr
 
-    run = rest.run(DAG, run_id)
+    run = rest.get_run(DAG, run_id)
     assert run["conf"] == {"git_sha": sha, "source_ref": "main"}
-    digest = rest.xcom(DAG, run_id, "build")["digest"]
+    digest = rest.xcom(DAG, run_id, "build", "return_value")["digest"]
     state = snapshot(fleet)
     assert {s.digest for s in state.values()} == {digest}, state
     assert all(s.enabled for s in state.values()), state
     assert watch.fewest_enabled >= fleet.min_serving_regions, watch.report()
     # The lagging replica's wait went to the triggerer (holding no worker slot) and came back.
     wait = f"wait_replication_{SLOW}"
-    tis = rest.task_instances(DAG, run_id)
+    tis = rest.tasks(DAG, run_id)
     assert tis[wait]["state"] == "success"
     assert "Pausing task as DEFERRED" in task_log(airflow_stack, DAG, run_id, wait, tis[wait]["try_number"])
     figures = summarize(sampler.samples, is_wait, airflow_stack.settings["parallelism"])
@@ -94,7 +90,7 @@ def test_a_burst_of_merges_ends_with_every_region_on_the_newest(local_fleet, air
     # A release is under way when two more merges land behind it.
     m1 = trigger(shas[0], first)
     deadline = time.monotonic() + 120
-    while rest.task_instances(DAG, m1)["check_superseded"]["state"] != "success":
+    while rest.tasks(DAG, m1)["check_superseded"]["state"] != "success":
         assert time.monotonic() < deadline, "the first release never started"
         time.sleep(1)
     m2, m3 = trigger(shas[1], middle), trigger(shas[2], newest)
@@ -105,10 +101,10 @@ def test_a_burst_of_merges_ends_with_every_region_on_the_newest(local_fleet, air
     assert f"superseded by {m3}" in done.stderr, done.stderr[-4000:]
     assert rest.wait_run(DAG, m1, timeout=60) == "success"
 
-    runs = {run_id: rest.run(DAG, run_id) for run_id in (m1, m2, m3)}
+    runs = {run_id: rest.get_run(DAG, run_id) for run_id in (m1, m2, m3)}
     assert {r["state"] for r in runs.values()} == {"success"}
     # The middle one did nothing: every task but the check skipped, with the newest run named.
-    middle_tis = rest.task_instances(DAG, m2)
+    middle_tis = rest.tasks(DAG, m2)
     assert middle_tis["check_superseded"]["state"] == "success"
     assert {t: ti["state"] for t, ti in middle_tis.items() if t != "check_superseded"} == dict.fromkeys(
         set(middle_tis) - {"check_superseded"}, "skipped"
@@ -120,8 +116,8 @@ def test_a_burst_of_merges_ends_with_every_region_on_the_newest(local_fleet, air
     for (_, end), (next_start, _) in itertools.pairwise(spans):
         assert end <= next_start, spans
     # Both releases that ran recorded themselves; the newest is what every region serves.
-    assert rest.task_instances(DAG, m1)["record"]["state"] == "success"
-    assert rest.task_instances(DAG, m3)["record"]["state"] == "success"
+    assert rest.tasks(DAG, m1)["record"]["state"] == "success"
+    assert rest.tasks(DAG, m3)["record"]["state"] == "success"
     state = snapshot(fleet)
     assert {s.digest for s in state.values()} == {newest}, state
     assert all(s.enabled for s in state.values()), state
@@ -133,10 +129,8 @@ def test_clearing_one_region_redeploys_only_it_and_converges(local_fleet, airflo
     started = time.monotonic()
     fleet, region = local_fleet.fleet, "eastus"
     runs = rest.call("GET", f"/api/v2/dags/{DAG}/dagRuns?order_by=-start_date&limit=20&state=success")["dag_runs"]
-    run_id = next(
-        r["dag_run_id"] for r in runs if rest.task_instances(DAG, r["dag_run_id"])["record"]["state"] == "success"
-    )
-    first = rest.task_instances(DAG, run_id)
+    run_id = next(r["dag_run_id"] for r in runs if rest.tasks(DAG, r["dag_run_id"])["record"]["state"] == "success")
+    first = rest.tasks(DAG, run_id)
     released = snapshot(fleet)
     group = [f"deploy_{region}.{step}" for step in REGION_TASKS]
     with TrafficWatch(fleet) as watch:
@@ -147,7 +141,7 @@ def test_clearing_one_region_redeploys_only_it_and_converges(local_fleet, airflo
             {"dry_run": False, "only_failed": False, "dag_run_id": run_id, "task_ids": group},
         )
         assert rest.wait_run(DAG, run_id, timeout=300) == "success"
-    second = rest.task_instances(DAG, run_id)
+    second = rest.tasks(DAG, run_id)
     # Only the region's own tasks ran again, each one more try; everything else kept its try.
     for task_id, ti in second.items():
         ran_again = task_id in group and task_id != f"deploy_{region}.rollback"
@@ -184,7 +178,7 @@ def test_the_consistency_check_runs_on_its_schedule(local_fleet, rest):
     check = min(done, key=lambda r: r["start_date"])
     assert check["state"] == "success", check
     assert check["triggered_by"] == "timetable"
-    report = rest.xcom(CHECK_DAG, check["dag_run_id"], "classify")
+    report = rest.xcom(CHECK_DAG, check["dag_run_id"], "classify", "return_value")
     assert set(report["regions"]) == set(local_fleet.fleet.region_names)
     assert report["desired"] is not None
     states = {region: r["state"] for region, r in report["regions"].items()}

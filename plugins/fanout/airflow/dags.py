@@ -19,11 +19,10 @@ from fanout.airflow import operators as op
 from fanout.airflow.supersede import CheckSupersededOperator
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import plan_waves
+from fanout.trigger import GIT_SHA, IMAGE  # one definition: the trigger checks what these Params accept
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_FLEET = REPO / "include" / "fleets" / "local.yaml"
-GIT_SHA = r"^[0-9a-f]{7,40}$"
-IMAGE = r"^(sha256:[0-9a-f]{64}|[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$"
 
 
 def fleet_paths() -> list[Path]:
@@ -40,13 +39,13 @@ def release_asset(app: str) -> Asset:
 def release_params(fleet: Fleet) -> dict[str, Param]:
     return {
         "git_sha": Param(
-            type="string", pattern=GIT_SHA, description="commit being released (7–40 lowercase hex characters)"
+            type="string", pattern=GIT_SHA.pattern, description="commit being released (7–40 lowercase hex characters)"
         ),
         "source_ref": Param("main", type="string", minLength=1, description="branch or tag the commit came from"),
         "image": Param(
             None,
             type=["null", "string"],
-            pattern=IMAGE,
+            pattern=IMAGE.pattern,
             description="skip the build and release this digest (sha256:…), or build with this tag",
         ),
         "regions": Param(
