@@ -121,6 +121,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(local_fleet, release):
     assert "wave 2: eastus, northeurope" in run.segments["validate"]
     assert "wave 3: westeurope" in run.segments["validate"]
     states = run.states()
+    assert states.pop("check_superseded") == "success"  # nothing was queued behind it
     assert states.pop("validate") == "success"
     assert set(states.values()) == {"skipped"}, states
     assert snapshot(fleet) == before
@@ -150,6 +151,7 @@ def test_malformed_conf_is_refused_before_anything_changes(local_fleet, release,
     assert watch.ever_drained() == set(), watch.report()
     if "validate" in run.started:  # the run was created: nothing after validate may have run
         states = run.states()
+        assert states.pop("check_superseded") == "success"
         assert states.pop("validate") == "failed"
         assert set(states.values()) <= {"upstream_failed", "skipped"}, states
     timed(f"malformed conf {conf}", started)
