@@ -42,10 +42,15 @@ def write_test_fleet(
 
 
 def start_test_fleet(folder: Path, **kwargs: Any) -> tuple[Fleet, Path]:
-    """Write a test fleet into `folder` and bring it up; returns (fleet, state dir)."""
+    """Write a test fleet into `folder` and bring it up; returns (fleet, state dir). If it cannot
+    come up, what did start is stopped again: a failed fixture has no teardown to do it."""
     fleet = write_test_fleet(folder, **kwargs)
     state = folder / "state"
-    cli.up(fleet, state, etcd_ports=(procs.free_port(), procs.free_port()), progress=_quiet)
+    try:
+        cli.up(fleet, state, etcd_ports=(procs.free_port(), procs.free_port()), progress=_quiet)
+    except BaseException:
+        cli.down(fleet, state, progress=_quiet)
+        raise
     return fleet, state
 
 
