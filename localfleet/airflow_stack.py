@@ -165,31 +165,19 @@ class AirflowStack:
         user, password = next(iter(json.loads(path.read_text()).items()))
         return user, password
 
-    def down(self, progress: Progress = print, remove: bool = False) -> None:
+    def down(self, progress: Progress = print, remove: bool = False) -> int:
+        """Stop every part; returns how many processes outlived their part and had to be killed."""
         for name in reversed(COMPONENTS):
             if procs.stop(name, self.folder, timeout=30):
                 progress(f"stopped {name}")
         self.postgres.down(remove=remove)
-        left = self.sweep()
-        if left:
-            progress(f"stopped {left} leftover process(es) of {self.home}")
-
-    def sweep(self) -> int:
-        """Kill any process whose environment names this stack's AIRFLOW_HOME; how many there were."""
-        marker = f"AIRFLOW_HOME={self.home}".encode()
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                continue
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-        for pid in found:
+        left = procs.pids_mentioning(self.home)
+        for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        return len(found)
+        if left:
+            progress(f"stopped {len(left)} leftover process(es) of {self.home}")
+        return len(left)
 
     def status_rows(self) -> list[dict[str, str]]:
         try:

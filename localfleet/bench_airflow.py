@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import re
 import shutil
 import sys
 import tempfile
@@ -48,18 +46,6 @@ def timed(what: str) -> Iterator[dict[str, float]]:
     yield took
     took["s"] = time.monotonic() - started
     say(f"{what}: {took['s']:.1f} s")
-
-
-def processes_mentioning(folder: Path) -> list[int]:
-    """Pids whose command line or environment names `folder` (every fleet and Airflow process does)."""
-    marker, found = str(folder).encode(), []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            if marker in (entry / "cmdline").read_bytes() or marker in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-    return found
 
 
 def wait_for_dag(api: AirflowApi, timeout: float = 600) -> None:
@@ -189,14 +175,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def teardown(fleet: Any, state: Path, stack: AirflowStack, folder: Path) -> None:
-    lines: list[str] = []
     with timed("Airflow stack down"):
-        stack.down(progress=lambda line: (lines.append(line), say(f"  airflow: {line}")), remove=True)
-    swept = next((int(m.group(1)) for line in lines if (m := re.search(r"stopped (\d+) leftover", line))), 0)
+        swept = stack.down(progress=lambda line: say(f"  airflow: {line}"), remove=True)
     say(f"leftover Airflow processes the stack's sweep found and killed: {swept}")
     with timed("local fleet down"):
         cli.down(fleet, state, progress=lambda line: say(f"  fleet: {line}"))
-    left = processes_mentioning(folder)
+    left = procs.pids_mentioning(folder)
     say(f"processes still naming {folder} after down: {len(left)}" + (f" {left}" if left else ""))
     if not left:
         shutil.rmtree(folder, ignore_errors=True)

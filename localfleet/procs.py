@@ -239,6 +239,19 @@ def adopt(name: str, found: int, state_dir: str | Path, program: str) -> bool:
     return True
 
 
+def pids_mentioning(text: str | Path) -> list[int]:
+    """Processes (but this one) whose command line or environment contains `text`: with a folder
+    of ours, every process started for it, whatever became of the one that started it."""
+    marker, found = str(text).encode(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (entry / "cmdline").read_bytes() or marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
