@@ -30,11 +30,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fanout.cache import cache_dir
 from localfleet import procs
 from localfleet.postgres import Postgres, PostgresError
 from localfleet.testing import airflow_env
 
-DEFAULT_FOLDER = Path("~/.cache/fanout/airflow").expanduser()
+DEFAULT_FOLDER = cache_dir() / "airflow"
 DEFAULT_API_PORT = 8280  # not 8080: leave that to an Airflow the developer runs already
 COMPONENTS = ("apiserver", "scheduler", "dag-processor", "triggerer")
 Progress = Callable[[str], None]

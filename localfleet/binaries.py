@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fanout.cache import cache_dir
+
 KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
@@ -148,10 +150,6 @@ def _tools() -> list[Tool]:
 
 
 TOOLS: dict[str, Tool] = {t.name: t for t in _tools()}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FANOUT_CACHE") or Path.home() / ".cache" / "fanout")
 
 
 def bin_dir() -> Path:

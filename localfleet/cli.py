@@ -8,13 +8,13 @@ exactly what `up` started and nothing else.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from fanout.cache import cache_dir
 from fanout.fleet import Fleet, FleetError, load_fleet
 from localfleet import edge, faults, kube, procs, registry, replicator
 from localfleet.binaries import ensure_binaries
@@ -26,7 +26,7 @@ Progress = Callable[[str], None]
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get("FANOUT_CACHE", Path.home() / ".cache" / "fanout")) / "localfleet"
+    return cache_dir() / "localfleet"
 
 
 def _regions(fleet: Fleet) -> list[kube.Region]:

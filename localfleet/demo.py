@@ -18,9 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fanout.adapters.helm import Helm
+from fanout.adapters.helm import Helm, helm_binary
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
-from fanout.airflow.hooks import helm_binary
 from fanout.fleet import Fleet, FleetError, load_fleet
 from localfleet import cli
 from localfleet.cli import print_table

@@ -25,7 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-DEFAULT_STATE_DIR = Path("~/.cache/fanout/localfleet").expanduser()
+from fanout.cache import cache_dir
+
+DEFAULT_STATE_DIR = cache_dir() / "localfleet"
 
 
 class ProcError(RuntimeError):

@@ -24,9 +24,8 @@ from typing import Any
 import yaml
 
 from fanout.adapters.cluster import Cluster
-from fanout.adapters.helm import Helm, HelmRelease
+from fanout.adapters.helm import Helm, HelmRelease, helm_binary
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
-from fanout.airflow.hooks import helm_binary
 from fanout.fleet import Fleet, load_fleet
 from fanout.policy import EndpointState
 

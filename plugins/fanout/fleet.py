@@ -339,6 +339,12 @@ def load_fleet(path: str | Path) -> Fleet:
         text = path.read_text()
     except OSError as err:
         raise FleetError([f"{path}: cannot read: {err.strerror}"]) from None
+    return fleet_from_text(text, path)
+
+
+def fleet_from_text(text: str, path: Path) -> Fleet:
+    """Validate a fleet file's content as read from `path` (relative paths in it are resolved
+    against that file's folder)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

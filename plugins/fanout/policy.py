@@ -71,24 +71,48 @@ class RolloutStatus:
     reason: str
 
 
+APP_CONTAINER = "app"
+
+
+def app_container(containers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The container that runs the app: the chart names it "app"; other charts, the first one."""
+    return next((c for c in containers if c.get("name") == APP_CONTAINER), containers[0] if containers else {})
+
+
+def deployment_facts(deployment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The few fields of a Deployment (API JSON, camelCase) that rollout and drift judge."""
+    if deployment is None:
+        return None
+    spec, status = deployment.get("spec", {}), deployment.get("status") or {}
+    image = app_container(spec.get("template", {}).get("spec", {}).get("containers") or []).get("image", "")
+    return {
+        "image": image,
+        "digest": digest_of(image),
+        "replicas": spec.get("replicas", 1),
+        "updated": status.get("updatedReplicas", 0),
+        "available": status.get("availableReplicas", 0),
+        "total": status.get("replicas", 0),
+        "generation": deployment.get("metadata", {}).get("generation", 0),
+        "observed_generation": status.get("observedGeneration", 0),
+    }
+
+
 def rollout_status(deployment: dict[str, Any] | None, digest: str) -> RolloutStatus:
     """Is this Deployment (as the API returns it, camelCase) fully rolled out on `digest`?"""
-    if deployment is None:
+    facts = deployment_facts(deployment)
+    if facts is None:
         return RolloutStatus(False, "the Deployment does not exist")
-    meta, spec, status = deployment.get("metadata", {}), deployment.get("spec", {}), deployment.get("status") or {}
-    images = [c.get("image", "") for c in spec.get("template", {}).get("spec", {}).get("containers", [])]
-    if not any(digest_of(i) == digest for i in images):
-        return RolloutStatus(False, f"the Deployment runs {', '.join(images) or 'no image'}, not {digest}")
-    want = spec.get("replicas", 1)
-    generation, observed = meta.get("generation", 0), status.get("observedGeneration", 0)
-    updated, available = status.get("updatedReplicas", 0), status.get("availableReplicas", 0)
-    total = status.get("replicas", 0)
-    if observed < generation:
-        return RolloutStatus(False, f"generation {generation} not yet observed (at {observed})")
+    if facts["digest"] != digest:
+        return RolloutStatus(False, f"the Deployment runs {facts['image'] or 'no image'}, not {digest}")
+    want, updated, available = facts["replicas"], facts["updated"], facts["available"]
+    if facts["observed_generation"] < facts["generation"]:
+        return RolloutStatus(
+            False, f"generation {facts['generation']} not yet observed (at {facts['observed_generation']})"
+        )
     if updated < want:
         return RolloutStatus(False, f"{updated}/{want} replicas updated")
-    if total > updated:
-        return RolloutStatus(False, f"{total - updated} old replica(s) still terminating")
+    if facts["total"] > updated:
+        return RolloutStatus(False, f"{facts['total'] - updated} old replica(s) still terminating")
     if available < want:
         return RolloutStatus(False, f"{available}/{want} replicas available")
     return RolloutStatus(True, f"{available}/{want} replicas available on {digest[:19]}")
@@ -195,14 +219,24 @@ class RunRequest:
     git_sha: str | None
     regions: tuple[str, ...] | None  # None: every region
     dry_run: bool = False
+    # Why `validate` will refuse this run (empty: nothing known against it).
+    problems: tuple[str, ...] = ()
 
     @classmethod
-    def from_conf(cls, run_id: str, run_after: datetime, conf: Mapping[str, Any] | None) -> RunRequest:
+    def from_conf(
+        cls, run_id: str, run_after: datetime, conf: Mapping[str, Any] | None, declared: Collection[str] = ()
+    ) -> RunRequest:
+        """`declared`: the conf keys the DAG takes; a run with others is refused by `validate`."""
         conf = conf or {}
         regions = conf.get("regions")
+        unknown = sorted(set(conf) - set(declared)) if declared else []
+        problems = tuple(f"unknown conf key {key!r}" for key in unknown)
+        if not isinstance(conf.get("git_sha"), str):
+            problems += ("no git_sha",)
         return cls(
-            run_id, run_after, conf.get("git_sha"), tuple(regions) if regions else None, bool(conf.get("dry_run"))
-        )
+            run_id, run_after, conf.get("git_sha"), tuple(regions) if regions else None, bool(conf.get("dry_run")),
+            problems,
+        )  # fmt: skip
 
 
 def superseding_run(me: RunRequest, queued: Collection[RunRequest]) -> RunRequest | None:
@@ -211,7 +245,8 @@ def superseding_run(me: RunRequest, queued: Collection[RunRequest]) -> RunReques
     A newer run supersedes an older one only when it would do at least the same work: it is
     not a dry run and it covers every region the older one targets. So a burst of merges
     ends with one release of the newest commit, while a newer one-region repair never
-    cancels an older full release (nor a dry run anything)."""
+    cancels an older full release (nor a dry run anything), and a run `validate` will refuse
+    never cancels one that would release."""
     if me.dry_run:
         return None  # a dry run changes nothing; there is nothing to save by skipping it
     candidates = [
@@ -220,6 +255,7 @@ def superseding_run(me: RunRequest, queued: Collection[RunRequest]) -> RunReques
         if run.run_id != me.run_id
         and (run.run_after, run.run_id) > (me.run_after, me.run_id)
         and not run.dry_run
+        and not run.problems
         and (run.regions is None or (me.regions is not None and set(me.regions) <= set(run.regions)))
     ]
     return max(candidates, key=lambda run: (run.run_after, run.run_id), default=None)

@@ -16,7 +16,7 @@ from airflow_checks import CONSISTENCY_SCHEDULE, Rest, fanout_trigger, task_log
 from release_checks import TrafficWatch, random_sha, snapshot, timed
 
 from fanout.adapters.builder import BuildahBuilder
-from fanout.airflow.hooks import cache_dir
+from fanout.cache import cache_dir
 from localfleet.slots import INLINE_SECONDS, SlotSampler, is_wait, summarize
 
 pytestmark = [pytest.mark.localfleet, pytest.mark.e2e]

@@ -17,9 +17,8 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from fanout.adapters.helm import Helm
+from fanout.adapters.helm import Helm, helm_binary
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
-from fanout.airflow.hooks import helm_binary
 from localfleet import kube
 from localfleet.testing import airflow_env
 

@@ -3,8 +3,7 @@
 import pytest
 from kubernetes import client, config
 
-from fanout.adapters.helm import Helm
-from fanout.airflow.hooks import helm_binary
+from fanout.adapters.helm import Helm, helm_binary
 from fanout.policy import chart_values
 
 pytestmark = pytest.mark.localfleet

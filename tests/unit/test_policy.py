@@ -179,8 +179,7 @@ def test_chart_values_pin_the_image_by_digest_per_region():
 
 
 def test_the_chart_refuses_values_that_do_not_render():
-    from fanout.adapters.helm import HelmError, render_chart
-    from fanout.airflow.hooks import helm_binary
+    from fanout.adapters.helm import HelmError, helm_binary, render_chart
 
     good = chart_values(FLEET, "westus", D1, "r", "abc1234")
     assert 'image: "127.0.0.1:5102/fanout/hello@' + D1 in render_chart(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from fanout.cache import cache_dir
+
+
+def helm_binary() -> str:
+    """FANOUT_HELM, else `helm` on PATH, else the Helm 4 the local fleet built."""
+    if explicit := os.environ.get("FANOUT_HELM"):
+        return explicit
+    if found := shutil.which("helm"):
+        return found
+    built = sorted(cache_dir().glob("bin/helm-v4*/helm"))
+    if built:
+        return str(built[-1])
+    raise FileNotFoundError("no helm binary: set FANOUT_HELM, put Helm 4 on PATH, or run `make binaries`")
 
 
 class HelmError(RuntimeError):

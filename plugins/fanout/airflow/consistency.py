@@ -12,42 +12,57 @@ from typing import Any
 
 from airflow.sdk import Context, Variable
 from airflow.sdk.exceptions import AirflowFailException, DagRunTriggerException
-from kubernetes import client, config
 
+from fanout import names
 from fanout.adapters.cluster import ClusterError
 from fanout.adapters.helm import HelmError
 from fanout.adapters.registry import RegistryError
 from fanout.adapters.traffic import TrafficManagerError
-from fanout.airflow.operators import FanoutOperator
+from fanout.airflow.base import SNAPSHOT_KEY, FanoutOperator, release_asset
 from fanout.drift import classify_fleet, first_seen, redact, repair_plan, table
-from fanout.policy import DIGEST, digest_of
+from fanout.policy import DIGEST, deployment_facts, digest_of
+from fanout.records import FleetSnapshot
 
 RELEASES_LOOKED_BACK = 20  # older releases named in the report ("runs git 1a2b3c4")
 ACTIVE = ["queued", "running"]
 
 
-def first_seen_key(app: str) -> str:
-    """The Variable that carries first-seen times from one check to the next."""
-    return f"fanout_consistency_{app}"
+def recorded_by_release(event: Any, app: str) -> bool:
+    """An Asset event that the release DAG's `record` task emitted. Anyone allowed to POST asset
+    events over the REST API could otherwise name any digest, and repair mode would release it."""
+    extra = event.extra or {}
+    return (
+        event.source_dag_id == names.release_dag(app)
+        and event.source_task_id == names.RECORD
+        and not extra.get("from_rest_api")
+        and extra.get("app") == app
+        and bool(DIGEST.match(str(extra.get("digest", ""))))
+    )
 
 
-class ReadDesiredStateOperator(FanoutOperator):
-    """The last successful release of the app (its Asset event)."""
+class _ConsistencyStep(FanoutOperator):
+    snapshot_task = names.READ_DESIRED
+
+
+class ReadDesiredStateOperator(_ConsistencyStep):
+    """The last successful release of the app (its Asset event); records the check's fleet snapshot."""
 
     ui_color = "#f3ecfb"
 
     def run(self, context: Context) -> dict[str, Any]:
-        from fanout.airflow.dags import release_asset  # dags imports this module
-
+        snapshot = FleetSnapshot.of_file(self.fleet_path)
+        self._fleet = snapshot.fleet()
+        context["ti"].xcom_push(key=SNAPSHOT_KEY, value=snapshot.to_xcom())
         app = self.fleet.app.name
         # Only assets declared as the task's inlets can be read; newest first.
         events = context["inlet_events"][release_asset(app)].ascending(False).limit(RELEASES_LOOKED_BACK)
         releases = []
         for event in events:
-            extra = event.extra or {}
-            # Anyone may post an event for the asset through the API; only a release run's record counts.
-            if extra.get("app") == app and DIGEST.match(str(extra.get("digest", ""))):
-                releases.append({**extra, "recorded_at": event.timestamp.isoformat()})
+            if recorded_by_release(event, app):
+                releases.append({**(event.extra or {}), "recorded_at": event.timestamp.isoformat()})
+            else:
+                self.log.warning("ignored an event of %s not recorded by %s: %s", release_asset(app).name,
+                                 names.release_dag(app), redact(str(event.extra)))  # fmt: skip
         if not releases:
             self.log.warning("no release of %s recorded yet: nothing to compare the fleet against", app)
             return {"desired": None, "releases": {}}
@@ -59,7 +74,7 @@ class ReadDesiredStateOperator(FanoutOperator):
         return {"desired": desired, "releases": older}
 
 
-class ObserveRegionOperator(FanoutOperator):
+class ObserveRegionOperator(_ConsistencyStep):
     """What the region really runs and serves. Never fails for the region's sake: an
     unreachable region is a finding, and must not hide what the other regions show."""
 
@@ -67,7 +82,7 @@ class ObserveRegionOperator(FanoutOperator):
 
     def run(self, context: Context) -> dict[str, Any]:
         started = time.monotonic()
-        read = context["ti"].xcom_pull(task_ids="read_desired") or {}
+        read = context["ti"].xcom_pull(task_ids=names.READ_DESIRED) or {}
         digest = (read.get("desired") or {}).get("digest")
         app, region = self.fleet.app, self.region
         out: dict[str, Any] = {
@@ -90,11 +105,12 @@ class ObserveRegionOperator(FanoutOperator):
             except Exception as err:  # informative only: the registry's own outage is not the region's state
                 self.log.warning("%s: cannot ask the registry replica: %s", region, redact(_message(err)))
         try:
-            endpoint = self.hook.traffic_manager().endpoints().get(self.endpoint_name())
+            name = self.fleet.region(region).endpoint.name
+            endpoint = self.hook.traffic_manager().endpoints().get(name)
             if endpoint is not None:
                 out["endpoint"] = {k: getattr(endpoint, k) for k in ("name", "enabled", "weight", "monitor_status")}
             else:
-                out["traffic_error"] = f"Traffic Manager has no endpoint {self.endpoint_name()!r}"
+                out["traffic_error"] = f"Traffic Manager has no endpoint {name!r}"
         except Exception as err:  # Traffic Manager down: the traffic columns say unknown
             out["traffic_error"] = redact(_message(err))
         self.log.info("%s observed in %.1f s: %s", region, time.monotonic() - started, out)
@@ -123,32 +139,12 @@ class ObserveRegionOperator(FanoutOperator):
         labels = (deployment.get("spec", {}).get("selector") or {}).get("matchLabels") or {}
         if not labels:
             return None
-        kubeconfig, kube_context = self.hook.kubeconfig(self.region)
         try:
-            api = config.new_client_from_config(config_file=kubeconfig, context=kube_context)
-        except Exception as err:  # the kubernetes client raises bare ConfigException and IOError alike
+            images = self.hook.cluster(str(self.region)).pod_images(self.fleet.app.namespace, labels)
+        except ClusterError as err:  # an answer we cannot use is not worth failing the observation
             self.log.warning("%s: cannot list pods: %s", self.region, redact(str(err)))
             return None
-        try:
-            pods = client.CoreV1Api(api).list_namespaced_pod(
-                self.fleet.app.namespace,
-                label_selector=",".join(f"{k}={v}" for k, v in sorted(labels.items())),
-                _request_timeout=10,
-            )
-        except Exception as err:  # an answer we cannot use is not worth failing the observation
-            self.log.warning("%s: cannot list pods: %s", self.region, redact(str(err)))
-            return None
-        finally:
-            api.close()
-        images = []
-        for pod in pods.items:
-            if pod.metadata.deletion_timestamp is not None:
-                continue
-            containers = pod.spec.containers or []
-            chosen = next((c for c in containers if c.name == "app"), containers[0] if containers else None)
-            if chosen is not None:
-                images.append(digest_of(chosen.image or "") or chosen.image)
-        return sorted(images)
+        return sorted(digest_of(image) or image for image in images)
 
 
 def _message(err: Exception) -> str:
@@ -157,41 +153,21 @@ def _message(err: Exception) -> str:
     return str(err) if isinstance(err, known) else f"{type(err).__name__}: {err}"
 
 
-def deployment_facts(deployment: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The few fields of a Deployment (API JSON, camelCase) the classification needs."""
-    if deployment is None:
-        return None
-    spec, status = deployment.get("spec", {}), deployment.get("status") or {}
-    containers = spec.get("template", {}).get("spec", {}).get("containers") or [{}]
-    # The chart names its container "app"; fall back to the first one for other charts.
-    container = next((c for c in containers if c.get("name") == "app"), containers[0])
-    image = container.get("image", "")
-    return {
-        "image": image,
-        "digest": digest_of(image),
-        "replicas": spec.get("replicas", 1),
-        "updated": status.get("updatedReplicas", 0),
-        "available": status.get("availableReplicas", 0),
-        "generation": deployment.get("metadata", {}).get("generation", 0),
-        "observed_generation": status.get("observedGeneration", 0),
-    }
-
-
-class ClassifyFleetOperator(FanoutOperator):
+class ClassifyFleetOperator(_ConsistencyStep):
     """in-sync / stale / drifted / stuck / unreachable / traffic-mismatch per region."""
 
     ui_color = "#fff7e0"
 
     def run(self, context: Context) -> dict[str, Any]:
         ti, fleet = context["ti"], self.fleet
-        read = ti.xcom_pull(task_ids="read_desired")
+        read = ti.xcom_pull(task_ids=names.READ_DESIRED)
         if read is None:
             raise AirflowFailException("read_desired recorded nothing: the fleet cannot be compared with a release")
-        observations = {r: ti.xcom_pull(task_ids=f"observe_{r}") for r in fleet.region_names}
+        observations = {r: ti.xcom_pull(task_ids=names.observe(r)) for r in fleet.region_names}
         # First-seen times live in a Variable: it outlives cleared and deleted runs, and a task
         # cannot query the previous run's XCom reliably (manual runs have no logical date to
         # order by). max_active_runs=1 keeps two checks from writing it at once.
-        key = first_seen_key(fleet.app.name)
+        key = names.first_seen_variable(fleet.app.name)
         stored = Variable.get(key, default={}, deserialize_json=True) or {}
         report = classify_fleet(
             read.get("desired"),
@@ -211,7 +187,7 @@ class ClassifyFleetOperator(FanoutOperator):
         return report
 
 
-class RepairFleetOperator(FanoutOperator):
+class RepairFleetOperator(_ConsistencyStep):
     """Trigger a targeted release run for the regions that are not in sync.
 
     The repair never changes a region itself: the release run does, so drains, pairs, gates
@@ -223,7 +199,7 @@ class RepairFleetOperator(FanoutOperator):
 
     def run(self, context: Context) -> dict[str, Any]:
         ti, app = context["ti"], self.fleet.app
-        report = ti.xcom_pull(task_ids="classify")
+        report = ti.xcom_pull(task_ids=names.CLASSIFY)
         if report is None:
             raise AirflowFailException("classify recorded no report: nothing to repair from")
         plan = repair_plan(report)
@@ -234,7 +210,7 @@ class RepairFleetOperator(FanoutOperator):
             self.log.info("nothing to repair: %s", report["message"])
             return outcome
         desired = report["desired"]
-        release_dag = f"release_{app.name}"
+        release_dag = names.release_dag(app.name)
         conf = {"git_sha": desired["git_sha"], "image": desired["digest"], "regions": plan["release"]}
         for rb in plan["rollback"]:
             self.log.info("%s is stuck: the release run rolls it back to Helm revision %s first",

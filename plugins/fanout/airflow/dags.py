@@ -12,13 +12,17 @@ from datetime import timedelta
 from pathlib import Path
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule
+from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
+from fanout import names
 from fanout.airflow import consistency as cc
-from fanout.airflow import operators as op
+from fanout.airflow import fleet_steps as fs
+from fanout.airflow import region_steps as rs
+from fanout.airflow.base import release_asset
 from fanout.airflow.supersede import CheckSupersededOperator
-from fanout.fleet import Fleet, load_fleet
-from fanout.planner import plan_waves
+from fanout.fleet import Fleet, FleetError, load_fleet
+from fanout.planner import PlanError, plan_waves
+from fanout.records import release_shape
 from fanout.trigger import GIT_SHA, IMAGE  # one definition: the trigger checks what these Params accept
 
 REPO = Path(__file__).resolve().parents[3]
@@ -30,10 +34,6 @@ def fleet_paths() -> list[Path]:
     setting = os.environ.get("FANOUT_FLEETS", "")
     paths = [Path(p) for p in setting.split(os.pathsep) if p.strip()]
     return paths or [DEFAULT_FLEET]
-
-
-def release_asset(app: str) -> Asset:
-    return Asset(name=f"fanout_release_{app}", uri=f"fanout://{app}/release")
 
 
 def release_params(fleet: Fleet) -> dict[str, Param]:
@@ -60,20 +60,18 @@ def release_params(fleet: Fleet) -> dict[str, Param]:
     }
 
 
-def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, op.FanoutOperator]:
-    with TaskGroup(group_id=f"deploy_{region}", tooltip=f"drain, deploy, gate and restore {region}") as group:
+REGION_STEPS = (rs.RolloutGateOperator, rs.HttpGateOperator, rs.SoakGateOperator)
+
+
+def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, rs.RestoreRegionOperator]:
+    with TaskGroup(group_id=names.deploy_group(region), tooltip=f"drain, deploy, gate and restore {region}") as group:
         kw = {"fleet_path": path, "region": region}
-        drain = op.DrainRegionOperator(task_id="drain", **kw)
-        deploy = op.HelmDeployOperator(task_id="helm_deploy", **kw)
-        gates = [
-            op.RolloutGateOperator(task_id="gate_rollout", **kw),
-            op.HttpGateOperator(task_id="gate_http", **kw),
-            op.SoakGateOperator(task_id="gate_soak", **kw),
-        ]
-        if fleet.gates.metric is not None:
-            gates.append(op.MetricGateOperator(task_id="gate_metric", **kw))
-        restore = op.RestoreRegionOperator(task_id="restore", **kw)
-        rollback = op.RollbackRegionOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED, **kw)
+        drain = rs.DrainRegionOperator(task_id=names.DRAIN, **kw)
+        deploy = rs.HelmDeployOperator(task_id=names.HELM_DEPLOY, **kw)
+        gate_types = [*REGION_STEPS, *([rs.MetricGateOperator] if fleet.gates.metric is not None else [])]
+        gates = [gate(task_id=gate.step, **kw) for gate in gate_types]
+        restore = rs.RestoreRegionOperator(task_id=names.RESTORE, **kw)
+        rollback = rs.RollbackRegionOperator(task_id=names.ROLLBACK, trigger_rule=TriggerRule.ONE_FAILED, **kw)
         drain >> deploy
         prev = deploy
         for gate in gates:
@@ -88,7 +86,7 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
     plan = plan_waves(fleet)
     app = fleet.app.name
     with DAG(
-        dag_id=f"release_{app}",
+        dag_id=names.release_dag(app),
         description=f"Release {app} to {len(fleet.regions)} regions in {len(plan.waves)} waves",
         schedule=None,
         catchup=False,
@@ -98,12 +96,12 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
         doc_md=f"```\n{plan.explain()}\n```",
     ) as dag:
         kw = {"fleet_path": path}
-        check = CheckSupersededOperator(task_id=op.SUPERSEDING_TASK, **kw)
-        validate = op.ValidateReleaseOperator(task_id="validate", **kw)
-        build = op.BuildImageOperator(task_id="build", **kw)
+        check = CheckSupersededOperator(task_id=names.CHECK_SUPERSEDED, **kw)
+        validate = fs.ValidateReleaseOperator(task_id=names.VALIDATE, graph=release_shape(fleet, plan), **kw)
+        build = fs.BuildImageOperator(task_id=names.BUILD, **kw)
         check >> validate >> build
         waits = {
-            r: op.WaitForReplicationOperator(task_id=f"wait_replication_{r}", region=r, **kw) for r in plan.regions
+            r: rs.WaitForReplicationOperator(task_id=names.wait_replication(r), region=r, **kw) for r in plan.regions
         }
         build >> list(waits.values())
 
@@ -121,8 +119,8 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
                 previous >> groups
             if wave.number < len(plan.waves):
                 # Skipped regions (not in the run's subset) must not stop later waves.
-                bake = op.BakeOperator(
-                    task_id=f"bake_after_wave_{wave.number}",
+                bake = fs.BakeOperator(
+                    task_id=names.bake_after_wave(wave.number),
                     trigger_rule=TriggerRule.NONE_FAILED,
                     wave_regions=list(wave.regions),
                     **kw,
@@ -131,7 +129,7 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
                 previous = bake
                 if wave.canary and fleet.rollout.manual_approval:
                     approve = ApprovalOperator(
-                        task_id="approve_after_canary",
+                        task_id=names.APPROVE_AFTER_CANARY,
                         subject=f"Continue the release of {app} after the canary wave?",
                         response_timeout=timedelta(minutes=fleet.rollout.approval_timeout_minutes),
                         fail_on_reject=True,
@@ -140,15 +138,15 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
                     previous = approve
 
         # Traffic must end in a defined state whatever happened above.
-        rebalance = op.RebalanceOperator(task_id="rebalance", trigger_rule=TriggerRule.ALL_DONE, **kw)
-        record = op.RecordReleaseOperator(
-            task_id="record", trigger_rule=TriggerRule.NONE_FAILED, outlets=[release_asset(app)], **kw
+        rebalance = fs.RebalanceOperator(task_id=names.REBALANCE, trigger_rule=TriggerRule.ALL_DONE, **kw)
+        record = fs.RecordReleaseOperator(
+            task_id=names.RECORD, trigger_rule=TriggerRule.NONE_FAILED, outlets=[release_asset(app)], **kw
         )
         all_groups >> rebalance
         if fleet.failure_policy == "rollback-all":
             # all_done, not one_failed: one_failed fires at the first failure, while the other
             # regions of that wave are still deploying; the task itself skips when nothing failed.
-            rollback_all = op.RollbackAllOperator(task_id="rollback_all", trigger_rule=TriggerRule.ALL_DONE, **kw)
+            rollback_all = fs.RollbackAllOperator(task_id=names.ROLLBACK_ALL, trigger_rule=TriggerRule.ALL_DONE, **kw)
             all_groups >> rollback_all >> rebalance
         [*restores, rebalance] >> record
     return dag
@@ -157,7 +155,7 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
 def build_consistency_dag(fleet: Fleet, path: str) -> DAG:
     app = fleet.app.name
     with DAG(
-        dag_id=f"fleet_consistency_{app}",
+        dag_id=names.consistency_dag(app),
         description=f"Check every region of {app} against its last release ({fleet.consistency.mode})",
         schedule=fleet.consistency.schedule,
         catchup=False,
@@ -165,21 +163,50 @@ def build_consistency_dag(fleet: Fleet, path: str) -> DAG:
         tags=["fanout", app, "consistency"],
     ) as dag:
         kw = {"fleet_path": path}
-        desired = cc.ReadDesiredStateOperator(task_id="read_desired", inlets=[release_asset(app)], **kw)
-        observe = [cc.ObserveRegionOperator(task_id=f"observe_{r}", region=r, **kw) for r in fleet.region_names]
-        classify = cc.ClassifyFleetOperator(task_id="classify", trigger_rule=TriggerRule.ALL_DONE, **kw)
-        repair = cc.RepairFleetOperator(task_id="repair", **kw)
+        desired = cc.ReadDesiredStateOperator(task_id=names.READ_DESIRED, inlets=[release_asset(app)], **kw)
+        observe = [cc.ObserveRegionOperator(task_id=names.observe(r), region=r, **kw) for r in fleet.region_names]
+        classify = cc.ClassifyFleetOperator(task_id=names.CLASSIFY, trigger_rule=TriggerRule.ALL_DONE, **kw)
+        repair = cc.RepairFleetOperator(task_id=names.REPAIR, **kw)
         desired >> observe >> classify >> repair
     return dag
 
 
-def build_all() -> dict[str, DAG]:
-    """Every fleet's DAGs by dag_id. A broken fleet file raises FleetError, naming every problem."""
+def build_all() -> tuple[dict[str, DAG], list[str]]:
+    """Every fleet's DAGs by dag_id, and one error line per fleet file that could not be built.
+    Each fleet is built on its own, so one broken file costs only its own DAGs."""
     dags: dict[str, DAG] = {}
+    errors: list[str] = []
     for path in fleet_paths():
-        fleet = load_fleet(path)
-        for dag in (build_release_dag(fleet, str(path)), build_consistency_dag(fleet, str(path))):
-            if dag.dag_id in dags:
-                raise ValueError(f"{path}: app.name '{fleet.app.name}' is used by another fleet file")
-            dags[dag.dag_id] = dag
+        try:
+            fleet = load_fleet(path)
+            built = [build_release_dag(fleet, str(path)), build_consistency_dag(fleet, str(path))]
+        except (FleetError, PlanError) as err:
+            errors.append(f"{path}: {err}" if isinstance(err, PlanError) else str(err))
+            continue
+        except Exception as err:  # whatever else a fleet file makes fail (an invalid schedule, say)
+            errors.append(f"{path}: {type(err).__name__}: {err}")
+            continue
+        taken = [d.dag_id for d in built if d.dag_id in dags]
+        if taken:
+            errors.append(f"{path}: app.name '{fleet.app.name}' is used by another fleet file")
+            continue
+        dags.update({d.dag_id: d for d in built})
+    return dags, errors
+
+
+class BrokenFleet(DAG):
+    """Stands in for a fleet file whose DAGs cannot be built. Airflow validates each DAG before it
+    keeps it and records what that raises as an import error of the DAG file, while the other
+    fleets' DAGs are kept: so a broken fleet file shows up, named, without hiding the others."""
+
+    def validate(self) -> None:
+        raise FleetError([str(self.description)])
+
+
+def dags_and_errors() -> dict[str, DAG]:
+    """What dags/fanout_dags.py exposes: every fleet's DAGs, plus one BrokenFleet per broken file."""
+    dags, errors = build_all()
+    for number, error in enumerate(errors, 1):
+        broken = BrokenFleet(dag_id=f"fanout_broken_fleet_{number}", description=error, schedule=None)
+        dags[broken.dag_id] = broken
     return dags

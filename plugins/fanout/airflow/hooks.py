@@ -7,10 +7,7 @@ authenticates with the credential of the fleet's Airflow connection (`azure.conn
 
 from __future__ import annotations
 
-import os
-import shutil
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -21,26 +18,13 @@ from fanout.adapters.aks import AksCluster, KubeconfigDir
 from fanout.adapters.azure_credentials import AzureAccess, access_from_connection
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.cluster import Cluster
-from fanout.adapters.helm import Helm
+from fanout.adapters.edge import Edge
+from fanout.adapters.helm import Helm, helm_binary
+from fanout.adapters.metrics import PrometheusQuery
 from fanout.adapters.registry import OciRegistry
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManager
+from fanout.cache import cache_dir
 from fanout.fleet import Fleet, Registry
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FANOUT_CACHE", Path.home() / ".cache" / "fanout"))
-
-
-def helm_binary() -> str:
-    """FANOUT_HELM, else `helm` on PATH, else the Helm 4 the local fleet built."""
-    if explicit := os.environ.get("FANOUT_HELM"):
-        return explicit
-    if found := shutil.which("helm"):
-        return found
-    built = sorted(cache_dir().glob("bin/helm-v4*/helm"))
-    if built:
-        return str(built[-1])
-    raise FileNotFoundError("no helm binary: set FANOUT_HELM, put Helm 4 on PATH, or run `make binaries`")
 
 
 class FleetHook(BaseHook):
@@ -136,40 +120,16 @@ class FleetHook(BaseHook):
             **options,
         )
 
-    def replication_trigger_kwargs(self, region: str) -> dict[str, Any]:
-        """What ReplicationTrigger needs to ask `region`'s replica from the triggerer: plain values,
-        never a credential (the trigger reads the connection itself)."""
-        reg = self.fleet.registry
-        if reg.kind == "oci":
-            return {"endpoint": reg.endpoint(region), "insecure": reg.insecure}
-        self._acr()
-        return {
-            "endpoint": self.registry_endpoint(region),
-            "insecure": False,
-            "registry_kind": "acr",
-            "conn_id": self.fleet.azure.conn_id,
-            "acr": {
-                "subscription": reg.subscription,
-                "resource_group": reg.resource_group,
-                "registry": reg.name,
-                "region": region,
-            },
-        }
-
-    def acr_run_trigger_kwargs(self, run_id: str) -> dict[str, Any]:
-        """What AcrRunTrigger needs to follow ACR Tasks run `run_id` from the triggerer: coordinates
-        and the connection id, never a credential. `base_url` / `connection_verify` are this hook's
-        test overrides (None in production: the trigger takes the ARM endpoint of the connection's cloud)."""
-        reg = self._acr()
-        return {
-            "run_id": run_id,
-            "conn_id": self.fleet.azure.conn_id,
-            "subscription": reg.subscription,
-            "resource_group": reg.resource_group,
-            "registry": reg.name,
-            "base_url": self._arm_url,
-            "connection_verify": self._verify,
-        }
+    def trigger_options(self) -> dict[str, Any]:
+        """This hook's test overrides, for the same FleetHook in the triggerer (empty in production)."""
+        options: dict[str, Any] = {}
+        if self._arm_url is not None:
+            options["arm_url"] = self._arm_url
+        if self._verify is not None:
+            options["connection_verify"] = self._verify
+        if self._azure_options:
+            options["azure_options"] = self._azure_options
+        return options
 
     def aks(self, region: str) -> AksCluster:
         access = self.fleet.region(region).cluster.aks
@@ -196,23 +156,6 @@ class FleetHook(BaseHook):
 
         return self._kubeconfigs.path_for(region, fetch)
 
-    def rollout_trigger_kwargs(self, region: str) -> dict[str, Any]:
-        """What RolloutTrigger needs to reach `region`'s cluster from the triggerer. For AKS it is
-        the cluster's coordinates, not a kubeconfig path: our file is gone when this process ends."""
-        access = self.fleet.region(region).cluster
-        if access.kubeconfig is not None:
-            return {"kubeconfig": str(self.fleet.resolve(access.kubeconfig.path)), "context": access.kubeconfig.context}
-        return {
-            "kubeconfig": "",
-            "context": "",
-            "aks": {
-                "subscription": access.aks.subscription,
-                "resource_group": access.aks.resource_group,
-                "cluster": access.aks.cluster,
-                "conn_id": self.fleet.azure.conn_id,
-            },
-        }
-
     def cluster(self, region: str) -> Cluster:
         return Cluster(*self.kubeconfig(region))
 
@@ -220,16 +163,27 @@ class FleetHook(BaseHook):
         kubeconfig, context = self.kubeconfig(region)
         return Helm(helm_binary(), kubeconfig, context, timeout_seconds=self.fleet.gates.rollout_timeout_seconds)
 
-    def builder(self) -> BuildahBuilder | AcrTasksBuilder:
-        reg = self.fleet.registry
-        if reg.kind == "oci":
-            return BuildahBuilder(cache_dir() / "buildah", insecure=reg.insecure)
-        self._acr()
+    def edge(self, region: str) -> Edge:
+        gate = self.fleet.gates.http
+        return Edge(self.fleet.region(region).edge_url, gate.health_path, gate.version_path)
+
+    def metrics(self) -> PrometheusQuery:
+        gate = self.fleet.gates.metric
+        if gate is None:
+            raise ValueError("gates.metric: this fleet has no metric gate")
+        return PrometheusQuery(gate.url)
+
+    def builder(self) -> BuildahBuilder:
+        """The local image builder (registry kind `oci`); ACR builds with acr_tasks()."""
+        return BuildahBuilder(cache_dir() / "buildah", insecure=self.fleet.registry.insecure)
+
+    def acr_tasks(self) -> AcrTasksBuilder:
+        reg = self._acr()
         return AcrTasksBuilder(
             self.azure.credential,
-            reg.subscription,
-            reg.resource_group,
-            reg.name,
+            str(reg.subscription),
+            str(reg.resource_group),
+            str(reg.name),
             progress=lambda line: self.log.info("ACR Tasks: %s", line),
             **self._arm(),
         )

@@ -16,7 +16,8 @@ from typing import Any
 from airflow.providers.standard.utils.skipmixin import SkipMixin
 from airflow.sdk import Context
 
-from fanout.airflow.operators import SUPERSEDED_KEY, SUPERSEDING_TASK, FanoutOperator
+from fanout import names
+from fanout.airflow.base import FanoutOperator
 from fanout.policy import RunRequest, superseding_run
 
 
@@ -38,17 +39,19 @@ class CheckSupersededOperator(FanoutOperator, SkipMixin):
 
     def run(self, context: Context) -> dict[str, Any] | None:
         ti, run = context["ti"], context["dag_run"]
-        me = RunRequest.from_conf(run.run_id, run.run_after, run.conf)
+        declared = list(context["dag"].params.keys())
+        me = RunRequest.from_conf(run.run_id, run.run_after, run.conf, declared)
         # Every run of the DAG has this task; the ones whose copy has no state yet have not started.
-        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[SUPERSEDING_TASK])
-        waiting = [
-            run_id for run_id, tasks in states.items() if run_id != run.run_id and tasks.get(SUPERSEDING_TASK) is None
-        ]
+        check = names.CHECK_SUPERSEDED
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[check])
+        waiting = [run_id for run_id, tasks in states.items() if run_id != run.run_id and tasks.get(check) is None]
         queued = []
         for run_id in waiting:
             other = dag_run(ti.dag_id, run_id)
             if getattr(other.state, "value", other.state) == "queued":
-                queued.append(RunRequest.from_conf(other.run_id, other.run_after, other.conf))
+                queued.append(RunRequest.from_conf(other.run_id, other.run_after, other.conf, declared))
+        for refused in (r for r in queued if r.problems):
+            self.log.info("queued run %s cannot supersede this one: %s", refused.run_id, "; ".join(refused.problems))
         newer = superseding_run(me, queued)
         if newer is None:
             self.log.info("queued behind this run: %s; none supersedes it", [r.run_id for r in queued] or "nothing")
@@ -56,7 +59,7 @@ class CheckSupersededOperator(FanoutOperator, SkipMixin):
         covers = "every region" if newer.regions is None else ", ".join(newer.regions)
         reason = f"a run asked for later and queued behind this one releases {covers}; this run would only be undone"
         self.log.warning("superseded by run %s (git %s): %s", newer.run_id, newer.git_sha, reason)
-        ti.xcom_push(key=SUPERSEDED_KEY, value={"by": newer.run_id, "git_sha": newer.git_sha, "reason": reason})
+        ti.xcom_push(key=names.SUPERSEDED_KEY, value={"by": newer.run_id, "git_sha": newer.git_sha, "reason": reason})
         # Raises DownstreamTasksSkipped: the supervisor skips those tasks and this one succeeds.
         self.skip(ti=ti, tasks=context["task"].get_flat_relatives(upstream=False))
         return None

@@ -1,14 +1,12 @@
 """Deferrable waits: each polls one outside system until a condition holds or a deadline
 passes, in the triggerer, holding no worker slot. Every event carries what the operator
-needs to say what happened: status, detail, seconds waited."""
+needs to say what happened: status, detail, seconds waited. The triggers build their clients
+with FleetHook from the run's fleet snapshot, as the workers do."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,9 +15,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from fanout.adapters.acr_tasks import AcrTasksBuilder, RunState, run_log_link
 from fanout.adapters.azure_credentials import AzureAdapterError, scrub
 from fanout.adapters.builder import BuildError
-from fanout.adapters.cluster import Cluster, ClusterError
-from fanout.adapters.registry import OciRegistry, RegistryError
+from fanout.adapters.cluster import ClusterError
+from fanout.adapters.registry import RegistryError
+from fanout.airflow.hooks import FleetHook
+from fanout.fleet import Fleet
 from fanout.policy import rollout_status
+from fanout.records import FleetSnapshot
 
 
 class PollingTrigger(BaseTrigger):
@@ -99,150 +100,118 @@ class PollingTrigger(BaseTrigger):
             self.close()
 
 
-class ReplicationTrigger(PollingTrigger):
-    """Until the region's registry replica serves `digest` (HEAD /v2/<repo>/manifests/<digest>).
+class FleetTrigger(PollingTrigger):
+    """A wait on one of the fleet's outside systems. It carries the run's fleet snapshot and
+    builds its clients with FleetHook, exactly as a worker does: coordinates and connection ids
+    travel, never a credential (the triggerer reads the Airflow connection itself).
+    `hook_options` are FleetHook's test overrides (ARM URL, CA bundle); empty in production."""
 
-    For ACR (`registry_kind="acr"`, inferred from an `*.azurecr.io` endpoint) the trigger reads the
-    Airflow connection `conn_id` at run time — no credential is serialized — and, given `acr`
-    (subscription, resource_group, registry, region), also checks the replica is Ready.
-    FleetHook.replication_trigger_kwargs(region) gives all of these.
-    """
-
-    def __init__(
-        self, *, endpoint: str, insecure: bool, repository: str, digest: str, registry_kind: str | None = None,
-        conn_id: str | None = None, acr: dict[str, str] | None = None, **kwargs: Any,
-    ):  # fmt: skip
+    def __init__(self, *, fleet: dict[str, Any], hook_options: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.endpoint, self.insecure, self.repository, self.digest = endpoint, insecure, repository, digest
-        acr_host = endpoint.split(":")[0].lower().endswith(".azurecr.io")
-        self.registry_kind = registry_kind or ("acr" if acr_host else "oci")
-        self.conn_id = conn_id or ("azure_default" if self.registry_kind == "acr" else None)
-        self.acr = acr
-        self._registry: Any = None
+        self.fleet = fleet
+        self.hook_options = dict(hook_options or {})
+        self._hook: FleetHook | None = None
+
+    @property
+    def fleet_model(self) -> Fleet:
+        return FleetSnapshot(**self.fleet).fleet()
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {"fleet": self.fleet, "hook_options": self.hook_options, **super()._kwargs()}
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{__name__}.ReplicationTrigger",
-            {"endpoint": self.endpoint, "insecure": self.insecure, "repository": self.repository,
-             "digest": self.digest, "registry_kind": self.registry_kind, "conn_id": self.conn_id,
-             "acr": self.acr, **self._kwargs()},
-        )  # fmt: skip
+        return f"{type(self).__module__}.{type(self).__qualname__}", {**self._own_kwargs(), **self._kwargs()}
 
-    def _client(self) -> Any:
-        if self._registry is None:
-            if self.registry_kind == "acr":
-                from fanout.adapters.acr import acr_replica_from_connection
+    def _own_kwargs(self) -> dict[str, Any]:
+        raise NotImplementedError
 
-                self._registry = acr_replica_from_connection(self.conn_id, self.endpoint, self.acr)
-            else:
-                self._registry = OciRegistry(self.endpoint, self.insecure)
-        return self._registry
-
-    async def check(self) -> tuple[bool, str]:
-        try:
-            present = await self._client().has_manifest_async(self.repository, self.digest)
-        except (RegistryError, ValueError) as err:
-            return False, str(err)
-        return present, ("present" if present else f"{self.endpoint} does not have it yet")
-
-
-class RolloutTrigger(PollingTrigger):
-    """Until the Deployment has rolled out `digest` on every replica."""
-
-    def __init__(
-        self, *, kubeconfig: str, context: str, namespace: str, name: str, digest: str,
-        aks: dict[str, str] | None = None, **kwargs: Any,
-    ):  # fmt: skip
-        super().__init__(**kwargs)
-        self.kubeconfig, self.context, self.namespace, self.name, self.digest = (
-            kubeconfig, context, namespace, name, digest,
-        )  # fmt: skip
-        # AKS: the cluster's coordinates and connection id (no kubeconfig travels); the trigger
-        # fetches its own kubeconfig into a private folder it removes when it finishes.
-        self.aks = aks
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{__name__}.RolloutTrigger",
-            {"kubeconfig": self.kubeconfig, "context": self.context, "namespace": self.namespace,
-             "name": self.name, "digest": self.digest, "aks": self.aks, **self._kwargs()},
-        )  # fmt: skip
+    async def hook(self) -> FleetHook:
+        if self._hook is None:
+            # Parsing the snapshot and reading the connection are blocking: keep them off the loop.
+            fleet = await asyncio.to_thread(lambda: self.fleet_model)
+            self._hook = FleetHook(fleet, **self.hook_options)
+        return self._hook
 
     def close(self) -> None:
-        if getattr(self, "_aks", None) is not None:
-            self._aks.close()
-        self._aks = None
+        if self._hook is not None:
+            self._hook.close()
+        self._hook = None
+
+
+class ReplicationTrigger(FleetTrigger):
+    """Until `region`'s registry replica serves `digest`, asked as a pull in that region would."""
+
+    def __init__(self, *, region: str, digest: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.region, self.digest = region, digest
+        self._registry: Any = None
+
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"region": self.region, "digest": self.digest}
+
+    def close(self) -> None:
+        if self._registry is not None and hasattr(self._registry, "close"):
+            self._registry.close()
+        self._registry = None
+        super().close()
 
     async def check(self) -> tuple[bool, str]:
         try:
-            if self.aks:
-                from fanout.adapters.aks import AksKubeconfigs
+            hook = await self.hook()
+            if self._registry is None:
+                self._registry = await asyncio.to_thread(hook.registry, self.region)
+            present = await self._registry.has_manifest_async(hook.fleet.registry.repository, self.digest)
+        except (RegistryError, ValueError) as err:
+            return False, str(err)
+        return present, ("present" if present else f"{self._registry.endpoint} does not have it yet")
 
-                self._aks = getattr(self, "_aks", None) or AksKubeconfigs.from_connection(**self.aks)
-                cluster = Cluster(*await asyncio.to_thread(self._aks.get))
-            else:
-                cluster = Cluster(self.kubeconfig, self.context)
-            deployment = await asyncio.to_thread(cluster.deployment, self.namespace, self.name)
+
+class RolloutTrigger(FleetTrigger):
+    """Until `region`'s Deployment has rolled out `digest` on every replica."""
+
+    def __init__(self, *, region: str, digest: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.region, self.digest = region, digest
+
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"region": self.region, "digest": self.digest}
+
+    async def check(self) -> tuple[bool, str]:
+        try:
+            hook = await self.hook()
+            # hook.cluster refreshes an AKS kubeconfig before its token expires.
+            cluster = await asyncio.to_thread(hook.cluster, self.region)
+            app = hook.fleet.app
+            deployment = await asyncio.to_thread(cluster.deployment, app.namespace, app.name)
         except (ClusterError, RuntimeError, ValueError) as err:
             return False, str(err)
         status = rollout_status(deployment, self.digest)
         return status.done, status.reason
 
 
-def probe_edge(
-    edge_url: str, health_path: str, version_path: str, timeout: float = 5.0
-) -> tuple[bool, str | None, str]:
-    """(healthy, digest served, detail) as a user routed to this region would see it."""
-    try:
-        with urllib.request.urlopen(edge_url + health_path, timeout=timeout) as response:
-            healthy = response.status == 200
-    except urllib.error.HTTPError as err:
-        return False, None, f"{health_path} answered {err.code}"
-    except (urllib.error.URLError, OSError) as err:
-        return False, None, f"edge unreachable: {getattr(err, 'reason', err)}"
-    try:
-        with urllib.request.urlopen(edge_url + version_path, timeout=timeout) as response:
-            digest = json.loads(response.read()).get("digest")
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        return healthy, None, f"{version_path} unusable: {getattr(err, 'reason', err)}"
-    return healthy, digest, f"healthy={healthy} digest={digest}"
+class HttpGateTrigger(FleetTrigger):
+    """Until `region`'s edge answers healthy and serves `digest` on `needed` probes in a row."""
 
-
-class HttpGateTrigger(PollingTrigger):
-    """Until the edge answers healthy and serves `digest` on `needed` probes in a row."""
-
-    def __init__(
-        self, *, edge_url: str, health_path: str, version_path: str, digest: str | None, needed: int,
-        streak: int = 0, **kwargs: Any,
-    ):  # fmt: skip
+    def __init__(self, *, region: str, digest: str | None, needed: int, streak: int = 0, **kwargs: Any):
         super().__init__(**kwargs)
-        self.edge_url, self.health_path, self.version_path = edge_url, health_path, version_path
-        self.digest, self.needed, self.streak = digest, needed, streak
+        self.region, self.digest, self.needed, self.streak = region, digest, needed, streak
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{__name__}.HttpGateTrigger",
-            {"edge_url": self.edge_url, "health_path": self.health_path, "version_path": self.version_path,
-             "digest": self.digest, "needed": self.needed, "streak": self.streak, **self._kwargs()},
-        )  # fmt: skip
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"region": self.region, "digest": self.digest, "needed": self.needed, "streak": self.streak}
 
     async def check(self) -> tuple[bool, str]:
-        healthy, digest, detail = await asyncio.to_thread(
-            probe_edge, self.edge_url, self.health_path, self.version_path
-        )
-        good = healthy and (self.digest is None or digest == self.digest)
+        hook = await self.hook()
+        probe = await asyncio.to_thread(hook.edge(self.region).probe)
+        good = probe.healthy and (self.digest is None or probe.digest == self.digest)
         self.streak = self.streak + 1 if good else 0
-        if not good and healthy:
-            detail = f"edge serves {digest}, expected {self.digest}"
+        detail = probe.detail
+        if not good and probe.healthy:
+            detail = f"edge serves {probe.digest}, expected {self.digest}"
         return self.streak >= self.needed, f"{detail} ({self.streak}/{self.needed} good probes in a row)"
 
 
-class AcrRunTrigger(PollingTrigger):
+class AcrRunTrigger(FleetTrigger):
     """Until ACR Tasks run `run_id` ends: the quick build BuildImageOperator started.
-
-    Like the other Azure triggers it carries coordinates and a connection id, never a credential;
-    the triggerer builds its own client from connection `conn_id`. `base_url` None means the ARM
-    endpoint of the connection's cloud. FleetHook.acr_run_trigger_kwargs(run_id) gives all of these.
 
     The event says how the run ended, with the full message in `detail`: `ok` with the pushed
     `digest` and `images`; `failed` with the run's status, error, log command and log tail;
@@ -253,47 +222,41 @@ class AcrRunTrigger(PollingTrigger):
     # SDK has already retried) or a dropped connection; polling on would only hide it for an hour.
     FATAL_STATUS = (401, 403, 404)
 
-    def __init__(
-        self, *, run_id: str, conn_id: str, subscription: str, resource_group: str, registry: str,
-        base_url: str | None = None, connection_verify: str | bool | None = None, **kwargs: Any,
-    ):  # fmt: skip
+    def __init__(self, *, run_id: str, **kwargs: Any):
         super().__init__(**kwargs)
-        self.run_id, self.conn_id = run_id, conn_id
-        self.subscription, self.resource_group, self.registry = subscription, resource_group, registry
-        self.base_url, self.connection_verify = base_url, connection_verify
+        self.run_id = run_id
         self._tasks: AcrTasksBuilder | None = None
         self._state: RunState | None = None
         self._fatal: str | None = None
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{__name__}.AcrRunTrigger",
-            {"run_id": self.run_id, "conn_id": self.conn_id, "subscription": self.subscription,
-             "resource_group": self.resource_group, "registry": self.registry, "base_url": self.base_url,
-             "connection_verify": self.connection_verify, **self._kwargs()},
-        )  # fmt: skip
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"run_id": self.run_id}
 
-    def _builder(self) -> AcrTasksBuilder:
+    def _link(self) -> str:
+        reg = self.fleet_model.registry
+        return run_log_link(str(reg.subscription), str(reg.resource_group), str(reg.name), self.run_id)
+
+    async def _builder(self) -> AcrTasksBuilder:
         if self._tasks is None:
-            self._tasks = AcrTasksBuilder.from_connection(
-                self.conn_id, self.subscription, self.resource_group, self.registry,
-                base_url=self.base_url, connection_verify=self.connection_verify,
-            )  # fmt: skip
+            hook = await self.hook()
+            self._tasks = await asyncio.to_thread(hook.acr_tasks)
         return self._tasks
 
     def close(self) -> None:
         if self._tasks is not None:
             self._tasks.close()
         self._tasks = None
+        super().close()
 
     async def check(self) -> tuple[bool, str]:
         # In threads: reading the connection and the SDK calls are blocking I/O.
         try:
-            tasks = await asyncio.to_thread(self._builder)
+            tasks = await self._builder()
         except Exception as err:
             # Whatever stops us reading the connection (missing, wrong cloud, no credential) will
             # not change by waiting: report it now instead of at the deadline.
-            self._fatal = scrub(f"ACR Tasks run {self.run_id}: cannot use connection '{self.conn_id}': {err}")
+            conn_id = self.fleet_model.azure.conn_id
+            self._fatal = scrub(f"ACR Tasks run {self.run_id}: cannot use connection '{conn_id}': {err}")
             return True, self._fatal
         try:
             state = await asyncio.to_thread(tasks.state, self.run_id)
@@ -313,14 +276,14 @@ class AcrRunTrigger(PollingTrigger):
 
     def _outcome(self, event: dict[str, Any]) -> dict[str, Any]:
         """The base event (done or deadline) turned into how the run ended."""
-        link = run_log_link(self.subscription, self.resource_group, self.registry, self.run_id)
+        link = self._link()
         status = self._state.status if self._state else "Unknown"
         out = {**event, "run_id": self.run_id, "run_status": status, "log": link}
         if event["status"] == "timeout":
             cancelled = self._tasks is not None and self._tasks.cancel(self.run_id)
             what = "cancelled it" if cancelled else "could not cancel it; it ends at its own timeout"
             out["detail"] = (
-                f"ACR Tasks on registry '{self.registry}': run {self.run_id} still {status} after "
+                f"ACR Tasks on registry '{self.fleet_model.registry.name}': run {self.run_id} still {status} after "
                 f"{event['waited']:.0f} s; {what} ({event['detail']})\nlog: {link}"
             )
             return {**out, "cancelled": cancelled}

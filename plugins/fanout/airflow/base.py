@@ -1,0 +1,126 @@
+"""What every Fanout task shares: the run's fleet snapshot, the skip rules, and failure records.
+
+A task decides from the fleet snapshot its run recorded (`validate` for a release, `read_desired`
+for a consistency check), never from the fleet file as it is now. Before any work it decides
+whether it has anything to do in this run: a region outside the run's `regions` subset is
+skipped, and a dry run skips every task but those marked `runs_on_dry_run`. Outside systems are
+reached only through FleetHook; decisions come from fanout.policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, NoReturn
+
+from airflow.sdk import Asset, BaseOperator, Context, get_current_context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from fanout import names
+from fanout.airflow.hooks import FleetHook
+from fanout.fleet import Fleet
+from fanout.policy import DIGEST
+from fanout.records import FleetSnapshot, Release, StepFailure
+
+SNAPSHOT_KEY = "snapshot"
+
+
+def release_asset(app: str) -> Asset:
+    return Asset(name=names.release_asset_name(app), uri=names.release_asset_uri(app))
+
+
+def targeted(params: dict[str, Any], region: str) -> bool:
+    chosen = params.get("regions")
+    return not chosen or region in chosen
+
+
+class FanoutOperator(BaseOperator):
+    """Base for every Fanout task. Subclasses implement `run`; region steps set `step`."""
+
+    runs_on_dry_run: ClassVar[bool] = False
+    # The task of this DAG that records the run's fleet snapshot.
+    snapshot_task: ClassVar[str] = names.VALIDATE
+    step: ClassVar[str | None] = None
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, fleet_path: str, region: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("retries", 0)  # a failed gate must fail now, not be retried into a pass
+        super().__init__(**kwargs)
+        self.fleet_path = fleet_path
+        self.region = region
+        self._fleet: Fleet | None = None
+        self._hook: FleetHook | None = None
+
+    # -- the run's fleet -------------------------------------------------------------
+    def snapshot(self, context: Context) -> FleetSnapshot:
+        recorded = FleetSnapshot.from_xcom(context["ti"].xcom_pull(task_ids=self.snapshot_task, key=SNAPSHOT_KEY))
+        if recorded is None:
+            raise AirflowFailException(f"{self.snapshot_task} recorded no fleet snapshot: this run cannot decide")
+        return recorded
+
+    @property
+    def fleet(self) -> Fleet:
+        # A resumed deferral calls its method on a fresh operator, without execute(): load lazily.
+        if self._fleet is None:
+            self._fleet = self.snapshot(get_current_context()).fleet()
+        return self._fleet
+
+    @property
+    def hook(self) -> FleetHook:
+        if self._hook is None:
+            self._hook = FleetHook(self.fleet)
+        return self._hook
+
+    def execute(self, context: Context) -> Any:
+        params = context["params"]
+        if self.region is not None and not targeted(params, self.region):
+            raise AirflowSkipException(f"{self.region} is not in this run's regions {params.get('regions')}")
+        if params.get("dry_run") and not self.runs_on_dry_run:
+            raise AirflowSkipException("dry run: nothing is changed")
+        try:
+            return self.run(context)
+        finally:
+            self.close_hook()
+
+    def close_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.close()
+            self._hook = None
+
+    def run(self, context: Context) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} ({self.task_id}) has no implementation")
+
+    def fail(self, context: Context, cause: str) -> NoReturn:
+        """Record why this step failed (rollback and the run's final message read it), then fail."""
+        failure = StepFailure(self.region, self.step or self.task_id, cause)
+        context["ti"].xcom_push(key=names.FAILURE_KEY, value=failure.to_xcom())
+        raise AirflowFailException(f"{self.region}: {failure.gate} failed: {cause}")
+
+    # -- shared facts of the run -------------------------------------------------------
+    def release(self, context: Context) -> Release:
+        built = Release.from_xcom(context["ti"].xcom_pull(task_ids=names.BUILD))
+        if built is None or not DIGEST.match(built.digest):
+            raise AirflowFailException("no release digest: the build task did not record one")
+        return built
+
+    def task_states(self, context: Context, task_ids: list[str] | None = None) -> dict[str, str | None]:
+        """The state of tasks of this run by task id (every task when `task_ids` is None).
+
+        Trigger rules cannot tell a step that failed from one that never ran because an
+        earlier wave failed (both count for one_failed), so the steps that react to a
+        failure ask the run which tasks really failed.
+        """
+        ti = context["ti"]
+        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=task_ids, run_ids=[ti.run_id])
+        return {task: (str(state) if state is not None else None) for task, state in states.get(ti.run_id, {}).items()}
+
+    def failures(self, context: Context) -> list[StepFailure]:
+        """What failed in this run, one entry per failed task, each naming region, step and cause."""
+        ti = context["ti"]
+        known = names.failing_tasks(self.fleet.region_names)
+        found = []
+        for task_id, state in sorted(self.task_states(context).items()):
+            if state != "failed":
+                continue
+            recorded = StepFailure.from_xcom(ti.xcom_pull(task_ids=task_id, key=names.FAILURE_KEY))
+            region, step = known.get(task_id, (None, task_id))
+            found.append(recorded or StepFailure(region, step, f"task {task_id} failed; see its log"))
+        return found

@@ -1,0 +1,258 @@
+"""The fleet-wide steps of a release: validate (and snapshot), build, bake between waves,
+rebalance, rollback-all, record."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, NoReturn
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from fanout import names
+from fanout.adapters.azure_credentials import AzureAdapterError
+from fanout.adapters.builder import BuildError
+from fanout.adapters.helm import HelmError, helm_binary, render_chart
+from fanout.airflow.base import SNAPSHOT_KEY, FanoutOperator, release_asset, targeted
+from fanout.airflow.triggers import AcrRunTrigger
+from fanout.airflow.waits import SETTLE_SECONDS, WaitingOperator
+from fanout.fleet import FleetError
+from fanout.planner import PlanError, plan_waves
+from fanout.policy import DIGEST, PolicyError, chart_values, check_drain, final_traffic, rollback_all_targets
+from fanout.records import FleetSnapshot, Release, release_shape, shape_changes
+
+
+class ValidateReleaseOperator(FanoutOperator):
+    """Refuse a run whose conf or fleet does not fit the DAG, or whose chart does not render;
+    record the fleet snapshot every later task decides from; print the plan."""
+
+    runs_on_dry_run = True
+    ui_color = "#fff7e0"
+
+    def __init__(self, *, graph: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.graph = graph  # what the DAG was built from: release_shape() at parse time
+
+    def run(self, context: Context) -> dict[str, Any]:
+        params = context["params"]
+        # Airflow accepts conf keys no param declares; a misspelt "regoins" would then
+        # release to every region. Refuse it while nothing has changed yet.
+        declared = set(context["dag"].params.keys())
+        unknown = sorted(set(context["dag_run"].conf or {}) - declared)
+        if unknown:
+            raise AirflowFailException(
+                f"conf: unknown key(s) {', '.join(map(repr, unknown))}; this DAG takes {', '.join(sorted(declared))}"
+            )
+        try:
+            snapshot = FleetSnapshot.of_file(self.fleet_path)
+            fleet = self._fleet = snapshot.fleet()
+            full = plan_waves(fleet)
+        except (OSError, FleetError, PlanError) as err:
+            raise AirflowFailException(f"{self.fleet_path}: {err}") from None
+        changes = shape_changes(self.graph, release_shape(fleet, full))
+        if changes:
+            raise AirflowFailException(
+                f"{self.fleet_path} changed since this DAG was built ({'; '.join(changes)}): nothing was changed; "
+                "trigger again once Airflow has re-parsed the DAG"
+            )
+        try:
+            plan = plan_waves(fleet, params.get("regions"))
+        except PlanError as err:
+            raise AirflowFailException(f"regions: {err}") from None
+        self.log.info("fleet %s (sha256 %s)\n%s", self.fleet_path, snapshot.sha256[:12], plan.explain())
+        # Chart values are input too: a chart that will not render is refused here, before
+        # any region is drained, not in the middle of wave 2.
+        app, probe_digest = fleet.app, "sha256:" + "0" * 64
+        for region in plan.regions:
+            values = chart_values(fleet, region, probe_digest, context["run_id"], params["git_sha"])
+            try:
+                render_chart(helm_binary(), app.name, fleet.chart_ref, app.namespace, values, app.chart.version)
+            except HelmError as err:
+                raise AirflowFailException(f"app.values / app.chart ({region}): {err}") from None
+        self.log.info("chart %s renders for every region of the plan", fleet.chart_ref)
+        waves = [list(w.regions) for w in full.waves]
+        recorded = FleetSnapshot(snapshot.path, snapshot.sha256, snapshot.text, waves)
+        context["ti"].xcom_push(key=SNAPSHOT_KEY, value=recorded.to_xcom())
+        if params.get("dry_run"):
+            self.log.info("dry run: the plan above is all this run does")
+        return {"waves": [list(w.regions) for w in plan.waves], "dry_run": bool(params.get("dry_run"))}
+
+
+class BuildImageOperator(FanoutOperator):
+    """Build the app image once and pin the release to its digest (or take the digest given)."""
+
+    def run(self, context: Context) -> dict[str, Any]:
+        params, registry = context["params"], self.fleet.registry
+        commit = {"git_sha": params["git_sha"], "source_ref": params.get("source_ref")}
+        image = params.get("image")
+        if image and DIGEST.match(image):
+            home = self.hook.registry(registry.home)
+            if not home.has_manifest(registry.repository, image):
+                raise AirflowFailException(f"image: {image} is not in the home registry {home.endpoint}")
+            self.log.info("releasing the given digest %s (no build)", image)
+            return Release(image, registry.repository, None, **commit).to_xcom()
+        tag = image or params["git_sha"][:12]
+        destination = f"{registry.pull_host(registry.home)}/{registry.repository}:{tag}"
+        if registry.kind == "acr":
+            self.start_acr_build(context, destination, tag)
+        started = time.monotonic()
+        digest = self.hook.builder().build_and_push(self.fleet.resolve(self.fleet.app.source), destination)
+        self.log.info("built and pushed %s as %s in %.1f s", destination, digest, time.monotonic() - started)
+        return Release(digest, registry.repository, tag, **commit).to_xcom()
+
+    def start_acr_build(self, context: Context, destination: str, tag: str) -> NoReturn:
+        """Schedule the ACR Tasks run and defer: a build takes minutes, and they are spent in ACR,
+        not in a worker slot. No inline poll first (see waits.py): no build ends within seconds."""
+        builder = self.hook.acr_tasks()
+        try:
+            run_id = builder.start(self.fleet.resolve(self.fleet.app.source), destination)
+        except AzureAdapterError as err:
+            raise BuildError(str(err)) from None
+        finally:
+            builder.close()
+        self.log.info("ACR Tasks run %s builds %s; log: %s", run_id, destination, builder.run_link(run_id))
+        trigger = AcrRunTrigger(
+            fleet=self.snapshot(context).to_xcom(),
+            hook_options=self.hook.trigger_options(),
+            run_id=run_id,
+            # The run's own timeout plus time to queue and push, as ACR allows.
+            timeout_seconds=builder.build_timeout_seconds + 300,
+            poll_seconds=builder.poll_seconds,
+            not_before=time.time() + SETTLE_SECONDS,
+        )
+        self.defer(trigger=trigger, method_name="acr_build_done", kwargs={"destination": destination, "tag": tag})
+
+    def acr_build_done(self, context: Context, event: dict[str, Any], destination: str, tag: str) -> dict[str, Any]:
+        digest = event.get("digest") or ""
+        if event["status"] != "ok" or not DIGEST.match(digest):
+            raise AirflowFailException(f"build of {destination}: {event['detail']}")
+        run_id, waited = event["run_id"], event["waited"]
+        self.log.info("built and pushed %s as %s in %.0f s (ACR Tasks run %s)", destination, digest, waited, run_id)
+        params = context["params"]
+        return Release(
+            digest, self.fleet.registry.repository, tag, params["git_sha"], params.get("source_ref")
+        ).to_xcom()
+
+
+class BakeOperator(WaitingOperator):
+    """Wait the fleet's bake time between two waves (deferred)."""
+
+    def __init__(self, *, wave_regions: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.wave_regions = wave_regions
+
+    def run(self, context: Context) -> None:
+        # A run for a few regions (a repair, say) must not bake after waves it did not touch.
+        if not any(targeted(context["params"], r) for r in self.wave_regions):
+            self.log.info("no region of this wave (%s) is in this run: no bake", ", ".join(self.wave_regions))
+            return
+        self.pause(self.fleet.rollout.bake_seconds, "done", context)
+
+    def done(self, context: Context, event: Any = None) -> None:
+        self.log.info("baked %s s", self.fleet.rollout.bake_seconds)
+
+
+class RollbackAllOperator(FanoutOperator):
+    """failure_policy rollback-all: once every started region has finished, roll back each one
+    this run upgraded, so a failed release leaves the whole fleet on what it ran before."""
+
+    ui_color = "#fbe8e8"
+
+    def run(self, context: Context) -> dict[str, Any]:
+        failures = self.failures(context)
+        if not failures:
+            raise AirflowSkipException("nothing failed: nothing to roll back")
+        ti, app = context["ti"], self.fleet.app
+        regions = self.fleet.region_names
+        deploys = {r: ti.xcom_pull(task_ids=names.region_task(r, names.HELM_DEPLOY)) for r in regions}
+        own = {r: ti.xcom_pull(task_ids=names.region_task(r, names.ROLLBACK)) for r in regions}
+        outcome: dict[str, Any] = {}
+        for region, previous in rollback_all_targets(deploys, own).items():
+            if previous is None:
+                outcome[region] = {"rolled_back_to": None, "note": "first install: nothing older to return to"}
+                self.log.warning("%s: first install in this run; nothing older to roll back to", region)
+                continue
+            self.log.info("%s: rolling back to helm revision %s (rollback-all)", region, previous)
+            done = self.hook.helm(region).rollback(app.name, app.namespace, previous, wait=True)
+            probe = self.hook.edge(region).probe()
+            outcome[region] = {"rolled_back_to": previous, "revision": done.revision, "serving": probe.digest}
+            self.log.info("%s: now at revision %s (%s); %s", region, done.revision, done.status, probe.detail)
+            if not probe.healthy:
+                self._drain_if_allowed(region)
+        causes = "; ".join(f.line() for f in failures)
+        self.log.error("rollback-all after: %s — rolled back %s", causes, ", ".join(outcome) or "nothing")
+        return {"rolled_back": outcome}
+
+    def _drain_if_allowed(self, region: str) -> None:
+        tm = self.hook.traffic_manager()
+        try:
+            check_drain(self.fleet, tm.endpoints(), region)
+        except PolicyError as err:
+            # Old code served beats NXDOMAIN: keep it enabled and say so.
+            self.log.warning("%s is unhealthy after its rollback but stays enabled: %s", region, err)
+            return
+        tm.set_endpoint(self.fleet.region(region).endpoint.name, enabled=False)
+        self.log.warning("%s is unhealthy after its rollback: drained", region)
+
+
+class RebalanceOperator(FanoutOperator):
+    """Set every endpoint's final weight and status from policy and health; fail a failed run loudly."""
+
+    def run(self, context: Context) -> dict[str, Any]:
+        params, ti = context["params"], context["ti"]
+        if ti.xcom_pull(task_ids=names.VALIDATE, key=SNAPSHOT_KEY) is None:
+            # A refused run must change nothing, not even the traffic floor.
+            raise AirflowSkipException("validate refused this run: nothing was changed")
+        built = Release.from_xcom(ti.xcom_pull(task_ids=names.BUILD))
+        digest = built.digest if built else None
+        failures = self.failures(context)
+        wanted = params.get("regions") or self.fleet.region_names
+        serving = {r: self.hook.edge(r).probe().digest for r in self.fleet.region_names}
+        tm = self.hook.traffic_manager()
+        current = tm.endpoints()
+        ok = digest is not None and not failures and all(serving.get(r) == digest for r in wanted)
+        desired, warnings = final_traffic(
+            self.fleet, current, serving, digest if ok else None, scope=wanted if ok else []
+        )
+        # Enable before disabling, so no moment has every endpoint disabled.
+        for region, want in sorted(desired.items(), key=lambda kv: not kv[1].enabled):
+            have = current[want.name]
+            if (have.enabled, have.weight) != (want.enabled, want.weight):
+                tm.set_endpoint(want.name, enabled=want.enabled, weight=want.weight)
+                self.log.info("%s: endpoint %s -> %s weight %s", region, want.name, want.enabled, want.weight)
+        for line in warnings:
+            self.log.warning("%s", line)
+        summary = {
+            r: {"serving": serving[r], "enabled": desired[r].enabled, "weight": desired[r].weight}
+            for r in self.fleet.region_names
+        }
+        if failures:
+            causes = "; ".join(f.line() for f in failures)
+            rolled = (ti.xcom_pull(task_ids=names.ROLLBACK_ALL) or {}).get("rolled_back") or {}
+            if rolled:
+                causes += "; rollback-all: " + ", ".join(
+                    f"{r} to revision {o['rolled_back_to']}" if o.get("rolled_back_to") else f"{r} ({o['note']})"
+                    for r, o in rolled.items()
+                )
+            raise AirflowFailException(f"release of {self.fleet.app.name} {digest} failed — {causes}")
+        return {"regions": summary, "warnings": warnings}
+
+
+class RecordReleaseOperator(FanoutOperator):
+    """Emit the release Asset event the consistency DAG reads."""
+
+    def run(self, context: Context) -> dict[str, Any]:
+        built = self.release(context)
+        balance = context["ti"].xcom_pull(task_ids=names.REBALANCE) or {}
+        extra = {
+            "app": self.fleet.app.name,
+            **built.to_xcom(),
+            "chart_version": self.fleet.app.chart.version,
+            "fleet_sha256": self.snapshot(context).sha256,
+            "run_id": context["run_id"],
+            "regions": context["params"].get("regions") or self.fleet.region_names,
+            "outcome": balance.get("regions", {}),
+        }
+        context["outlet_events"][release_asset(self.fleet.app.name)].extra = extra
+        self.log.info("recorded release %s of %s", built.digest, self.fleet.app.name)
+        return extra

@@ -1,0 +1,257 @@
+"""The steps of one region: wait for its replica, then in its group drain, deploy, gate,
+restore — or roll back when a step failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Context
+from airflow.sdk.exceptions import AirflowSkipException
+
+from fanout import names
+from fanout.adapters.helm import HelmError
+from fanout.adapters.metrics import MetricError
+from fanout.airflow.base import FanoutOperator
+from fanout.airflow.triggers import HttpGateTrigger, ReplicationTrigger, RolloutTrigger
+from fanout.airflow.waits import WaitingOperator
+from fanout.policy import PolicyError, chart_values, check_drain, rollout_status, traffic_after_failure
+from fanout.records import DeployOutcome, DrainOutcome, RollbackOutcome, StepFailure
+
+
+class _RegionStep(FanoutOperator):
+    def endpoint_name(self) -> str:
+        return self.fleet.region(self.region).endpoint.name
+
+    def trigger_kwargs(self, context: Context) -> dict[str, Any]:
+        """What every FleetTrigger of this region needs: the run's snapshot and the region."""
+        return {
+            "fleet": self.snapshot(context).to_xcom(),
+            "hook_options": self.hook.trigger_options(),
+            "region": self.region,
+        }
+
+
+class _RegionWait(_RegionStep, WaitingOperator):
+    pass
+
+
+class WaitForReplicationOperator(_RegionWait):
+    """Wait, deferred, until this region's registry replica serves the release digest."""
+
+    step = names.WAIT_REPLICATION
+
+    def run(self, context: Context) -> Any:
+        digest = self.release(context).digest
+        where = self.hook.registry_endpoint(str(self.region))
+        self.log.info("waiting for %s's replica (%s) to serve %s", self.region, where, digest)
+        trigger = ReplicationTrigger(
+            **self.trigger_kwargs(context),
+            digest=digest,
+            timeout_seconds=self.fleet.registry.replication_timeout_seconds,
+            poll_seconds=1.0,
+        )
+        return self.wait(context, trigger, "execute_complete")
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        if event["status"] != "ok":
+            self.fail(
+                context,
+                f"the registry replica still lacks {self.release(context).digest} after {event['waited']:.0f} s "
+                f"(registry.replication_timeout_seconds): {event['detail']}",
+            )
+        self.log.info("%s has the digest after %.1f s", self.region, event["waited"])
+        return {"waited": event["waited"]}
+
+
+class DrainRegionOperator(_RegionStep):
+    """Disable the region's Traffic Manager endpoint, if the drain rules allow it."""
+
+    step = names.DRAIN
+
+    def run(self, context: Context) -> dict[str, Any]:
+        tm = self.hook.traffic_manager()
+        endpoints = tm.endpoints()
+        try:
+            check_drain(self.fleet, endpoints, self.region)
+        except PolicyError as err:
+            self.fail(context, f"refused: {err}")
+        current = endpoints[self.endpoint_name()]
+        if current.enabled:
+            tm.set_endpoint(current.name, enabled=False)
+            self.log.info("drained %s (endpoint %s disabled)", self.region, current.name)
+        else:
+            self.log.info("%s is already drained", self.region)
+        return DrainOutcome(was_enabled=current.enabled).to_xcom()
+
+
+class HelmDeployOperator(_RegionStep):
+    """`helm upgrade --install` the chart in the region with the image pinned by digest."""
+
+    step = names.HELM_DEPLOY
+
+    def run(self, context: Context) -> dict[str, Any]:
+        release, app = self.release(context), self.fleet.app
+        helm = self.hook.helm(self.region)
+        history = helm.history(app.name, app.namespace)
+        deployed = [h for h in history if h.status in ("deployed", "superseded")]
+        current = history[-1] if history else None
+        if current and current.status.startswith("pending-") and deployed:
+            # A killed helm leaves the release locked; the last good revision is the way out.
+            self.log.warning("%s: release stuck in %s; rolling back to %s", self.region, current.status, deployed[-1])
+            helm.rollback(app.name, app.namespace, deployed[-1].revision, wait=False)
+        elif current and current.status == "deployed" and self._live(release.digest):
+            self.log.info("%s already runs %s (revision %s): no upgrade", self.region, release.digest, current.revision)
+            return DeployOutcome(False, current.revision, current.revision).to_xcom()
+        previous = next((h.revision for h in reversed(history) if h.status == "deployed"), None)
+        git_sha = context["params"]["git_sha"]
+        values = chart_values(self.fleet, self.region, release.digest, context["run_id"], git_sha)
+        try:
+            done = helm.upgrade_install(
+                app.name, self.fleet.chart_ref, app.namespace, values, version=app.chart.version,
+                description=f"fanout run {context['run_id']} git {git_sha[:12]}",
+            )  # fmt: skip
+        except HelmError as err:
+            context["ti"].xcom_push(key="return_value", value=DeployOutcome(True, previous).to_xcom())
+            self.fail(context, str(err))
+        self.log.info("%s: helm revision %s (%s), previous %s", self.region, done.revision, done.status, previous)
+        return DeployOutcome(True, previous, done.revision).to_xcom()
+
+    def _live(self, digest: str) -> bool:
+        deployment = self.hook.cluster(self.region).deployment(self.fleet.app.namespace, self.fleet.app.name)
+        return rollout_status(deployment, digest).done
+
+
+class _GateOperator(_RegionWait):
+    ui_color = "#e6f5e6"
+
+    def finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        if event["status"] != "ok":
+            self.fail(context, f"{event['detail']} (gave up after {event['waited']:.0f} s)")
+        self.log.info("%s passed after %.1f s: %s", self.step, event["waited"], event["detail"])
+        return event
+
+
+class RolloutGateOperator(_GateOperator):
+    """Wait, deferred, until the Deployment has rolled out the digest on every replica."""
+
+    step = names.GATE_ROLLOUT
+
+    def run(self, context: Context) -> Any:
+        trigger = RolloutTrigger(
+            **self.trigger_kwargs(context),
+            digest=self.release(context).digest,
+            timeout_seconds=self.fleet.gates.rollout_timeout_seconds,
+            poll_seconds=1.0,
+        )
+        return self.wait(context, trigger, "finish")
+
+
+class HttpGateOperator(_GateOperator):
+    """Wait, deferred, until the region's edge answers healthy on the digest N times in a row."""
+
+    step = names.GATE_HTTP
+
+    def run(self, context: Context) -> Any:
+        gate = self.fleet.gates.http
+        trigger = HttpGateTrigger(
+            **self.trigger_kwargs(context),
+            digest=self.release(context).digest if gate.expect_release_digest else None,
+            needed=gate.consecutive_successes,
+            timeout_seconds=gate.timeout_seconds,
+            poll_seconds=gate.interval_seconds,
+        )
+        return self.wait(context, trigger, "finish")
+
+
+class SoakGateOperator(_GateOperator):
+    """Let the region run the release for the soak time, then check it is still healthy."""
+
+    step = names.GATE_SOAK
+
+    def run(self, context: Context) -> Any:
+        return self.pause(self.fleet.gates.soak_seconds, "after", context)
+
+    def after(self, context: Context, event: Any = None) -> dict[str, Any]:
+        probe = self.hook.edge(self.region).probe()
+        if not probe.healthy or probe.digest != self.release(context).digest:
+            self.fail(context, f"after {self.fleet.gates.soak_seconds} s of soak: {probe.detail}")
+        return {"soaked_seconds": self.fleet.gates.soak_seconds}
+
+
+class MetricGateOperator(_GateOperator):
+    """A Prometheus-style instant query stays at or under its threshold."""
+
+    step = names.GATE_METRIC
+
+    def run(self, context: Context) -> dict[str, Any]:
+        gate = self.fleet.gates.metric
+        assert gate is not None, "the DAG has this task only when the fleet has a metric gate"
+        try:
+            value = self.hook.metrics().max_value(gate.query)
+        except MetricError as err:
+            self.fail(context, str(err))
+        if value is None:
+            self.fail(context, f"metric query returned no samples: {gate.query}")
+        if value > gate.max_value:
+            self.fail(context, f"{gate.query} = {value:g}, above {gate.max_value:g}")
+        return {"value": value}
+
+
+class RestoreRegionOperator(_RegionStep):
+    """Enable the region's endpoint at its configured weight."""
+
+    step = names.RESTORE
+
+    def run(self, context: Context) -> dict[str, Any]:
+        weight = self.fleet.region(self.region).endpoint.weight
+        state = self.hook.traffic_manager().set_endpoint(self.endpoint_name(), enabled=True, weight=weight)
+        self.log.info("restored %s: enabled at weight %s", self.region, state.weight)
+        return {"enabled": state.enabled, "weight": state.weight}
+
+
+class RollbackRegionOperator(_RegionStep):
+    """After a failed deploy or gate: helm rollback, then put traffic back if the region is healthy."""
+
+    step = names.ROLLBACK
+    ui_color = "#fbe8e8"
+
+    def run(self, context: Context) -> dict[str, Any]:
+        ti, app, region = context["ti"], self.fleet.app, str(self.region)
+        steps = [names.region_task(region, step) for step in names.FAILING_STEPS]
+        states = self.task_states(context, steps)
+        if not any(state == "failed" for state in states.values()):
+            # one_failed also fires when the whole group is upstream_failed: an earlier wave
+            # or this region's replication failed and nothing here ran or changed.
+            raise AirflowSkipException(f"{region}: no step of this region failed; nothing to roll back")
+        failure = next(
+            (f for task in steps if (f := StepFailure.from_xcom(ti.xcom_pull(task_ids=task, key=names.FAILURE_KEY)))),
+            StepFailure(region, "unknown", "a step failed without saying why; see its log"),
+        )
+        deployed = DeployOutcome.from_xcom(ti.xcom_pull(task_ids=names.region_task(region, names.HELM_DEPLOY)))
+        drained = DrainOutcome.from_xcom(ti.xcom_pull(task_ids=names.region_task(region, names.DRAIN)))
+        rolled_back_to = None
+        if deployed and deployed.changed and deployed.previous_revision:
+            self.log.info("%s: rolling back to helm revision %s", region, deployed.previous_revision)
+            done = self.hook.helm(region).rollback(app.name, app.namespace, deployed.previous_revision, wait=True)
+            rolled_back_to = deployed.previous_revision
+            self.log.info("%s: now at revision %s (%s)", region, done.revision, done.status)
+        elif deployed and deployed.changed:
+            self.log.warning("%s: first install failed; nothing to roll back to, the region stays drained", region)
+        probe = self.hook.edge(region).probe()
+        known_good = bool(rolled_back_to) or (deployed is not None and not deployed.changed)
+        traffic = "drained"
+        was_enabled = drained is not None and drained.was_enabled
+        if traffic_after_failure(was_enabled=was_enabled, healthy=probe.healthy, runs_known_good=known_good):
+            weight = self.fleet.region(region).endpoint.weight
+            self.hook.traffic_manager().set_endpoint(self.endpoint_name(), enabled=True, weight=weight)
+            traffic = "enabled"
+        elif drained is None:
+            traffic = "unchanged (this run did not drain it)"
+        elif not drained.was_enabled:
+            traffic = "drained (it was drained before this run)"
+        outcome = RollbackOutcome(failure.region, failure.gate, failure.cause, rolled_back_to, traffic, probe.digest)
+        self.log.error(
+            "%s: %s failed: %s — rolled back to %s, traffic %s (%s)",
+            region, failure.gate, failure.cause, rolled_back_to, traffic, probe.detail,
+        )  # fmt: skip
+        return outcome.to_xcom()

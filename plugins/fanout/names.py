@@ -1,0 +1,100 @@
+"""Every name the DAGs are made of, in one place: DAG ids, task and group ids, XCom keys and the
+release Asset. The DAG builder, the operators, the consistency DAG, `fanout trigger` and the
+tests all ask here, so a task id is never spelt twice and no code parses one to learn a region.
+
+Plain strings only: this module imports nothing from Airflow.
+"""
+
+from __future__ import annotations
+
+# -- DAGs ------------------------------------------------------------------------------
+
+
+def release_dag(app: str) -> str:
+    return f"release_{app}"
+
+
+def consistency_dag(app: str) -> str:
+    return f"fleet_consistency_{app}"
+
+
+# -- the release Asset (its event is the record the consistency DAG reads) -------------
+
+
+def release_asset_name(app: str) -> str:
+    return f"fanout_release_{app}"
+
+
+def release_asset_uri(app: str) -> str:
+    return f"fanout://{app}/release"
+
+
+# -- release DAG tasks -----------------------------------------------------------------
+
+CHECK_SUPERSEDED = "check_superseded"
+VALIDATE = "validate"
+BUILD = "build"
+APPROVE_AFTER_CANARY = "approve_after_canary"
+REBALANCE = "rebalance"
+ROLLBACK_ALL = "rollback_all"
+RECORD = "record"
+
+# The steps of a region's group, in the order they run; `rollback` follows a failed one.
+DRAIN, HELM_DEPLOY, RESTORE, ROLLBACK = "drain", "helm_deploy", "restore", "rollback"
+GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRIC = "gate_rollout", "gate_http", "gate_soak", "gate_metric"
+GATES = (GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRIC)
+# Steps that can fail on their own account and record why (StepFailure), in order.
+FAILING_STEPS = (DRAIN, HELM_DEPLOY, *GATES)
+WAIT_REPLICATION = "wait_replication"
+
+
+def deploy_group(region: str) -> str:
+    return f"deploy_{region}"
+
+
+def region_task(region: str, step: str) -> str:
+    """A step of a region's group, e.g. `deploy_eastus.helm_deploy`."""
+    return f"{deploy_group(region)}.{step}"
+
+
+def wait_replication(region: str) -> str:
+    return f"{WAIT_REPLICATION}_{region}"
+
+
+def bake_after_wave(number: int) -> str:
+    return f"bake_after_wave_{number}"
+
+
+def region_task_ids(region: str) -> list[str]:
+    """Every task id of a region's group: what a one-region re-run clears."""
+    return [region_task(region, step) for step in (DRAIN, HELM_DEPLOY, *GATES, RESTORE, ROLLBACK)]
+
+
+def failing_tasks(regions: list[str]) -> dict[str, tuple[str, str]]:
+    """task id → (region, step) for every task of a release that can fail on a region's account."""
+    found = {wait_replication(r): (r, WAIT_REPLICATION) for r in regions}
+    for region in regions:
+        found.update({region_task(region, step): (region, step) for step in FAILING_STEPS})
+    return found
+
+
+# -- consistency DAG tasks ---------------------------------------------------------------
+
+READ_DESIRED = "read_desired"
+CLASSIFY = "classify"
+REPAIR = "repair"
+
+
+def observe(region: str) -> str:
+    return f"observe_{region}"
+
+
+def first_seen_variable(app: str) -> str:
+    """The Variable that carries first-seen times from one consistency check to the next."""
+    return f"fanout_consistency_{app}"
+
+
+# -- XCom keys (return values use Airflow's own `return_value`) --------------------------
+
+FAILURE_KEY = "failure"  # a StepFailure: why a step failed
+SUPERSEDED_KEY = "superseded"  # who superseded a run, and why
