@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-# The same value as fanout.airflow.operators.INLINE_SECONDS (a unit test keeps them equal);
+# The same value as fanout.airflow.waits.INLINE_SECONDS (a unit test keeps them equal);
 # importing it from there would import Airflow, which this module must not need.
 INLINE_SECONDS = 10.0
 

@@ -77,10 +77,9 @@ def run_task(op: FanoutOperator, ti: FakeTI, hook: Any, params: dict[str, Any] |
 
 
 class FakeTrafficManager:
-    def __init__(self, fleet: Fleet, disabled: tuple[str, ...] = ()):
+    def __init__(self, fleet: Fleet):
         self.state = {
-            r.endpoint.name: EndpointState(r.endpoint.name, r.endpoint.type, r.name not in disabled,
-                                           r.endpoint.weight, "Online")  # fmt: skip
+            r.endpoint.name: EndpointState(r.endpoint.name, r.endpoint.type, True, r.endpoint.weight, "Online")
             for r in fleet.regions
         }
         self.calls: list[tuple[str, bool, int | None]] = []

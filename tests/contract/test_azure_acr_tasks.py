@@ -264,14 +264,12 @@ def run_trigger(trigger) -> dict:
 
 def run_trigger_for(server, ca, **timing):
     from fanout.airflow.triggers import AcrRunTrigger
+    from tests.fakes import snapshot_of
 
     timing = {"timeout_seconds": 30, "poll_seconds": 0.05, **timing}
-    return run_trigger(
-        AcrRunTrigger(
-            run_id="ca1", conn_id="azure_fanout", subscription=SUB, resource_group=RG, registry=REG,
-            base_url=server.url, connection_verify=ca, **timing,
-        )
-    )  # fmt: skip
+    fleet = snapshot_of(Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml")
+    options = {"arm_url": server.url, "connection_verify": ca}
+    return run_trigger(AcrRunTrigger(fleet=fleet.to_xcom(), hook_options=options, run_id="ca1", **timing))
 
 
 def test_trigger_reports_the_digest_of_a_succeeded_run(server, ca, connection):
@@ -350,25 +348,28 @@ def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(server
     from airflow.sdk.exceptions import TaskDeferred
 
     from fanout.adapters.azure_credentials import AzureAccess
+    from fanout.airflow.fleet_steps import BuildImageOperator
     from fanout.airflow.hooks import FleetHook
-    from fanout.airflow.operators import BuildImageOperator
     from fanout.fleet import load_fleet
+    from tests.fakes import FakeTI, snapshot_of
 
     tasks = Tasks(server)
     fleet_file = Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml"
     op = BuildImageOperator(task_id="build", fleet_path=str(fleet_file))
-    op.__dict__["hook"] = FleetHook(
+    op._hook = FleetHook(
         load_fleet(str(fleet_file)), access=AzureAccess(FakeCredential()), arm_url=server.url, connection_verify=ca,
         azure_options={"retry_backoff_factor": 0.01},
     )  # fmt: skip
+    op._fleet = op._hook.fleet
     params = {"git_sha": "abc123", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
+    ti = FakeTI({("validate", "snapshot"): snapshot_of(fleet_file).to_xcom()})
     with pytest.raises(TaskDeferred) as deferred:
-        op.execute({"params": params})
+        op.execute({"params": params, "ti": ti})
     assert tasks.request is not None, "the run was scheduled before the task deferred"
     assert not server.calls("GET", f"{ARM}/runs/ca1"), "the worker does not poll the run"
     _, kwargs = deferred.value.trigger.serialize()
     text = json.dumps(kwargs)
-    assert kwargs["run_id"] == "ca1" and kwargs["conn_id"] == "azure_fanout" and kwargs["registry"] == REG
+    assert kwargs["run_id"] == "ca1" and kwargs["hook_options"]["arm_url"] == server.url
     assert "tok-" not in text and "token" not in text.lower() and "secret" not in text.lower()
     assert deferred.value.method_name == "acr_build_done"
     assert kwargs["timeout_seconds"] == 3600 + 300 and kwargs["not_before"] > kwargs["started_at"]
@@ -376,14 +377,16 @@ def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(server
     deferred.value.trigger.not_before, deferred.value.trigger.poll_seconds = None, 0.05
     event = run_trigger(deferred.value.trigger)
     result = op.acr_build_done({"params": params}, event, **deferred.value.kwargs)
-    assert result == {"digest": DIGEST, "repository": "storefront/web", "tag": "abc123"}
+    assert result == {
+        "digest": DIGEST, "repository": "storefront/web", "tag": "abc123", "git_sha": "abc123", "source_ref": "main",
+    }  # fmt: skip
     server.assert_clean()
 
 
 def test_build_operator_fails_a_failed_run_naming_the_log(server, ca):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from fanout.airflow.operators import BuildImageOperator
+    from fanout.airflow.fleet_steps import BuildImageOperator
 
     op = BuildImageOperator(task_id="build", fleet_path="unused.yaml")
     event = {"status": "failed", "detail": "ACR Tasks on registry 'contosoprod': run ca1 ended Failed\nlog: az acr …",

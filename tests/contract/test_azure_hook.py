@@ -18,6 +18,7 @@ from fanout.adapters.traffic import AzureTrafficManager
 from fanout.airflow.hooks import FleetHook
 from fanout.airflow.triggers import ReplicationTrigger, RolloutTrigger
 from fanout.fleet import parse_fleet
+from fanout.records import FleetSnapshot
 from tests.contract import test_azure_acr as acr
 from tests.contract import test_azure_aks as aks
 from tests.contract.azure_server import ARM_SCOPE, FakeCredential, Request, Response, arm_error
@@ -45,12 +46,11 @@ def hook_for(data: dict, server=None, ca=None, credential=None) -> FleetHook:
 
 def test_nothing_reaches_azure_or_the_connection_until_a_client_is_asked_for(monkeypatch):
     monkeypatch.setattr(
-        "fanout.airflow.hooks.access_from_connection", lambda conn_id: pytest.fail("read the connection")
+        "fanout.adapters.azure_credentials.access_from_connection", lambda conn_id: pytest.fail("read the connection")
     )
     hook = FleetHook(parse_fleet(example(), EXAMPLE))
-    assert hook.replication_trigger_kwargs("westeurope")["conn_id"] == "azure_fanout"
-    assert hook.rollout_trigger_kwargs("westeurope")["aks"]["cluster"] == "aks-storefront-weu"
-    assert hook.acr_run_trigger_kwargs("ca1")["base_url"] is None, "the triggerer takes ARM from the connection"
+    assert hook.registry_endpoint("westeurope") == "contosoprod.westeurope.geo.azurecr.io"
+    assert hook.trigger_options() == {}, "the triggerer takes ARM from the connection"
 
 
 def test_acr_fleet_gets_acr_clients():
@@ -70,22 +70,25 @@ def test_acr_without_arm_coordinates_is_refused_naming_the_field():
         hook_for(data).builder()
 
 
-def test_trigger_kwargs_are_plain_serializable_and_secret_free():
-    hook = hook_for(example())
+def snapshot(data: dict, folder: Path) -> dict:
+    path = folder / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return FleetSnapshot.of_file(path).to_xcom()
+
+
+def test_trigger_kwargs_are_plain_serializable_and_secret_free(tmp_path, monkeypatch):
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "tok-secret")  # what a worker may hold; it must not travel
+    fleet = snapshot(example(), tmp_path)
     digest = "sha256:" + "c" * 64
-    trigger = ReplicationTrigger(
-        **hook.replication_trigger_kwargs("westeurope"), repository="storefront/web", digest=digest, timeout_seconds=60
-    )
-    _, kwargs = trigger.serialize()
-    text = json.dumps(kwargs)
-    assert kwargs["registry_kind"] == "acr" and kwargs["acr"]["region"] == "westeurope"
-    assert "tok-" not in text and "token" not in text.lower()
-    assert ReplicationTrigger(**kwargs).serialize()[1] == kwargs
-    rollout = RolloutTrigger(
-        **hook.rollout_trigger_kwargs("westeurope"), namespace="storefront", name="storefront", digest=digest,
-        timeout_seconds=60,
-    )  # fmt: skip
-    assert json.loads(json.dumps(rollout.serialize()[1]))["aks"]["resource_group"] == "rg-storefront-weu"
+    for trigger in (
+        ReplicationTrigger(fleet=fleet, region="westeurope", digest=digest, timeout_seconds=60),
+        RolloutTrigger(fleet=fleet, region="westeurope", digest=digest, timeout_seconds=60),
+    ):
+        _, kwargs = trigger.serialize()
+        text = json.dumps(kwargs)
+        assert kwargs["region"] == "westeurope" and kwargs["fleet"] == fleet
+        assert "tok-" not in text and "token" not in text.lower()
+        assert type(trigger)(**json.loads(text)).serialize()[1] == kwargs
 
 
 def test_hook_traffic_manager_drains_through_arm(server, ca):
@@ -131,17 +134,17 @@ def test_hook_registry_and_kubeconfig_through_the_contract_server(server, ca):
     server.assert_clean()
 
 
-def test_replication_trigger_checks_acr_with_a_credential_from_the_connection(server, ca, monkeypatch):
+def test_replication_trigger_checks_acr_with_a_credential_from_the_connection(server, ca, monkeypatch, tmp_path):
     acr.serve_acr(server)
     credential = FakeCredential()
     monkeypatch.setattr(
         "fanout.adapters.azure_credentials.access_from_connection", lambda conn_id: AzureAccess(credential)
     )
-    # The trigger builds its clients with default TLS settings; trust the test CA the way requests does.
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ca)
+    data = example(registry={"endpoints": {"westeurope": server.host}, "repository": acr.REPO})
+    data["registry"].update(subscription=acr.SUB, resource_group=acr.RG)
     trigger = ReplicationTrigger(
-        endpoint=server.host, insecure=False, repository=acr.REPO, digest=acr.DIGEST, registry_kind="acr",
-        conn_id="azure_fanout", timeout_seconds=30, poll_seconds=0.1,
+        fleet=snapshot(data, tmp_path), hook_options={"arm_url": server.url, "connection_verify": ca},
+        region="westeurope", digest=acr.DIGEST, timeout_seconds=30, poll_seconds=0.1,
     )  # fmt: skip
 
     async def first_event():

@@ -147,3 +147,15 @@ def test_a_broken_fleet_file_is_an_import_error_naming_the_field(tmp_path, monke
     bag = DagBag(dag_folder=str(REPO / "dags"))
     (error,) = bag.import_errors.values()
     assert f"{broken}: regions[3].pair: 'westus9' is not a region of this fleet" in error
+
+
+def test_a_broken_fleet_file_costs_only_its_own_dags(tmp_path, monkeypatch):
+    data = yaml.safe_load(AZURE.read_text())
+    data["consistency"] = {"schedule": "every tuesday"}
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("FANOUT_FLEETS", f"{broken}:{LOCAL}")
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert set(bag.dags) == {"release_hello", "fleet_consistency_hello"}
+    (error,) = bag.import_errors.values()
+    assert str(broken) in error and "every tuesday" in error

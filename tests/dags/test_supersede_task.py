@@ -57,6 +57,7 @@ def run_check(monkeypatch, others, me_conf=None):
         "task": task,
         "params": {"git_sha": "1111111", "regions": None, "dry_run": False},
         "dag_run": SimpleNamespace(run_id="me", run_after=T0, conf={"git_sha": "1111111", **(me_conf or {})}),
+        "dag": dag,
     }
     try:
         return task.execute(context), ti, asked
@@ -101,3 +102,9 @@ def test_a_dry_run_is_never_superseded(monkeypatch):
     others = {"newer": ("queued", 1, {"git_sha": "2222222"})}
     result, ti, _ = run_check(monkeypatch, others, me_conf={"dry_run": True})
     assert not isinstance(result, DownstreamTasksSkipped) and ti.pushed == {}
+
+
+def test_a_newer_run_that_validate_will_refuse_supersedes_nothing(monkeypatch):
+    others = {"typo": ("queued", 1, {"git_sha": "2222222", "regoins": ["eastus"]})}
+    result, ti, _ = run_check(monkeypatch, others)
+    assert result == {"superseded_by": None, "queued_behind": ["typo"]} and ti.pushed == {}

@@ -7,20 +7,29 @@ import pytest
 import yaml
 from airflow.sdk.exceptions import AirflowFailException
 
-from fanout.airflow.operators import ValidateReleaseOperator
+from fanout.airflow.fleet_steps import ValidateReleaseOperator
+from fanout.fleet import load_fleet
+from fanout.planner import plan_waves
+from fanout.records import release_shape
+from tests.fakes import FakeTI
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"git_sha": "0123abc", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
 
 
-def run_validate(fleet_path, conf=None):
-    op = ValidateReleaseOperator(task_id="validate", fleet_path=str(fleet_path))
+def run_validate(fleet_path, conf=None, ti=None):
+    fleet = load_fleet(fleet_path)
+    graph = release_shape(fleet, plan_waves(fleet))
+    op = ValidateReleaseOperator(task_id="validate", fleet_path=str(fleet_path), graph=graph)
     conf = {"git_sha": "0123abc", **(conf or {})}
+    ti = ti or FakeTI()
+    ti.pushing = "validate"
     context = {
         "params": {**PARAMS, **conf},
         "dag": SimpleNamespace(params=PARAMS),
         "dag_run": SimpleNamespace(conf=conf),
         "run_id": "manual__test",
+        "ti": ti,
     }
     return op.execute(context)
 
@@ -35,9 +44,16 @@ def fleet_with(tmp_path, **values):
     return path
 
 
-def test_a_good_run_gets_its_plan(tmp_path):
-    out = run_validate(fleet_with(tmp_path), {"regions": ["eastus", "westus"]})
+def test_a_good_run_gets_its_plan_and_records_the_fleet_it_decided_from(tmp_path):
+    ti = FakeTI()
+    path = fleet_with(tmp_path)
+    out = run_validate(path, {"regions": ["eastus", "westus"]}, ti)
     assert out == {"waves": [["westus"], ["eastus"]], "dry_run": False}
+    snapshot = ti.xcoms[("validate", "snapshot")]
+    assert snapshot["text"] == path.read_text() and snapshot["waves"] == [
+        ["westus", "westeurope"],
+        ["eastus", "northeurope"],
+    ]
 
 
 def test_chart_values_that_do_not_render_are_refused(tmp_path):
@@ -52,13 +68,14 @@ def test_unknown_conf_keys_are_refused(tmp_path):
 
 
 def test_bake_waits_only_after_waves_this_run_touched(tmp_path, monkeypatch):
-    from fanout.airflow.operators import BakeOperator
+    from fanout.airflow.fleet_steps import BakeOperator
 
     data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
     data["rollout"]["bake_seconds"] = 3
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data))
     bake = BakeOperator(task_id="bake_after_wave_1", fleet_path=str(path), wave_regions=["westus"])
+    bake._fleet = load_fleet(path)
     paused = []
     monkeypatch.setattr(BakeOperator, "pause", lambda self, seconds, *_: paused.append(seconds))
     bake.execute({"params": {**PARAMS, "regions": ["westeurope"]}})

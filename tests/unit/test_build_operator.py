@@ -12,10 +12,11 @@ from airflow.sdk.exceptions import TaskDeferred
 
 from fanout.adapters.acr_tasks import AcrTasksBuilder
 from fanout.adapters.azure_credentials import AzureAccess
+from fanout.airflow.fleet_steps import BuildImageOperator
 from fanout.airflow.hooks import FleetHook
-from fanout.airflow.operators import BuildImageOperator
 from fanout.airflow.triggers import AcrRunTrigger
 from fanout.fleet import load_fleet
+from tests.fakes import FakeTI, snapshot_of
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"git_sha": "0123456789abcdef", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
@@ -32,8 +33,14 @@ class NoCalls:
 def operator(fleet: str, hook: FleetHook | None = None) -> BuildImageOperator:
     path = str(REPO / "include" / "fleets" / fleet)
     op = BuildImageOperator(task_id="build", fleet_path=path)
-    op.__dict__["hook"] = hook or FleetHook(load_fleet(path), access=AzureAccess(NoCalls()))  # type: ignore[arg-type]
+    op._hook = hook or FleetHook(load_fleet(path), access=AzureAccess(NoCalls()))  # type: ignore[arg-type]
+    op._fleet = op._hook.fleet
     return op
+
+
+def run_context(fleet: str) -> dict[str, Any]:
+    ti = FakeTI({("validate", "snapshot"): snapshot_of(REPO / "include" / "fleets" / fleet).to_xcom()})
+    return {"params": PARAMS, "ti": ti}
 
 
 def test_acr_build_defers_with_plain_secret_free_kwargs(monkeypatch):
@@ -46,17 +53,15 @@ def test_acr_build_defers_with_plain_secret_free_kwargs(monkeypatch):
     monkeypatch.setattr(AcrTasksBuilder, "start", start)
     monkeypatch.setenv("AZURE_CLIENT_SECRET", SECRET)  # what a real worker may hold; it must not travel
     with pytest.raises(TaskDeferred) as deferred:
-        operator("azure-example.yaml").execute({"params": PARAMS})
+        operator("azure-example.yaml").execute(run_context("azure-example.yaml"))
     assert started == [(REPO / "include" / "app", "contosoprod.azurecr.io/storefront/web:0123456789ab")]
     trigger = deferred.value.trigger
     assert isinstance(trigger, AcrRunTrigger) and deferred.value.method_name == "acr_build_done"
     path, kwargs = trigger.serialize()
     text = json.dumps(kwargs)  # raises if anything is not plain data
     assert path == "fanout.airflow.triggers.AcrRunTrigger"
-    assert {k: kwargs[k] for k in ("run_id", "conn_id", "subscription", "resource_group", "registry")} == {
-        "run_id": "ca7", "conn_id": "azure_fanout", "subscription": "6f1c1d6e-0c3a-4d8e-9a57-2f5e8d1c0a01",
-        "resource_group": "rg-storefront-global", "registry": "contosoprod",
-    }  # fmt: skip
+    assert kwargs["run_id"] == "ca7" and kwargs["hook_options"] == {}
+    assert kwargs["fleet"]["path"].endswith("azure-example.yaml"), "the trigger reads the run's snapshot"
     assert SECRET not in text and "token" not in text.lower() and "secret" not in text.lower()
     assert AcrRunTrigger(**json.loads(text)).serialize()[1] == kwargs, "the triggerer rebuilds the same trigger"
     assert json.loads(json.dumps(deferred.value.kwargs)) == {
@@ -67,8 +72,11 @@ def test_acr_build_defers_with_plain_secret_free_kwargs(monkeypatch):
 def test_acr_build_resumes_into_the_xcom_of_a_local_build():
     digest = "sha256:" + "d" * 64
     event = {"status": "ok", "digest": digest, "run_id": "ca7", "waited": 95.0, "detail": "pushed …"}
-    out = operator("azure-example.yaml").acr_build_done({}, event, destination="x", tag="0123456789ab")
-    assert out == {"digest": digest, "repository": "storefront/web", "tag": "0123456789ab"}
+    out = operator("azure-example.yaml").acr_build_done({"params": PARAMS}, event, destination="x", tag="0123456789ab")
+    assert out == {
+        "digest": digest, "repository": "storefront/web", "tag": "0123456789ab",
+        "git_sha": PARAMS["git_sha"], "source_ref": "main",
+    }  # fmt: skip
 
 
 def test_an_ok_event_without_a_digest_still_fails():
@@ -94,6 +102,6 @@ def test_local_build_still_blocks_in_the_worker(monkeypatch):
     hook = FleetHook(load_fleet(str(REPO / "include" / "fleets" / "local.yaml")))
     monkeypatch.setattr(hook, "builder", lambda: builder)
     monkeypatch.setattr(hook, "registry", lambda region: Home())
-    out = operator("local.yaml", hook).execute({"params": PARAMS})
+    out = operator("local.yaml", hook).execute(run_context("local.yaml"))
     assert out["digest"] == digest and out["tag"] == "0123456789ab"
     assert builder.args[1].endswith(":0123456789ab")

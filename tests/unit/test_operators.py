@@ -127,7 +127,9 @@ def test_soak_fails_a_region_that_stopped_serving_the_release():
     hook, ti = FakeHook(FLEET, serving={"eastus": OLD}), released(FakeTI())
     op = region_op(rs.SoakGateOperator)
     op._hook, op._fleet, ti.pushing = hook, FLEET, op.task_id
-    with pytest.raises(AirflowFailException, match="gate_soak failed: after 2 s of soak: healthy=True digest=sha256:0000"):
+    with pytest.raises(
+        AirflowFailException, match="gate_soak failed: after 2 s of soak: healthy=True digest=sha256:0000"
+    ):
         op.after({"ti": ti})
 
 

@@ -12,10 +12,11 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from fanout.adapters import azure_credentials
 from fanout.adapters.acr import AcrReplica, AcrReplicas
 from fanout.adapters.acr_tasks import AcrTasksBuilder
 from fanout.adapters.aks import AksCluster, KubeconfigDir
-from fanout.adapters.azure_credentials import AzureAccess, access_from_connection
+from fanout.adapters.azure_credentials import AzureAccess
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.cluster import Cluster
 from fanout.adapters.edge import Edge
@@ -56,7 +57,8 @@ class FleetHook(BaseHook):
     @cached_property
     def azure(self) -> AzureAccess:
         """The fleet's Azure credential, read once from its Airflow connection."""
-        return self._access or access_from_connection(self.fleet.azure.conn_id)
+        # Looked up on the module, not imported by name, so tests can stand in for the connection.
+        return self._access or azure_credentials.access_from_connection(self.fleet.azure.conn_id)
 
     def _arm(self, base_url: str | None = None) -> dict[str, Any]:
         url = base_url or self._arm_url
