@@ -57,7 +57,7 @@ def test_acr_fleet_gets_acr_clients():
     hook = hook_for(example())
     replica = hook.registry("westeurope")
     assert isinstance(replica, AcrReplica) and replica.endpoint == "contosoprod.westeurope.geo.azurecr.io"
-    assert isinstance(hook.builder(), AcrTasksBuilder)
+    assert isinstance(hook.acr_tasks(), AcrTasksBuilder)
     assert isinstance(hook.traffic_manager(), AzureTrafficManager)
     fallback = hook_for(example(registry={"replica_check": "replica-status"}))
     assert fallback.registry("westeurope").endpoint == "contosoprod.azurecr.io"
@@ -67,7 +67,7 @@ def test_acr_without_arm_coordinates_is_refused_naming_the_field():
     data = example()
     del data["registry"]["resource_group"]
     with pytest.raises(ValueError, match=r"registry.resource_group: required to reach ACR 'contosoprod'"):
-        hook_for(data).builder()
+        hook_for(data).acr_tasks()
 
 
 def snapshot(data: dict, folder: Path) -> dict:

@@ -242,4 +242,6 @@ def test_runs_queued_at_the_same_instant_are_ordered_by_run_id():
 def test_run_request_from_conf():
     req = RunRequest.from_conf("r", T0, {"git_sha": "abc1234", "regions": ["eastus"], "dry_run": True})
     assert req == RunRequest("r", T0, "abc1234", ("eastus",), True)
-    assert RunRequest.from_conf("r", T0, None) == RunRequest("r", T0, None, None, False)
+    assert RunRequest.from_conf("r", T0, None) == RunRequest("r", T0, None, None, False, ("no git_sha",))
+    typo = RunRequest.from_conf("r", T0, {"git_sha": "abc1234", "regoins": ["x"]}, declared=["git_sha", "regions"])
+    assert typo.problems == ("unknown conf key 'regoins'",)

@@ -180,6 +180,8 @@ def build_all() -> tuple[dict[str, DAG], list[str]]:
         try:
             fleet = load_fleet(path)
             built = [build_release_dag(fleet, str(path)), build_consistency_dag(fleet, str(path))]
+            for dag in built:
+                dag.validate()  # what Airflow checks before it keeps a DAG (the schedule, say), per fleet
         except (FleetError, PlanError) as err:
             errors.append(f"{path}: {err}" if isinstance(err, PlanError) else str(err))
             continue
