@@ -91,6 +91,7 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
         schedule=None,
         catchup=False,
         max_active_runs=1,
+        auto_register=False,  # only what build_all returns is a DAG: not a half-built fleet's
         params=release_params(fleet),
         tags=["fanout", app],
         doc_md=f"```\n{plan.explain()}\n```",
@@ -160,6 +161,7 @@ def build_consistency_dag(fleet: Fleet, path: str) -> DAG:
         schedule=fleet.consistency.schedule,
         catchup=False,
         max_active_runs=1,
+        auto_register=False,
         tags=["fanout", app, "consistency"],
     ) as dag:
         kw = {"fleet_path": path}
