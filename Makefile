@@ -41,12 +41,14 @@ binaries: venv
 demo: venv system-packages binaries
 	@$(PY) -m localfleet.demo --fleet $(FLEET)
 
-## Every test: unit, DAG integrity, and integration on the real local fleet.
+## Every test, fastest tier first, stopping at the first failure: unit and contract (fakes, milliseconds),
+## DAG integrity, the local fleet's parts, integration on the real local fleet, end-to-end on a real Airflow.
+TEST_TIERS := tests/unit tests/contract tests/dags tests/localfleet tests/integration tests/e2e
 test: venv system-packages binaries
-	@$(PY) -m pytest
+	@$(PY) -m pytest -x $(TEST_TIERS)
 
 test-unit: venv
-	@$(PY) -m pytest tests/unit tests/dags
+	@$(PY) -m pytest -x tests/unit tests/contract tests/dags
 
 lint: venv
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

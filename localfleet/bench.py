@@ -9,7 +9,6 @@ disturbs a fleet you are running, and measures: the binaries check, fleet up, a 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -18,9 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from fanout import names
 from localfleet import cli, kube, procs
 from localfleet.binaries import ensure_binaries
-from localfleet.testing import airflow_env, write_test_fleet
+from localfleet.testing import dags_test, write_test_fleet
 
 T = TypeVar("T")
 
@@ -78,14 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'healthy regions':<28} {healthy:7d} of {len(rows)}")
             if args.release:
                 home = folder / "airflow"
-                env = airflow_env(home, fleet.source_path)
-                subprocess.run(
-                    [sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True
-                )
                 sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-                argv = [sys.executable, "-m", "airflow", "dags", "test", f"release_{fleet.app.name}"]
-                argv += ["--conf", json.dumps({"git_sha": sha})]
-                done = _timed("release, 4 regions", lambda: subprocess.run(argv, env=env, capture_output=True), results)
+                dag_id, conf = names.release_dag(fleet.app.name), {"git_sha": sha}
+                assert fleet.source_path is not None
+                done = _timed("release, 4 regions", lambda: dags_test(home, fleet.source_path, dag_id, conf), results)
                 print(f"  {'release exit code':<28} {done.returncode:7d}")
         finally:
             _timed("fleet down", lambda: cli.down(fleet, state, quiet), results)

@@ -18,12 +18,13 @@ import time
 import urllib.request
 from pathlib import Path
 
+from fanout import names
 from fanout.adapters.helm import Helm, helm_binary
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
 from fanout.fleet import Fleet, FleetError, load_fleet
 from localfleet import cli
 from localfleet.cli import print_table
-from localfleet.testing import airflow_env
+from localfleet.testing import airflow_env, migrate
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
@@ -44,8 +45,17 @@ def run_release(fleet: Fleet, conf: dict, home: Path, started: float) -> str:
     env = airflow_env(home, fleet.source_path)
     if not (home / "airflow.db").exists():
         print("setting up Airflow's database (first run only)…", flush=True)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    argv = [sys.executable, "-m", "airflow", "dags", "test", f"release_{fleet.app.name}", "--conf", json.dumps(conf)]
+    migrate(env)
+    argv = [
+        sys.executable,
+        "-m",
+        "airflow",
+        "dags",
+        "test",
+        names.release_dag(fleet.app.name),
+        "--conf",
+        json.dumps(conf),
+    ]
     log = home / "logs" / "demo-last-run.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     state = "unknown"

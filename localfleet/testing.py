@@ -4,9 +4,14 @@ private state directory, so tests never collide with a fleet a developer is runn
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -70,3 +75,38 @@ def airflow_env(airflow_home: Path, fleet_path: Path) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "FANOUT_FLEETS": str(fleet_path),
     }
+
+
+def dags_test(
+    airflow_home: Path, fleet_path: Path, dag_id: str, conf: dict[str, Any], timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """One DAG run under `airflow dags test` seeing only `fleet_path`'s DAGs; output (stdout and
+    stderr together) in `.stdout`. The database is migrated first when it is new."""
+    env = airflow_env(airflow_home, fleet_path)
+    migrate(env)
+    argv = [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)]
+    return subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def migrate(env: dict[str, str]) -> None:
+    """`airflow db migrate` for AIRFLOW_HOME in `env`, once per home (a no-op costs seconds too)."""
+    marker = Path(env["AIRFLOW_HOME"]) / ".fanout-migrated"
+    if not marker.exists():
+        subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+        marker.touch()
+
+
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], timeout: float = 60.0, interval: float = 0.25, what: str = "") -> T:
+    """Call `check` until it returns something true, and return that; fail after `timeout` seconds
+    naming `what` (or the check's docstring) and the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {what or check.__doc__ or check} (last: {value!r})")
+        time.sleep(interval)

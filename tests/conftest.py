@@ -1,9 +1,6 @@
 """Test-wide settings. Airflow reads its configuration at import, so set it first."""
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,25 +43,20 @@ class LocalFleet:
 @pytest.fixture(scope="session")
 def airflow_home(tmp_path_factory, local_fleet):
     """A private AIRFLOW_HOME with a migrated SQLite database, seeing the test fleet's DAGs."""
-    from localfleet.testing import airflow_env
+    from localfleet.testing import airflow_env, migrate
 
     home = tmp_path_factory.mktemp("airflow")
-    env = airflow_env(home, local_fleet.path)
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    migrate(airflow_env(home, local_fleet.path))
     return home
 
 
 @pytest.fixture
 def run_dag(airflow_home, local_fleet):
     """run_dag(dag_id, conf) -> CompletedProcess of `airflow dags test` (stdout+stderr in .stdout)."""
-    from localfleet.testing import airflow_env
+    from localfleet.testing import dags_test
 
     def run(dag_id: str, conf: dict, fleet_path: Path | None = None, timeout: float = 600):
-        env = airflow_env(airflow_home, fleet_path or local_fleet.path)
-        argv = [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)]
-        return subprocess.run(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
-        )
+        return dags_test(airflow_home, fleet_path or local_fleet.path, dag_id, conf, timeout)
 
     return run
 

@@ -65,11 +65,6 @@ def bake_after_wave(number: int) -> str:
     return f"bake_after_wave_{number}"
 
 
-def region_task_ids(region: str) -> list[str]:
-    """Every task id of a region's group: what a one-region re-run clears."""
-    return [region_task(region, step) for step in (DRAIN, HELM_DEPLOY, *GATES, RESTORE, ROLLBACK)]
-
-
 def failing_tasks(regions: list[str]) -> dict[str, tuple[str, str]]:
     """task id → (region, step) for every task of a release that can fail on a region's account."""
     found = {wait_replication(r): (r, WAIT_REPLICATION) for r in regions}

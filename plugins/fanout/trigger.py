@@ -29,6 +29,8 @@ from urllib.parse import quote
 
 import httpx
 
+from fanout import names
+
 ENV_URL = "FANOUT_AIRFLOW_URL"
 ENV_TOKEN = "FANOUT_AIRFLOW_TOKEN"
 ENV_USERNAME = "FANOUT_AIRFLOW_USERNAME"
@@ -41,7 +43,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
 IMAGE = re.compile(r"^(sha256:[0-9a-f]{64}|[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 
-SUPERSEDE_TASK = "check_superseded"
+SUPERSEDE_TASK = names.CHECK_SUPERSEDED
 AUTH_HINT = f"set {ENV_TOKEN}, or {ENV_USERNAME} and {ENV_PASSWORD}"
 
 Log = Callable[[str], None]
@@ -383,7 +385,7 @@ class Follower:
             for ti in outcome.task_instances:
                 if ti.get("state") == "failed":
                     self.log(f"  failed: {ti['task_id']}")
-                    failure = self.api.xcom(self.dag_id, run_id, ti["task_id"], "failure")
+                    failure = self.api.xcom(self.dag_id, run_id, ti["task_id"], names.FAILURE_KEY)
                     if failure is not None:
                         self.log(f"    {format_failure(failure)}")
             return EXIT_FAILED
@@ -409,7 +411,7 @@ class Follower:
             if not supersede_checked and seen.get((SUPERSEDE_TASK, -1)) in ("success", "skipped"):
                 # The check ends successful either way; only its `superseded` XCom tells (once).
                 supersede_checked = True
-                info = self.api.xcom(self.dag_id, run_id, SUPERSEDE_TASK, "superseded")
+                info = self.api.xcom(self.dag_id, run_id, SUPERSEDE_TASK, names.SUPERSEDED_KEY)
                 if isinstance(info, Mapping):
                     return Outcome("superseded", run_state, tis, dict(info))
             if run_state in ("success", "failed"):
@@ -493,7 +495,7 @@ def _run(
     sleep: Callable[[float], None],
     now: Callable[[], datetime],
 ) -> int:
-    dag_id = args.dag or f"release_{args.app}"
+    dag_id = args.dag or names.release_dag(args.app)
     url = args.airflow_url or env.get(ENV_URL) or DEFAULT_URL
     if not url.startswith(("http://", "https://")):
         raise usage_error(f"--airflow-url: {safe_url(url)!r} is not an http(s) URL")

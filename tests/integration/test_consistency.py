@@ -20,7 +20,7 @@ from kubernetes import client, config
 from fanout.adapters.helm import Helm, helm_binary
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
 from localfleet import kube
-from localfleet.testing import airflow_env
+from localfleet.testing import airflow_env, dags_test
 
 pytestmark = pytest.mark.localfleet
 REPO = Path(__file__).resolve().parents[2]
@@ -44,9 +44,7 @@ class Fleet:
 
     # -- Airflow ------------------------------------------------------------------
     def dags_test(self, dag_id: str, conf: dict, repair: bool = False) -> subprocess.CompletedProcess[str]:
-        env = airflow_env(self.home, self.repair_path if repair else self.path)
-        argv = [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)]
-        return subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        return dags_test(self.home, self.repair_path if repair else self.path, dag_id, conf)
 
     def check(self, repair: bool = False) -> tuple[dict, dict]:
         """One consistency run; its classify report and its repair outcome (XCom)."""

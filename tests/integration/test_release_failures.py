@@ -27,6 +27,8 @@ from release_checks import (
     variant_fleet,
 )
 
+from localfleet.testing import wait_until
+
 pytestmark = pytest.mark.localfleet
 
 FAILING, SAME_WAVE, EARLIER, LATER = "eastus", "northeurope", "westus", "westeurope"
@@ -80,9 +82,7 @@ def assert_common(fleet, run, before, after, watch):
 def heal(local_fleet, faults):
     """Undo the fault and give eastus its traffic back, as an operator would once it is healthy."""
     faults(edge_unhealthy=None)
-    deadline = time.monotonic() + 30
-    while not healthy(local_fleet.fleet, FAILING) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: healthy(local_fleet.fleet, FAILING), timeout=30, what=f"{FAILING} healthy again")
     set_traffic(local_fleet.fleet, FAILING, enabled=True)
     assert all(e.enabled for e in traffic(local_fleet.fleet).values())
 

@@ -10,17 +10,9 @@ from kubernetes import client, config
 
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManagerError
 from localfleet import cli, faults, kube
+from localfleet.testing import wait_until
 
 pytestmark = pytest.mark.localfleet
-
-
-def until(check, timeout=60.0, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not true within {timeout} s: {check.__doc__ or check}")
 
 
 def apps(lf, region):
@@ -83,14 +75,14 @@ def test_rollout_unhealthy_keeps_new_pods_unready_until_cleared(local_fleet):
     api = apps(local_fleet, "northeurope")
     api.create_namespaced_deployment("default", deployment("knob"))
     try:
-        until(lambda: rolled_out(api, "knob"))
+        wait_until(lambda: rolled_out(api, "knob"))
         cli.apply_fault(fleet, state, "rollout-unhealthy", "northeurope", None, clear=False)
         api.patch_namespaced_deployment("knob", "default", deployment("knob", image="r/app@sha256:" + "b" * 64))
         time.sleep(8)
         assert not rolled_out(api, "knob"), "a new pod became Ready while the fault was on"
         assert api.read_namespaced_deployment("knob", "default").status.available_replicas == 1  # old pod serves
         cli.apply_fault(fleet, state, "rollout-unhealthy", "northeurope", None, clear=True)
-        until(lambda: rolled_out(api, "knob"), timeout=30)
+        wait_until(lambda: rolled_out(api, "knob"), timeout=30)
     finally:
         api.delete_namespaced_deployment("knob", "default")
 
@@ -107,7 +99,7 @@ def test_edge_unhealthy_fails_healthz_and_traffic_manager_sees_it(local_fleet):
         with tm_client(fleet) as tm:
             return tm.endpoints()["westus"].monitor_status == "Degraded"
 
-    until(degraded, timeout=30)
+    wait_until(degraded, timeout=30)
     cli.apply_fault(fleet, state, "edge-unhealthy", "westus", None, clear=True)
     # Cleared, the edge answers for the cluster again: 200 if another test released the
     # app on this shared fleet, else 503 for a real reason — never the injected one.

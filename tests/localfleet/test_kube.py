@@ -7,7 +7,6 @@ The tests share one plane and run in file order; the last one tears it down.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from kubernetes import client, config
 
 from localfleet import kube
 from localfleet.kube import Region
+from localfleet.testing import wait_until
 
 pytestmark = pytest.mark.localfleet
 
@@ -59,14 +59,11 @@ def _deployment(name: str, replicas: int) -> client.V1Deployment:
 
 
 def _wait_available(apps: client.AppsV1Api, name: str, replicas: int, timeout: float = 90) -> client.V1Deployment:
-    deadline = time.monotonic() + timeout
-    while True:
+    def available() -> client.V1Deployment | None:
         dep = apps.read_namespaced_deployment(name, "default")
-        if (dep.status.available_replicas or 0) == replicas:
-            return dep
-        if time.monotonic() > deadline:
-            pytest.fail(f"deployment {name} not available after {timeout}s: {dep.status}")
-        time.sleep(0.5)
+        return dep if (dep.status.available_replicas or 0) == replicas else None
+
+    return wait_until(available, timeout, 0.5, f"deployment {name} has {replicas} available replicas")
 
 
 def _port_bound(port: int) -> bool:

@@ -15,6 +15,7 @@ from fanout.fleet import Fleet
 from localfleet import procs, registry, replicator
 from localfleet.faults import read_faults, update_faults
 from localfleet.replicator import Replicator, read_state
+from localfleet.testing import wait_until
 
 pytestmark = pytest.mark.localfleet
 
@@ -98,10 +99,10 @@ def test_copies_arrive_after_each_regions_lag(fleet: Fleet, push_image: Callable
     assert slow is not None
     assert time.monotonic() - pushed >= LAGS["northeurope"]
     # The replicator records a copy just after skopeo returns, so the file may trail the registry.
-    deadline = time.monotonic() + 2
-    while "northeurope" not in (regions := read_state(state_dir(fleet))["digests"][digest]["regions"]):
-        assert time.monotonic() < deadline, "replication.json never recorded the copy"
-        time.sleep(0.05)
+    regions = wait_until(
+        lambda: (rs := read_state(state_dir(fleet))["digests"][digest]["regions"]) and "northeurope" in rs and rs,
+        timeout=2, interval=0.05, what="replication.json records the copy",
+    )  # fmt: skip
     assert LAGS["northeurope"] <= regions["northeurope"]["waited"] < LAGS["northeurope"] + 1.5
     assert registry.tag_digests(fleet.registry.endpoint("northeurope"), REPO)["lag"] == digest
 

@@ -11,7 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,20 +24,12 @@ from azure.mgmt.trafficmanager.models import Endpoint, EndpointProperties
 
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManagerError
 from fanout.fleet import Fleet, parse_fleet
+from localfleet.testing import wait_until
 from localfleet.trafficmanager import clear_errors, inject_errors, serve
 
 REPO = Path(__file__).resolve().parents[2]
 SUB, RG, PROFILE = "00000000-0000-0000-0000-000000000000", "fanout-local", "hello"
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class FakeEdge:
@@ -165,7 +157,7 @@ def test_put_creates_then_replaces(standin: StandIn) -> None:
     )
     assert enabled.properties.target == "edge2.example.com"
     # Not loopback, so never probed from here: it can only be Degraded.
-    wait_for(lambda: standin.adapter().endpoints()["spare"].monitor_status == "Degraded", what="spare Degraded")
+    wait_until(lambda: standin.adapter().endpoints()["spare"].monitor_status == "Degraded", what="spare Degraded")
     assert client.endpoints.delete(RG, PROFILE, "ExternalEndpoints", "spare", **HTTP) is not None
     assert "spare" not in standin.adapter().endpoints()
 
@@ -238,18 +230,18 @@ def test_monitor_status_follows_the_edge(standin: StandIn, edges: list[FakeEdge]
     def status(name: str) -> str | None:
         return tm.endpoints()[name].monitor_status
 
-    wait_for(lambda: status("eastus") == "Online", what="eastus Online")
+    wait_until(lambda: status("eastus") == "Online", what="eastus Online")
     assert tm.profile_status().monitor_status == "Online"
     edges[0].status = 503
-    wait_for(lambda: status("eastus") == "Degraded", what="eastus Degraded")
+    wait_until(lambda: status("eastus") == "Degraded", what="eastus Degraded")
     tm.set_endpoint("eastus", enabled=False)
     assert status("eastus") == "Disabled"
     for edge in edges:
         edge.status = 500
-    wait_for(lambda: tm.profile_status().monitor_status == "Degraded", what="profile Degraded")
+    wait_until(lambda: tm.profile_status().monitor_status == "Degraded", what="profile Degraded")
     edges[0].status = 200
     tm.set_endpoint("eastus", enabled=True)
-    wait_for(lambda: status("eastus") == "Online", what="eastus Online again")
+    wait_until(lambda: status("eastus") == "Online", what="eastus Online again")
 
 
 def test_checking_endpoint_until_the_first_probe(fleet: Fleet, edges: list[FakeEdge], tmp_path: Path) -> None:
@@ -260,7 +252,7 @@ def test_checking_endpoint_until_the_first_probe(fleet: Fleet, edges: list[FakeE
         tm = s.adapter()
         assert {e.monitor_status for e in tm.endpoints().values()} == {"CheckingEndpoint"}
         assert tm.profile_status().monitor_status == "CheckingEndpoints"
-        wait_for(lambda: tm.profile_status().monitor_status == "Online", what="profile Online")
+        wait_until(lambda: tm.profile_status().monitor_status == "Online", what="profile Online")
     finally:
         s.stop()
 
