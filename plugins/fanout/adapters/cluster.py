@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-
 from fanout.policy import app_container
+
+# The kubernetes client takes seconds to import; it is imported when a cluster is first asked.
 
 
 class ClusterError(RuntimeError):
@@ -21,17 +20,23 @@ class Cluster:
     context: str
     request_timeout: float = 10.0
 
-    def _api(self) -> client.ApiClient:
+    def _api(self) -> Any:
+        from kubernetes import config
+
         try:
             return config.new_client_from_config(config_file=self.kubeconfig, context=self.context)
         except Exception as err:  # the kubernetes client raises bare ConfigException and IOError alike
             raise ClusterError(f"cannot load kubeconfig context {self.context!r}: {err}") from None
 
-    def _apps(self) -> client.AppsV1Api:
+    def _apps(self) -> Any:
+        from kubernetes import client
+
         return client.AppsV1Api(self._api())
 
     def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Deployment as the API returns it (camelCase keys), or None if absent."""
+        from kubernetes.client.exceptions import ApiException
+
         apps = self._apps()
         try:
             obj = apps.read_namespaced_deployment(name, namespace, _request_timeout=self.request_timeout)
@@ -49,6 +54,9 @@ class Cluster:
 
     def pod_images(self, namespace: str, labels: dict[str, str]) -> list[str]:
         """The app container's image of every live pod matching `labels` (pods being deleted excluded)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
         api = self._api()
         try:
             pods = client.CoreV1Api(api).list_namespaced_pod(

@@ -17,7 +17,6 @@ from fanout import names
 from fanout.adapters.cluster import ClusterError
 from fanout.adapters.helm import HelmError
 from fanout.adapters.registry import RegistryError
-from fanout.adapters.traffic import TrafficManagerError
 from fanout.airflow.base import SNAPSHOT_KEY, FanoutOperator, release_asset
 from fanout.drift import classify_fleet, first_seen, redact, repair_plan, table
 from fanout.policy import DIGEST, deployment_facts, digest_of
@@ -148,6 +147,8 @@ class ObserveRegionOperator(_ConsistencyStep):
 
 
 def _message(err: Exception) -> str:
+    from fanout.adapters.traffic import TrafficManagerError
+
     # Adapter errors carry a readable message; anything else is named by its type too.
     known = (ClusterError, HelmError, RegistryError, TrafficManagerError)
     return str(err) if isinstance(err, known) else f"{type(err).__name__}: {err}"

@@ -8,24 +8,28 @@ authenticates with the credential of the fleet's Airflow connection (`azure.conn
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from fanout.adapters import azure_credentials
-from fanout.adapters.acr import AcrReplica, AcrReplicas
-from fanout.adapters.acr_tasks import AcrTasksBuilder
-from fanout.adapters.aks import AksCluster, KubeconfigDir
-from fanout.adapters.azure_credentials import AzureAccess
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.cluster import Cluster
 from fanout.adapters.edge import Edge
 from fanout.adapters.helm import Helm, helm_binary
 from fanout.adapters.metrics import PrometheusQuery
 from fanout.adapters.registry import OciRegistry
-from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManager
 from fanout.cache import cache_dir
 from fanout.fleet import Fleet, Registry
+
+if TYPE_CHECKING:
+    from fanout.adapters.acr import AcrReplica, AcrReplicas
+    from fanout.adapters.acr_tasks import AcrTasksBuilder
+    from fanout.adapters.aks import AksCluster, KubeconfigDir
+    from fanout.adapters.azure_credentials import AzureAccess
+    from fanout.adapters.traffic import TrafficManager
+
+# The Azure SDKs are imported where a client is built, not at module level: every task process
+# parses the DAG file, which imports this module, and most tasks never build an Azure client.
 
 
 class FleetHook(BaseHook):
@@ -57,6 +61,8 @@ class FleetHook(BaseHook):
     @cached_property
     def azure(self) -> AzureAccess:
         """The fleet's Azure credential, read once from its Airflow connection."""
+        from fanout.adapters import azure_credentials
+
         # Looked up on the module, not imported by name, so tests can stand in for the connection.
         return self._access or azure_credentials.access_from_connection(self.fleet.azure.conn_id)
 
@@ -76,6 +82,8 @@ class FleetHook(BaseHook):
 
     # -- clients -------------------------------------------------------------------
     def traffic_manager(self) -> TrafficManager:
+        from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
+
         tm = self.fleet.traffic_manager
         types = {r.endpoint.name: r.endpoint.type for r in self.fleet.regions}
         if tm.kind == "local":
@@ -97,6 +105,8 @@ class FleetHook(BaseHook):
 
     @cached_property
     def _acr_replicas(self) -> AcrReplicas:
+        from fanout.adapters.acr import AcrReplicas
+
         reg = self._acr()
         return AcrReplicas(self.azure.credential, reg.subscription, reg.resource_group, reg.name, **self._arm())
 
@@ -111,6 +121,8 @@ class FleetHook(BaseHook):
         reg = self.fleet.registry
         if reg.kind == "oci":
             return OciRegistry(reg.endpoint(region), insecure=reg.insecure)
+        from fanout.adapters.acr import AcrReplica
+
         options = {k: v for k, v in self._azure_options.items() if k.startswith("retry_") or k == "timeout"}
         return AcrReplica(
             self.azure.credential,
@@ -134,6 +146,8 @@ class FleetHook(BaseHook):
         return options
 
     def aks(self, region: str) -> AksCluster:
+        from fanout.adapters.aks import AksCluster
+
         access = self.fleet.region(region).cluster.aks
         if access is None:
             raise ValueError(f"{region}: cluster access is not 'aks'")
@@ -147,6 +161,8 @@ class FleetHook(BaseHook):
         if access.kubeconfig is not None:
             return str(self.fleet.resolve(access.kubeconfig.path)), access.kubeconfig.context
         if self._kubeconfigs is None:
+            from fanout.adapters.aks import KubeconfigDir
+
             self._kubeconfigs = KubeconfigDir()
 
         def fetch() -> tuple[dict[str, Any], str]:
@@ -180,6 +196,8 @@ class FleetHook(BaseHook):
         return BuildahBuilder(cache_dir() / "buildah", insecure=self.fleet.registry.insecure)
 
     def acr_tasks(self) -> AcrTasksBuilder:
+        from fanout.adapters.acr_tasks import AcrTasksBuilder
+
         reg = self._acr()
         return AcrTasksBuilder(
             self.azure.credential,

@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from fanout.adapters.acr_tasks import AcrTasksBuilder, RunState, run_log_link
 from fanout.adapters.azure_credentials import AzureAdapterError, scrub
 from fanout.adapters.builder import BuildError
 from fanout.adapters.cluster import ClusterError
@@ -21,6 +20,9 @@ from fanout.airflow.hooks import FleetHook
 from fanout.fleet import Fleet
 from fanout.policy import rollout_status
 from fanout.records import FleetSnapshot
+
+if TYPE_CHECKING:
+    from fanout.adapters.acr_tasks import AcrTasksBuilder, RunState
 
 
 class PollingTrigger(BaseTrigger):
@@ -233,6 +235,8 @@ class AcrRunTrigger(FleetTrigger):
         return {"run_id": self.run_id}
 
     def _link(self) -> str:
+        from fanout.adapters.acr_tasks import run_log_link
+
         reg = self.fleet_model.registry
         return run_log_link(str(reg.subscription), str(reg.resource_group), str(reg.name), self.run_id)
 
