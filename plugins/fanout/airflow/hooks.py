@@ -8,7 +8,7 @@ authenticates with the credential of the fleet's Airflow connection (`azure.conn
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow.sdk import BaseHook
 
@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from fanout.adapters.aks import AksCluster, KubeconfigDir
     from fanout.adapters.azure_credentials import AzureAccess
     from fanout.adapters.traffic import TrafficManager
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
 
 # The Azure SDKs are imported where a client is built, not at module level: every task process
 # parses the DAG file, which imports this module, and most tasks never build an Azure client.
@@ -56,6 +61,7 @@ class FleetHook(BaseHook):
         self._verify = connection_verify
         self._azure_options = dict(azure_options or {})
         self._kubeconfigs: KubeconfigDir | None = None
+        self._opened: list[_Closable] = []
 
     # -- Azure plumbing ----------------------------------------------------------
     @cached_property
@@ -76,25 +82,39 @@ class FleetHook(BaseHook):
         return options
 
     def close(self) -> None:
+        """Close every client this hook built (their HTTP sessions) and remove kubeconfig files."""
+        for client in self._opened:
+            client.close()
+        self._opened.clear()
+        self.__dict__.pop("_acr_replicas", None)
+        self.__dict__.pop("_traffic_manager", None)
         if self._kubeconfigs is not None:
             self._kubeconfigs.close()
             self._kubeconfigs = None
 
+    def _keep(self, client: _Closable) -> Any:
+        self._opened.append(client)
+        return client
+
     # -- clients -------------------------------------------------------------------
     def traffic_manager(self) -> TrafficManager:
+        return self._traffic_manager
+
+    @cached_property
+    def _traffic_manager(self) -> TrafficManager:
         from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
 
         tm = self.fleet.traffic_manager
         types = {r.endpoint.name: r.endpoint.type for r in self.fleet.regions}
         if tm.kind == "local":
-            return AzureTrafficManager(
+            return self._keep(AzureTrafficManager(
                 StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
                 endpoint_types=types, base_url=tm.base_url,
-            )  # fmt: skip
+            ))  # fmt: skip
         options = self._arm(tm.base_url)
-        return AzureTrafficManager(
+        return self._keep(AzureTrafficManager(
             self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
-        )
+        ))  # fmt: skip
 
     def _acr(self) -> Registry:
         reg = self.fleet.registry
@@ -108,7 +128,9 @@ class FleetHook(BaseHook):
         from fanout.adapters.acr import AcrReplicas
 
         reg = self._acr()
-        return AcrReplicas(self.azure.credential, reg.subscription, reg.resource_group, reg.name, **self._arm())
+        replicas = AcrReplicas(self.azure.credential, str(reg.subscription), str(reg.resource_group), str(reg.name),
+                               **self._arm())  # fmt: skip
+        return self._keep(replicas)
 
     def registry_endpoint(self, region: str) -> str:
         """The host asked whether `region`'s replica serves a digest."""
@@ -124,7 +146,7 @@ class FleetHook(BaseHook):
         from fanout.adapters.acr import AcrReplica
 
         options = {k: v for k, v in self._azure_options.items() if k.startswith("retry_") or k == "timeout"}
-        return AcrReplica(
+        replica = AcrReplica(
             self.azure.credential,
             self.registry_endpoint(region),
             region=region,
@@ -133,6 +155,7 @@ class FleetHook(BaseHook):
             connection_verify=self._verify,
             **options,
         )
+        return self._keep(replica)
 
     def trigger_options(self) -> dict[str, Any]:
         """This hook's test overrides, for the same FleetHook in the triggerer (empty in production)."""

@@ -152,9 +152,7 @@ class ReplicationTrigger(FleetTrigger):
         return {"region": self.region, "digest": self.digest}
 
     def close(self) -> None:
-        if self._registry is not None and hasattr(self._registry, "close"):
-            self._registry.close()
-        self._registry = None
+        self._registry = None  # the hook closes it
         super().close()
 
     async def check(self) -> tuple[bool, str]:
