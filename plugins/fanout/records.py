@@ -79,6 +79,22 @@ class RollbackOutcome(_Record):
 
 
 @dataclass(frozen=True)
+class Observation(_Record):
+    """What one region really runs and serves, as the consistency check saw it (fanout.drift
+    judges these; its docstring shows each field's shape)."""
+
+    region: str
+    reachable: bool = True
+    error: str | None = None
+    deployment: dict[str, Any] | None = None
+    pods: list[str] | None = None
+    helm: dict[str, Any] | None = None
+    replica_has_digest: bool | None = None
+    endpoint: dict[str, Any] | None = None
+    traffic_error: str | None = None
+
+
+@dataclass(frozen=True)
 class FleetSnapshot(_Record):
     """The fleet file as `validate` read it, and the waves it planned. Every later task of the
     run decides from this, not from the file, so an edit during a run cannot mix old waves with

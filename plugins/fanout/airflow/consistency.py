@@ -20,7 +20,7 @@ from fanout.adapters.registry import RegistryError
 from fanout.airflow.base import SNAPSHOT_KEY, FanoutOperator, release_asset
 from fanout.drift import classify_fleet, first_seen, redact, repair_plan, table
 from fanout.policy import DIGEST, deployment_facts, digest_of
-from fanout.records import FleetSnapshot
+from fanout.records import FleetSnapshot, Observation
 
 RELEASES_LOOKED_BACK = 20  # older releases named in the report ("runs git 1a2b3c4")
 ACTIVE = ["queued", "running"]
@@ -84,10 +84,7 @@ class ObserveRegionOperator(_ConsistencyStep):
         read = context["ti"].xcom_pull(task_ids=names.READ_DESIRED) or {}
         digest = (read.get("desired") or {}).get("digest")
         app, region = self.fleet.app, self.region
-        out: dict[str, Any] = {
-            "region": region, "reachable": True, "error": None, "deployment": None, "pods": None, "helm": None,
-            "replica_has_digest": None, "endpoint": None, "traffic_error": None,
-        }  # fmt: skip
+        out = Observation(str(region)).to_xcom()
         try:
             deployment = self.hook.cluster(region).deployment(app.namespace, app.name)
             out["deployment"] = deployment_facts(deployment)
@@ -113,7 +110,7 @@ class ObserveRegionOperator(_ConsistencyStep):
         except Exception as err:  # Traffic Manager down: the traffic columns say unknown
             out["traffic_error"] = redact(_message(err))
         self.log.info("%s observed in %.1f s: %s", region, time.monotonic() - started, out)
-        return out
+        return Observation(**out).to_xcom()
 
     def _helm_facts(self) -> dict[str, Any] | None:
         app = self.fleet.app
