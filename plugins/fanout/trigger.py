@@ -29,6 +29,8 @@ from urllib.parse import quote
 
 import httpx
 
+from fanout.redact import scrub
+
 ENV_URL = "FANOUT_AIRFLOW_URL"
 ENV_TOKEN = "FANOUT_AIRFLOW_TOKEN"
 ENV_USERNAME = "FANOUT_AIRFLOW_USERNAME"
@@ -312,9 +314,7 @@ class AirflowApi:
         return TriggerError(self._scrub(message), EXIT_USAGE if _refused_conf(method, path, response) else EXIT_API)
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets)
 
     def _backoff(self, attempt: int) -> None:
         self._sleep(min(0.5 * 2**attempt, 8.0))

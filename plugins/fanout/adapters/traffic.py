@@ -9,7 +9,6 @@ an Airflow hook builds this from a connection.
 from __future__ import annotations
 
 import ipaddress
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from azure.mgmt.trafficmanager import TrafficManagerManagementClient
 
 # One EndpointState for the whole package: the pure release policy decides over what this adapter reads.
 from fanout.policy import EndpointState
+from fanout.redact import scrub
 
 __all__ = [
     "AzureTrafficManager",
@@ -119,18 +119,6 @@ def check_base_url(base_url: str | None) -> bool:
     return True
 
 
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s,\"']+")
-_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
-
-
-def _scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    # A service or proxy may echo request headers into an error; never pass a token on to logs.
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _JWT.sub("***", _BEARER.sub(r"\1***", text))
-
-
 def _str(value: Any) -> str | None:
     # The SDK returns its str-enums for known values and plain str for others; callers want the wire value.
     if value is None:
@@ -219,7 +207,7 @@ class AzureTrafficManager:
         except AzureError as err:
             cause, status, code = f"{type(err).__name__}: {err.message}", None, None
         where = f"Traffic Manager profile '{self.profile}'" + (f" endpoint '{endpoint}'" if endpoint else "")
-        message = _scrub(f"{where}: {what} failed: {cause}", self._known_tokens())
+        message = scrub(f"{where}: {what} failed: {cause}", self._known_tokens())
         # Raised outside the except block on purpose: the SDK error holds the request, Authorization
         # header included, and must not travel along as __context__ into tracebacks and logs.
         raise TrafficManagerError(message, profile=self.profile, endpoint=endpoint, status_code=status, code=code)
