@@ -28,7 +28,7 @@ _PATTERN_NAMES = {
     SUBSCRIPTION: "an Azure subscription id (a GUID)",
     RESOURCE_GROUP: "an Azure resource group name (letters, digits, '-', '_', '.', '(', ')'; not ending in '.')",
     AKS_NAME: "an AKS cluster name (letters, digits, '-', '_'; starting and ending with a letter or digit)",
-    TM_PROFILE: "a Traffic Manager profile name (letters, digits, '-', '.'; starting and ending with one of the first two)",
+    TM_PROFILE: "a Traffic Manager profile name (letters, digits, '-', '.'; starting and ending with a letter/digit)",
     TM_ENDPOINT: "a Traffic Manager endpoint name (letters, digits, '-', '_', '.'; starting with a letter or digit)",
 }
 DAY = 86_400

@@ -12,6 +12,7 @@ import shutil
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
@@ -25,6 +26,7 @@ from fanout.adapters.helm import Helm
 from fanout.adapters.registry import OciRegistry
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManager
 from fanout.fleet import Fleet, Registry
+from fanout.fleet_checks import acr_host_problem
 
 
 def cache_dir() -> Path:
@@ -74,8 +76,8 @@ class FleetHook(BaseHook):
         """The fleet's Azure credential, read once from its Airflow connection."""
         return self._access or access_from_connection(self.fleet.azure.conn_id)
 
-    def _arm(self, base_url: str | None = None) -> dict[str, Any]:
-        url = base_url or self._arm_url
+    def _arm(self) -> dict[str, Any]:
+        url = self._arm_url
         if url is None and self.azure.cloud != "AzurePublicCloud":
             url = self.azure.arm_url
         options: dict[str, Any] = {**self._azure_options, "base_url": url}
@@ -97,7 +99,8 @@ class FleetHook(BaseHook):
                 StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
                 endpoint_types=types, base_url=tm.base_url,
             )  # fmt: skip
-        options = self._arm(tm.base_url)
+        # Never tm.base_url: an Azure token goes to the ARM endpoint of the connection's cloud only.
+        options = self._arm()
         return AzureTrafficManager(
             self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
         )
@@ -125,10 +128,16 @@ class FleetHook(BaseHook):
         reg = self.fleet.registry
         if reg.kind == "oci":
             return OciRegistry(reg.endpoint(region), insecure=reg.insecure)
+        endpoint = self.registry_endpoint(region)
+        # The fleet file was checked against every cloud; the token is this connection's cloud's. The
+        # contract tests' server (arm_url, a test override) is the one other host allowed.
+        test_host = urlsplit(self._arm_url).netloc if self._arm_url else None
+        if endpoint != test_host and (why := acr_host_problem(endpoint, reg.name or "", (self.azure.cloud,))):
+            raise ValueError(f"registry.endpoints[{region!r}]: {why}")
         options = {k: v for k, v in self._azure_options.items() if k.startswith("retry_") or k == "timeout"}
         return AcrReplica(
             self.azure.credential,
-            self.registry_endpoint(region),
+            endpoint,
             region=region,
             replicas=self._acr_replicas,
             audience=self.azure.acr_audience,
