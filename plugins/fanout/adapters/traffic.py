@@ -8,7 +8,6 @@ an Airflow hook builds this from a connection.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.mgmt.trafficmanager import TrafficManagerManagementClient
 
 # One EndpointState for the whole package: the pure release policy decides over what this adapter reads.
+from fanout.fleet_checks import is_loopback
 from fanout.policy import EndpointState
 from fanout.redact import scrub
 
@@ -106,12 +106,7 @@ def check_base_url(base_url: str | None) -> bool:
         return False
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"base_url {base_url!r}: expected an https:// URL (or http:// on a loopback host)")
-    host = parts.hostname
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    if not is_loopback(parts.hostname):
         raise ValueError(
             f"base_url {base_url!r}: plain http sends the bearer token in clear text; it is allowed only for "
             "loopback hosts (127.0.0.1, ::1, localhost) — use https"
