@@ -7,11 +7,12 @@ authenticates with the credential of the fleet's Airflow connection (`azure.conn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
@@ -27,6 +28,8 @@ from fanout.adapters.registry import OciRegistry
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManager
 from fanout.fleet import Fleet, Registry
 from fanout.fleet_checks import acr_host_problem
+
+C = TypeVar("C")
 
 
 def cache_dir() -> Path:
@@ -69,6 +72,11 @@ class FleetHook(BaseHook):
         self._verify = connection_verify
         self._azure_options = dict(azure_options or {})
         self._kubeconfigs: KubeconfigDir | None = None
+        self._clients: list[Any] = []  # SDK clients built here, closed by close()
+
+    def _own(self, client: C) -> C:
+        self._clients.append(client)
+        return client
 
     # -- Azure plumbing ----------------------------------------------------------
     @cached_property
@@ -86,6 +94,12 @@ class FleetHook(BaseHook):
         return options
 
     def close(self) -> None:
+        """Close every client built here and remove the AKS kubeconfigs (they hold tokens)."""
+        clients, self._clients = self._clients, []
+        self.__dict__.pop("_acr_replicas", None)
+        for client in clients:
+            with contextlib.suppress(Exception):  # closing one must not leave the others open
+                client.close()
         if self._kubeconfigs is not None:
             self._kubeconfigs.close()
             self._kubeconfigs = None
@@ -95,14 +109,16 @@ class FleetHook(BaseHook):
         tm = self.fleet.traffic_manager
         types = {r.endpoint.name: r.endpoint.type for r in self.fleet.regions}
         if tm.kind == "local":
-            return AzureTrafficManager(
+            return self._own(AzureTrafficManager(
                 StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
                 endpoint_types=types, base_url=tm.base_url,
-            )  # fmt: skip
+            ))  # fmt: skip
         # Never tm.base_url: an Azure token goes to the ARM endpoint of the connection's cloud only.
         options = self._arm()
-        return AzureTrafficManager(
-            self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
+        return self._own(
+            AzureTrafficManager(
+                self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
+            )
         )
 
     def _acr(self) -> Registry:
@@ -115,7 +131,9 @@ class FleetHook(BaseHook):
     @cached_property
     def _acr_replicas(self) -> AcrReplicas:
         reg = self._acr()
-        return AcrReplicas(self.azure.credential, reg.subscription, reg.resource_group, reg.name, **self._arm())
+        return self._own(
+            AcrReplicas(self.azure.credential, reg.subscription, reg.resource_group, reg.name, **self._arm())
+        )
 
     def registry_endpoint(self, region: str) -> str:
         """The host asked whether `region`'s replica serves a digest."""
@@ -135,14 +153,16 @@ class FleetHook(BaseHook):
         if endpoint != test_host and (why := acr_host_problem(endpoint, reg.name or "", (self.azure.cloud,))):
             raise ValueError(f"registry.endpoints[{region!r}]: {why}")
         options = {k: v for k, v in self._azure_options.items() if k.startswith("retry_") or k == "timeout"}
-        return AcrReplica(
-            self.azure.credential,
-            endpoint,
-            region=region,
-            replicas=self._acr_replicas,
-            audience=self.azure.acr_audience,
-            connection_verify=self._verify,
-            **options,
+        return self._own(
+            AcrReplica(
+                self.azure.credential,
+                endpoint,
+                region=region,
+                replicas=self._acr_replicas,
+                audience=self.azure.acr_audience,
+                connection_verify=self._verify,
+                **options,
+            )
         )
 
     def replication_trigger_kwargs(self, region: str) -> dict[str, Any]:
@@ -234,11 +254,13 @@ class FleetHook(BaseHook):
         if reg.kind == "oci":
             return BuildahBuilder(cache_dir() / "buildah", insecure=reg.insecure)
         self._acr()
-        return AcrTasksBuilder(
-            self.azure.credential,
-            reg.subscription,
-            reg.resource_group,
-            reg.name,
-            progress=lambda line: self.log.info("ACR Tasks: %s", line),
-            **self._arm(),
+        return self._own(
+            AcrTasksBuilder(
+                self.azure.credential,
+                reg.subscription,
+                reg.resource_group,
+                reg.name,
+                progress=lambda line: self.log.info("ACR Tasks: %s", line),
+                **self._arm(),
+            )
         )

@@ -93,7 +93,23 @@ class FanoutOperator(BaseOperator):
             raise AirflowSkipException(f"{self.region} is not in this run's regions {params.get('regions')}")
         if params.get("dry_run") and not self.runs_on_dry_run:
             raise AirflowSkipException("dry run: nothing is changed")
-        return self.run(context)
+        try:
+            return self.run(context)
+        finally:
+            self.close_hook()
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        finally:
+            self.close_hook()
+
+    def close_hook(self) -> None:
+        """Close the hook's clients and remove its AKS kubeconfigs (short-lived tokens on disk) when the
+        task ends or defers, instead of whenever the worker collects it."""
+        hook = self.__dict__.pop("hook", None)
+        if hook is not None:
+            hook.close()
 
     def run(self, context: Context) -> Any:
         raise NotImplementedError(f"{type(self).__name__} ({self.task_id}) has no implementation yet")
