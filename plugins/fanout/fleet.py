@@ -55,7 +55,7 @@ class _Strict(BaseModel):
 
 
 class Chart(_Strict):
-    path: str | None = None
+    path: str | None = Field(None, min_length=1, max_length=4096)
     oci: Annotated[str, AfterValidator(checks.oci_ref)] | None = None
     version: str = Field(min_length=1, max_length=128)
 

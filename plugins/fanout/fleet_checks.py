@@ -105,23 +105,18 @@ def acr_host_problem(endpoint: str, registry: str, clouds: tuple[str, ...] = tup
     receive an Azure token, so no other host may stand in for them."""
     parts = urlsplit(f"//{endpoint}")
     host, name = (parts.hostname or "").rstrip("."), registry.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
     suffixes = [ACR_SUFFIXES[c] for c in clouds]
-    for suffix in suffixes:
-        if host == f"{name}{suffix}":
-            break
-        middle = host.removeprefix(f"{name}.").removesuffix(f".geo{suffix}")
-        if host.startswith(f"{name}.") and host.endswith(f".geo{suffix}") and middle.isalnum():
-            break
-    else:
+
+    def regional(suffix: str) -> bool:
+        region = host.removeprefix(f"{name}.").removesuffix(f".geo{suffix}")
+        return host == f"{name}.{region}.geo{suffix}" and region.isalnum()
+
+    if not any(host == f"{name}{suffix}" or regional(suffix) for suffix in suffixes):
         return (
             f"{endpoint!r} is not a host of ACR registry '{registry}' "
             f"({name}{suffixes[0]} or {name}.<region>.geo{suffixes[0]}): an Azure token is sent there"
         )
-    if port not in (None, 443):
+    if parts.netloc not in (host, f"{host}:443"):
         return f"{endpoint!r}: ACR serves https on port 443 only"
     return None
 
@@ -147,7 +142,7 @@ def project_roots(fleet_file: Path) -> list[Path]:
     roots += [p for p in (folder, *folder.parents) if (p / ".git").exists()][:1]
     if os.environ.get(PROJECT_ENV):
         roots.append(Path(os.environ[PROJECT_ENV]).resolve())
-    return roots
+    return list(dict.fromkeys(roots))
 
 
 def outside_project(path: Path, roots: list[Path]) -> bool:
