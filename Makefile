@@ -13,6 +13,8 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
+# Where a fleet file's source and chart paths may point (besides the fleet file's folder and git work tree).
+export FANOUT_PROJECT_DIR ?= $(CURDIR)
 
 .PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow \
 	airflow-up airflow-status airflow-env airflow-down

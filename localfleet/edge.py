@@ -35,7 +35,7 @@ from localfleet.faults import read_faults
 
 log = logging.getLogger("localfleet.edge")
 CACHE_SECONDS = 1.0
-_DIGEST = re.compile(r"@(sha256:[0-9a-f]{64})$")
+_DIGEST = re.compile(r"@(sha256:[0-9a-f]{64})\Z")
 
 
 class ClusterUnreachable(RuntimeError):

@@ -76,7 +76,7 @@ NEVER_READY = "pods-never-ready"
 # kube-apiserver drains in-flight requests on SIGTERM; give it that long before SIGKILL.
 _STOP_TIMEOUT = 15.0
 
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?\Z")
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,12 @@ INLINE_SECONDS = 10.0
 
 Sample = tuple[float, dict[str, str | None]]  # (time.monotonic(), {task_id: state})
 
-_WAIT = re.compile(r"^(wait_replication_[\w-]+|deploy_[\w-]+\.(gate_rollout|gate_http|gate_soak)|bake_after_wave_\d+)$")
+_WAIT = re.compile(r"(wait_replication_[\w-]+|deploy_[\w-]+\.(gate_rollout|gate_http|gate_soak)|bake_after_wave_\d+)")
 
 
 def is_wait(task_id: str) -> bool:
     """A task of the release DAG that only waits (and defers when the wait lasts)."""
-    return bool(_WAIT.match(task_id))
+    return bool(_WAIT.fullmatch(task_id))
 
 
 class TaskInstances(Protocol):

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from fanout.fleet import Fleet, load_fleet
+from fanout.fleet_checks import PROJECT_ENV
 from localfleet import cli, procs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,9 @@ def write_test_fleet(
     """include/fleets/local.yaml on free ports, its kubeconfig `folder/kubeconfig` unless given.
 
     `lags` overrides replication lags by region; `top` replaces top-level keys
-    (e.g. gates=…, failure_policy=…)."""
+    (e.g. gates=…, failure_policy=…). The file names this repository's app and chart by absolute
+    path, so this repository is the project its paths may point into (FANOUT_PROJECT_DIR)."""
+    os.environ.setdefault(PROJECT_ENV, str(REPO))
     data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
     data["app"]["source"] = str(REPO / "include/app")
     data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
@@ -74,6 +77,7 @@ def airflow_env(airflow_home: Path, fleet_path: Path) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "FANOUT_FLEETS": str(fleet_path),
+        PROJECT_ENV: os.environ.get(PROJECT_ENV, str(REPO)),
     }
 
 

@@ -8,7 +8,6 @@ State is plain JSON-able dicts so that it can be written to disk as is after eve
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fanout.fleet import Fleet
+from fanout.fleet_checks import is_loopback
 
 STATE_FILE = "trafficmanager.json"
 PROVIDER = "Microsoft.Network"
@@ -32,15 +32,6 @@ WRITABLE = {
     "minChildEndpoints", "minChildEndpointsIPv4", "minChildEndpointsIPv6", "geoMapping", "subnets",
     "customHeaders", "alwaysServe",
 }  # fmt: skip
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class ArmError(Exception):
@@ -313,7 +304,7 @@ class Store:
         url = ep.get("probe_url") or f"http://{ep['properties'].get('target')}{self.state['profile']['path']}"
         # The local fleet lives on loopback; anything else is unreachable here (and a DNS lookup
         # for it could stall the monitor), so such an endpoint is simply Degraded.
-        return url if _is_loopback(urlsplit(url).hostname) else None
+        return url if is_loopback(urlsplit(url).hostname) else None
 
     def probe_once(self) -> None:
         """Probe every enabled endpoint once and record the result."""

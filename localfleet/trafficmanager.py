@@ -38,6 +38,7 @@ from localfleet import faults
 from localfleet.tm_store import ENDPOINT_KINDS, ArmError, Store, seed_state
 
 API_VERSIONS = ("2022-04-01", "2026-09-01")
+MAX_BODY = 1024 * 1024  # an endpoint PATCH is a few hundred bytes
 _PREFIX = ("subscriptions", None, "resourcegroups", None, "providers", "microsoft.network", "trafficmanagerprofiles")
 
 
@@ -123,9 +124,25 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._handle("DELETE")
 
+    def _body(self) -> bytes | None:
+        """The request body, or None after answering 400/413: a Content-Length that is not a number
+        from 0 to MAX_BODY would block the handler (negative) or exhaust memory (huge)."""
+        text = (self.headers.get("Content-Length") or "0").strip()
+        length = int(text) if text.isdigit() else -1
+        if 0 <= length <= MAX_BODY:
+            return self.rfile.read(length)
+        self.close_connection = True  # the unread body must not be taken for the next request
+        if length < 0:
+            self._error(ArmError(400, "InvalidRequestContent", f"Content-Length {text[:20]!r} is not a length."))
+        else:
+            self._error(ArmError(413, "RequestEntityTooLarge", f"The request body is larger than {MAX_BODY} bytes."))
+        return None
+
     def _handle(self, method: str) -> None:
         url = urlsplit(self.path)
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self._body()
+        if raw is None:
+            return
         if url.path == "/_fanout/state" and method == "GET":
             pending = dict(faults.read_faults(self.server.state_dir).get("tm_errors") or {})
             return self._send(200, {"profile": self.server.store.profile_json(), "tm_errors": pending})

@@ -14,6 +14,8 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO / "plugins"))
 os.environ.setdefault("FANOUT_FLEETS", str(REPO / "include" / "fleets" / "local.yaml"))
+# Test fleets live in tmp folders and name this repository's app and chart by absolute path.
+os.environ.setdefault("FANOUT_PROJECT_DIR", str(REPO))
 
 from fanout.fleet import Fleet  # noqa: E402  (after the Airflow settings above)
 

@@ -48,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         fleet = load_fleet(args.fleet)
+        plan = plan_waves(fleet, None if args.command == "validate" else args.regions)
         if args.command == "validate":
-            print(f"{args.fleet}: ok — app {fleet.app.name}, {len(fleet.regions)} regions")
+            # The release DAG is built from the full plan: a fleet without one would not even parse.
+            print(f"{args.fleet}: ok — app {fleet.app.name}, {len(fleet.regions)} regions, {len(plan.waves)} waves")
             return 0
-        print(plan_waves(fleet, args.regions).explain())
+        print(plan.explain())
         return 0
     except FleetError as err:
         for line in err.problems:

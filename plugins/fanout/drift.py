@@ -18,10 +18,11 @@ An observation (what ObserveRegionOperator returns) looks like::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+from fanout.redact import scrub
 
 # Worst first: a region's state is the first class that applies. Each later class is only
 # judged when the earlier ones do not hold, because their facts cannot be trusted then
@@ -32,15 +33,10 @@ UNREACHABLE, STUCK, STALE, DRIFTED, TRAFFIC, IN_SYNC = (
 PRECEDENCE = (UNREACHABLE, STUCK, STALE, DRIFTED, TRAFFIC, IN_SYNC)
 NO_RELEASE = "no-release"
 
-_SECRETISH = re.compile(r"(?i)(bearer\s+|token[=:]\s*|password[=:]\s*)\S+|eyJ[\w-]+\.[\w-]+\.[\w-]*")
-
 
 def redact(text: str | None, limit: int = 300) -> str | None:
-    """Error text is shown in logs and XCom: drop anything token-shaped and keep it short."""
-    if text is None:
-        return None
-    text = _SECRETISH.sub(lambda m: (m.group(1) or "") + "***", text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """Error text is shown in logs and XCom: drop anything credential-like and keep it short."""
+    return None if text is None else scrub(text, limit=limit)
 
 
 def short(digest: str | None) -> str:

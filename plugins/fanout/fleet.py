@@ -7,15 +7,37 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fanout import fleet_checks as checks
+from fanout.fleet_file import FleetFileError, fleet_data, read_fleet_file, read_fleet_text
 
 DNS_LABEL = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 REGION_NAME = r"^[a-z][a-z0-9]{1,39}$"
+# What ARM accepts in the names Fanout puts into resource paths; none can be `.` or `..`.
+SUBSCRIPTION = r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$"
+RESOURCE_GROUP = r"^[-\w.()]*[-\w()]$"
+AKS_NAME = r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$"
+TM_PROFILE = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$"
+TM_ENDPOINT = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,258}[A-Za-z0-9_-])?$"
+_PATTERN_NAMES = {
+    DNS_LABEL: "a DNS label (lowercase letters, digits and '-')",
+    REGION_NAME: "an Azure region name such as 'westeurope'",
+    SUBSCRIPTION: "an Azure subscription id (a GUID)",
+    RESOURCE_GROUP: "an Azure resource group name (letters, digits, '-', '_', '.', '(', ')'; not ending in '.')",
+    AKS_NAME: "an AKS cluster name (letters, digits, '-', '_'; starting and ending with a letter or digit)",
+    TM_PROFILE: "a Traffic Manager profile name (letters, digits, '-', '.'; starting and ending with a letter/digit)",
+    TM_ENDPOINT: "a Traffic Manager endpoint name (letters, digits, '-', '_', '.'; starting with a letter or digit)",
+}
+DAY = 86_400
 Weight = Annotated[int, Field(ge=1, le=1000)]
 Share = Annotated[float, Field(gt=0, le=1)]
-Seconds = Annotated[int, Field(ge=0)]
+Seconds = Annotated[int, Field(ge=0, le=DAY)]
+Subscription = Annotated[str, Field(pattern=SUBSCRIPTION)]
+ResourceGroup = Annotated[str, Field(pattern=RESOURCE_GROUP, max_length=90)]
+HttpUrl = Annotated[str, AfterValidator(checks.http_url)]
 
 
 class FleetError(ValueError):
@@ -27,14 +49,15 @@ class FleetError(ValueError):
 
 
 class _Strict(BaseModel):
-    # A misspelt key is a mistake the operator wants to hear about, not a silent default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A misspelt key is a mistake the operator wants to hear about, not a silent default; `true` is
+    # not a weight and "2" not a count (strict); `.nan` and `.inf` would switch a safeguard off.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Chart(_Strict):
-    path: str | None = None
-    oci: str | None = Field(None, pattern=r"^oci://")
-    version: str = Field(min_length=1)
+    path: str | None = Field(None, min_length=1, max_length=4096)
+    oci: Annotated[str, AfterValidator(checks.oci_ref)] | None = None
+    version: str = Field(min_length=1, max_length=128)
 
     @model_validator(mode="after")
     def _one_source(self) -> Chart:
@@ -46,7 +69,7 @@ class Chart(_Strict):
 class App(_Strict):
     name: str = Field(pattern=DNS_LABEL, max_length=40)
     namespace: str = Field(pattern=DNS_LABEL)
-    source: str = Field(min_length=1, description="build context (a directory with a Containerfile)")
+    source: str = Field(min_length=1, max_length=4096, description="build context (a directory with a Containerfile)")
     chart: Chart
     values: dict[str, Any] = Field(default_factory=dict)
 
@@ -56,13 +79,15 @@ class Registry(_Strict):
     name: str | None = Field(None, pattern=r"^[a-zA-Z0-9]{5,50}$", description="ACR registry name")
     repository: str = Field(pattern=r"^[a-z0-9]+([._/-][a-z0-9]+)*$")
     home: str
-    endpoints: dict[str, str] = Field(default_factory=dict, description="region -> host[:port]")
+    endpoints: dict[str, Annotated[str, AfterValidator(checks.host_port)]] = Field(
+        default_factory=dict, description="region -> host[:port]"
+    )
     insecure: bool = Field(False, description="plain http; allowed for loopback registries only")
-    replication_timeout_seconds: int = Field(1800, ge=1)
+    replication_timeout_seconds: int = Field(1800, ge=1, le=DAY)
     # ACR only: where the registry lives in ARM and how a replica is asked. Optional so a fleet can be
     # planned without them; FleetHook refuses to reach ACR without them, naming the field.
-    subscription: str | None = Field(None, min_length=1)
-    resource_group: str | None = Field(None, min_length=1)
+    subscription: Subscription | None = None
+    resource_group: ResourceGroup | None = None
     replica_check: Literal["regional-endpoint", "replica-status"] = Field(
         "regional-endpoint",
         description="regional-endpoint: ask <name>.<region>.geo.azurecr.io (proves the replica has the digest); "
@@ -97,14 +122,14 @@ class Registry(_Strict):
 
 
 class AksAccess(_Strict):
-    subscription: str = Field(min_length=1)
-    resource_group: str = Field(min_length=1)
-    cluster: str = Field(min_length=1)
+    subscription: Subscription
+    resource_group: ResourceGroup
+    cluster: str = Field(pattern=AKS_NAME)
 
 
 class KubeconfigAccess(_Strict):
-    path: str = Field(min_length=1)
-    context: str = Field(min_length=1)
+    path: str = Field(min_length=1, max_length=4096)
+    context: str = Field(min_length=1, max_length=253)
 
 
 class ClusterAccess(_Strict):
@@ -120,7 +145,7 @@ class ClusterAccess(_Strict):
 
 class Endpoint(_Strict):
     type: Literal["ExternalEndpoints", "AzureEndpoints", "NestedEndpoints"] = "ExternalEndpoints"
-    name: str = Field(min_length=1)
+    name: str = Field(pattern=TM_ENDPOINT)
     weight: Weight
 
 
@@ -128,7 +153,7 @@ class LocalRegion(_Strict):
     """Only for the embedded local fleet: where its processes listen and how late its replica is."""
 
     apiserver_port: int = Field(ge=1024, le=65535)
-    replication_lag_seconds: Seconds = 0
+    replication_lag_seconds: int = Field(0, ge=0, le=3600)
 
 
 class Region(_Strict):
@@ -136,46 +161,46 @@ class Region(_Strict):
     pair: str | None = None
     cluster: ClusterAccess
     endpoint: Endpoint
-    edge_url: str = Field(pattern=r"^https?://", description="where a user routed to this region lands")
+    edge_url: HttpUrl = Field(description="where a user routed to this region lands")
     capacity_share: Share | None = None
     local: LocalRegion | None = None
 
 
 class TrafficManager(_Strict):
     kind: Literal["azure", "local"]
-    subscription: str = Field(min_length=1)
-    resource_group: str = Field(min_length=1)
-    profile: str = Field(min_length=1)
-    base_url: str | None = Field(None, pattern=r"^https?://")
-    dns_ttl_seconds: int = Field(30, ge=0)
+    subscription: Subscription
+    resource_group: ResourceGroup
+    profile: str = Field(pattern=TM_PROFILE)
+    base_url: HttpUrl | None = Field(None, description="the local stand-in's address (kind 'local' only)")
+    dns_ttl_seconds: int = Field(30, ge=0, le=DAY)
 
 
 class Rollout(_Strict):
-    canary: list[str] = Field(default_factory=list)
-    max_regions_per_wave: int = Field(1, ge=1)
+    canary: list[str] = Field(default_factory=list, max_length=100)
+    max_regions_per_wave: int = Field(1, ge=1, le=100)
     max_drain_share: Share = 0.5
     bake_seconds: Seconds = 0
     manual_approval: bool = False
-    approval_timeout_minutes: int = Field(60, ge=1)
+    approval_timeout_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
 
 
 class HttpGate(_Strict):
-    health_path: str = Field("/healthz", pattern=r"^/")
-    version_path: str = Field("/version", pattern=r"^/")
+    health_path: str = Field("/healthz", pattern=r"^/[^\s]{0,1023}$")
+    version_path: str = Field("/version", pattern=r"^/[^\s]{0,1023}$")
     expect_release_digest: bool = True
-    consecutive_successes: int = Field(3, ge=1)
-    interval_seconds: float = Field(2.0, gt=0)
-    timeout_seconds: int = Field(300, ge=1)
+    consecutive_successes: int = Field(3, ge=1, le=100)
+    interval_seconds: float = Field(2.0, gt=0, le=300)
+    timeout_seconds: int = Field(300, ge=1, le=DAY)
 
 
 class MetricGate(_Strict):
-    url: str = Field(pattern=r"^https?://", description="Prometheus-compatible query API")
-    query: str = Field(min_length=1)
+    url: HttpUrl = Field(description="Prometheus-compatible query API")
+    query: str = Field(min_length=1, max_length=8192)
     max_value: float
 
 
 class Gates(_Strict):
-    rollout_timeout_seconds: int = Field(600, ge=1)
+    rollout_timeout_seconds: int = Field(600, ge=1, le=DAY)
     http: HttpGate = Field(default_factory=HttpGate)
     soak_seconds: Seconds = 0
     metric: MetricGate | None = None
@@ -184,23 +209,23 @@ class Gates(_Strict):
 class Azure(_Strict):
     """How Fanout reaches Azure: the Airflow connection (type `azure`) every Azure client uses."""
 
-    conn_id: str = Field("azure_default", min_length=1)
+    conn_id: str = Field("azure_default", pattern=r"^[\w.-]+$", max_length=250)
 
 
 class Consistency(_Strict):
-    schedule: str = Field("*/15 * * * *", min_length=1)
+    schedule: Annotated[str, AfterValidator(checks.cron_schedule)] = "*/15 * * * *"
     mode: Literal["report", "repair"] = "report"
 
 
 class Fleet(_Strict):
     app: App
     registry: Registry
-    regions: list[Region] = Field(min_length=1)
+    regions: list[Region] = Field(min_length=1, max_length=100)
     traffic_manager: TrafficManager
     rollout: Rollout = Field(default_factory=Rollout)
     gates: Gates = Field(default_factory=Gates)
     failure_policy: Literal["halt", "rollback-all"] = "halt"
-    min_serving_regions: int = Field(1, ge=1)
+    min_serving_regions: int = Field(1, ge=1, le=100)
     consistency: Consistency = Field(default_factory=Consistency)
     azure: Azure = Field(default_factory=Azure)
     # Set by load_fleet: relative paths in the file are relative to the file's folder.
@@ -236,12 +261,13 @@ class Fleet(_Strict):
 def _path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        text = str(part) if len(str(part)) <= 60 else str(part)[:59] + "…"  # a key is named, never a document
         if isinstance(part, int):
             out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_]\w*", str(part)):
-            out += f".{part}" if out else str(part)
+        elif re.fullmatch(r"[A-Za-z_]\w*", text):
+            out += f".{text}" if out else text
         else:
-            out += f"[{str(part)!r}]"
+            out += f"[{text!r}]"
     return out or "(top level)"
 
 
@@ -253,6 +279,8 @@ def _pydantic_problems(err: ValidationError) -> list[str]:
             msg = "unknown field (check the spelling)"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") in _PATTERN_NAMES:
+            msg = f"not {_PATTERN_NAMES[e['ctx']['pattern']]}"
         lines.append(f"{_path(e['loc'])}: {msg}")
     return lines
 
@@ -306,14 +334,53 @@ def cross_check(fleet: Fleet) -> list[str]:
     total_share = sum(r.capacity_share or 0 for r in fleet.regions)
     if total_share > 1.000001:
         problems.append(f"regions[].capacity_share: shares add up to {total_share:.2f}, more than 1")
-    if fleet.traffic_manager.kind == "local" and not fleet.traffic_manager.base_url:
-        problems.append("traffic_manager.base_url: required when kind is 'local'")
+    problems += _endpoint_problems(fleet)
     for i, region in enumerate(fleet.regions):
         if fleet.traffic_manager.kind == "azure" and region.local is not None:
             problems.append(f"regions[{i}].local: only for a fleet whose traffic_manager.kind is 'local'")
         if fleet.traffic_manager.kind == "local" and region.local is None:
             problems.append(f"regions[{i}].local: required when traffic_manager.kind is 'local'")
     return problems
+
+
+def _endpoint_problems(fleet: Fleet) -> list[str]:
+    """Where Fanout sends requests, and with which credential: an Azure token only to Azure's hosts
+    over https, plain http and the local stand-in only on loopback."""
+    problems: list[str] = []
+    tm, reg = fleet.traffic_manager, fleet.registry
+    if tm.kind == "azure" and tm.base_url is not None:
+        problems.append(
+            "traffic_manager.base_url: only for kind 'local' (the stand-in); an 'azure' profile is reached at "
+            "the ARM endpoint of the connection's cloud, which gets its token"
+        )
+    if tm.kind == "local" and not tm.base_url:
+        problems.append("traffic_manager.base_url: required when kind is 'local'")
+    elif tm.kind == "local" and not checks.is_loopback(urlsplit(tm.base_url).hostname):
+        problems.append(f"traffic_manager.base_url: the local stand-in listens on loopback only, not {tm.base_url!r}")
+    for region, endpoint in reg.endpoints.items():
+        where = f"registry.endpoints[{region!r}]"
+        host = checks.endpoint_host(endpoint)
+        if reg.kind == "acr" and (why := checks.acr_host_problem(endpoint, reg.name or "")):
+            problems.append(f"{where}: {why}")
+        elif reg.insecure and not checks.is_loopback(host):
+            problems.append(f"{where}: registry.insecure (plain http) is allowed for loopback hosts only, not {host}")
+        elif tm.kind == "local" and not checks.is_loopback(host):
+            problems.append(f"{where}: a local fleet's registry listens on loopback only, not {host}")
+    if reg.kind == "acr" and reg.insecure:
+        problems.append("registry.insecure: ACR is https only")
+    return problems
+
+
+def _path_problems(fleet: Fleet, fleet_file: Path) -> list[str]:
+    """Paths that leave the project holding the fleet file (a build uploads whatever `source` names)."""
+    roots = checks.project_roots(fleet_file)
+    fields = {"app.source": fleet.app.source, "app.chart.path": fleet.app.chart.path}
+    return [
+        f"{field}: {value!r} is outside the project ({', '.join(map(str, roots))}); "
+        f"keep it in the fleet file's repository or set {checks.PROJECT_ENV}"
+        for field, value in fields.items()
+        if value is not None and checks.outside_project(fleet.resolve(value), roots)
+    ]
 
 
 def parse_fleet(data: Any, source: str | Path = "<fleet>") -> Fleet:
@@ -324,11 +391,11 @@ def parse_fleet(data: Any, source: str | Path = "<fleet>") -> Fleet:
         fleet = Fleet.model_validate(data)
     except ValidationError as err:
         raise FleetError([f"{source}: {line}" for line in _pydantic_problems(err)]) from None
-    problems = cross_check(fleet)
-    if problems:
-        raise FleetError([f"{source}: {line}" for line in problems])
     if isinstance(source, Path):
         fleet = fleet.model_copy(update={"source_path": source.resolve()})
+    problems = cross_check(fleet) + (_path_problems(fleet, source) if isinstance(source, Path) else [])
+    if problems:
+        raise FleetError([f"{source}: {line}" for line in problems])
     return fleet
 
 
@@ -336,20 +403,29 @@ def load_fleet(path: str | Path) -> Fleet:
     """Read and validate a fleet file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = read_fleet_file(path)
     except OSError as err:
-        raise FleetError([f"{path}: cannot read: {err.strerror}"]) from None
-    return fleet_from_text(text, path)
+        raise FleetError([f"{path}: cannot read: {err.strerror or type(err).__name__}"]) from None
+    except FleetFileError as err:
+        raise FleetError([f"{path}: {err}"]) from None
+    return parse_fleet(data, path)
+
+
+def read_fleet_source(path: str | Path) -> str:
+    """A fleet file's text, refused like load_fleet refuses it when it cannot be a fleet file."""
+    try:
+        return read_fleet_text(Path(path))
+    except OSError as err:
+        raise FleetError([f"{path}: cannot read: {err.strerror or type(err).__name__}"]) from None
+    except FleetFileError as err:
+        raise FleetError([f"{path}: {err}"]) from None
 
 
 def fleet_from_text(text: str, path: Path) -> Fleet:
-    """Validate a fleet file's content as read from `path` (relative paths in it are resolved
-    against that file's folder)."""
+    """Validate a fleet file's content as read from `path` (a run's snapshot of it): relative paths
+    in it are resolved against that file's folder."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise FleetError([f"{path}: not valid YAML{where}: {problem}"]) from None
+        data = fleet_data(text)
+    except FleetFileError as err:
+        raise FleetError([f"{path}: {err}"]) from None
     return parse_fleet(data, path)

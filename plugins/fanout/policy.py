@@ -12,7 +12,7 @@ from typing import Any
 
 from fanout.fleet import Fleet
 
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # \Z: `$` would also take a trailing newline
 
 
 class PolicyError(RuntimeError):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from fanout.fleet import Fleet, fleet_from_text
+from fanout.fleet import Fleet, fleet_from_text, read_fleet_source
 
 
 class _Record:
@@ -107,7 +107,7 @@ class FleetSnapshot(_Record):
 
     @classmethod
     def of_file(cls, path: str | Path, waves: list[list[str]] | None = None) -> FleetSnapshot:
-        text = Path(path).read_text()
+        text = read_fleet_source(path)
         return cls(str(path), content_hash(text), text, waves or [])
 
     def fleet(self) -> Fleet:

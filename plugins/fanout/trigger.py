@@ -30,6 +30,8 @@ from urllib.parse import quote
 import httpx
 
 from fanout import names
+from fanout.fleet_checks import is_loopback
+from fanout.redact import scrub
 
 ENV_URL = "FANOUT_AIRFLOW_URL"
 ENV_TOKEN = "FANOUT_AIRFLOW_TOKEN"
@@ -40,8 +42,17 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 
 # The release DAG's Params use these patterns too (fanout.airflow.dags); they live here so CI needs no Airflow.
-GIT_SHA = re.compile(r"^[0-9a-f]{7,40}$")
-IMAGE = re.compile(r"^(sha256:[0-9a-f]{64}|[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
+# `$` also matches before a trailing newline in Python, and `\Z` does not exist in JSON Schema's (ECMAScript)
+# dialect: END is "nothing follows" in both.
+END = r"(?![\s\S])"
+GIT_SHA = re.compile(rf"^[0-9a-f]{{7,40}}{END}")
+IMAGE = re.compile(rf"^(sha256:[0-9a-f]{{64}}|[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}){END}")
+# A branch or tag as CI names it: printable, no spaces or control characters (a newline would forge a line of
+# CI output), at most 255 characters.
+SOURCE_REF = re.compile(rf"^[A-Za-z0-9_][A-Za-z0-9_./@+#=,%!-]{{0,254}}{END}")
+# Airflow's default [scheduler] allowed_run_id_pattern, bounded like its run_id column.
+RUN_ID = re.compile(rf"^[A-Za-z0-9_.~:+-]{{1,250}}{END}")
+MAX_TIMEOUT, MAX_POLL = 7 * 24 * 3600.0, 3600.0
 
 SUPERSEDE_TASK = names.CHECK_SUPERSEDED
 AUTH_HINT = f"set {ENV_TOKEN}, or {ENV_USERNAME} and {ENV_PASSWORD}"
@@ -78,6 +89,11 @@ def build_conf(
         raise usage_error(f"git_sha: {git_sha!r} is not 7–40 lowercase hex characters")
     if not source_ref or not source_ref.strip():
         raise usage_error("source_ref: must not be empty (--ref)")
+    if not SOURCE_REF.match(source_ref):
+        raise usage_error(
+            f"source_ref: {source_ref[:80]!r} is not a branch or tag name "
+            "(letters, digits and _ . / @ + # = , % ! -; at most 255 characters)"
+        )
     conf: dict[str, Any] = {"git_sha": git_sha, "source_ref": source_ref}
     if image is not None:
         if not IMAGE.match(image):
@@ -119,9 +135,27 @@ def follow_command(dag_id: str, run_id: str) -> str:
     return f"python -m fanout trigger --dag {dag_id} --follow {run_id}"
 
 
+def check_url(url: str, credentials: bool) -> None:
+    """Refuse what is not an http(s) URL, and credentials in clear text to anything but loopback."""
+    try:
+        parts = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        raise usage_error(f"--airflow-url: {safe_url(url)!r} is not an http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not parts.host:
+        raise usage_error(f"--airflow-url: {safe_url(url)!r} is not an http(s) URL")
+    if parts.scheme == "http" and credentials and not is_loopback(parts.host):
+        raise usage_error(
+            f"--airflow-url: {safe_url(url)!r} is plain http to another machine: the token or password "
+            "would cross the network readable by anyone on the way; use https"
+        )
+
+
 def safe_url(url: str | httpx.URL) -> str:
     """The URL without any user:password@ part, fit for messages."""
-    return str(httpx.URL(str(url)).copy_with(username=None, password=None)).rstrip("/")
+    try:
+        return str(httpx.URL(str(url)).copy_with(username=None, password=None)).rstrip("/")
+    except (httpx.InvalidURL, TypeError):
+        return scrub(str(url), limit=200)
 
 
 def _detail(response: httpx.Response) -> str:
@@ -314,9 +348,7 @@ class AirflowApi:
         return TriggerError(self._scrub(message), EXIT_USAGE if _refused_conf(method, path, response) else EXIT_API)
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self._secrets)
 
     def _backoff(self, attempt: int) -> None:
         self._sleep(min(0.5 * 2**attempt, 8.0))
@@ -497,14 +529,17 @@ def _run(
 ) -> int:
     dag_id = args.dag or names.release_dag(args.app)
     url = args.airflow_url or env.get(ENV_URL) or DEFAULT_URL
-    if not url.startswith(("http://", "https://")):
-        raise usage_error(f"--airflow-url: {safe_url(url)!r} is not an http(s) URL")
-    if args.timeout <= 0 or args.poll <= 0:
-        raise usage_error("--timeout and --poll must be more than 0 seconds")
+    for flag, value, top in (("--timeout", args.timeout, MAX_TIMEOUT), ("--poll", args.poll, MAX_POLL)):
+        if not 0 < value <= top:  # also false for nan and inf
+            raise usage_error(f"{flag}: {value!r} is not a number of seconds more than 0 and at most {top:g}")
     username, password = env.get(ENV_USERNAME) or None, env.get(ENV_PASSWORD) or None
     token = env.get(ENV_TOKEN) or None
     if not token and bool(username) != bool(password):
         raise usage_error(f"set both {ENV_USERNAME} and {ENV_PASSWORD} (or {ENV_TOKEN})")
+    check_url(url, bool(token or password))
+    for flag, run_id in (("--run-id", args.run_id), ("--follow", args.follow)):
+        if run_id is not None and not RUN_ID.match(run_id):
+            raise usage_error(f"{flag}: {run_id[:80]!r} is not a run id (letters, digits and _ . ~ : + -; 1–250)")
     conf = None if args.follow else build_conf(args.git_sha, args.ref, args.image, args.regions, args.dry_run)
 
     api = AirflowApi(url, token=token, username=username, password=password, transport=transport, sleep=sleep, log=log)

@@ -110,7 +110,7 @@ def test_hook_traffic_manager_drains_through_arm(server, ca):
         "PATCH", f"{profile}/ExternalEndpoints/westeurope", patch,
         api_version="2026-09-01", token=FakeCredential.token_for(ARM_SCOPE),
     )  # fmt: skip
-    hook = hook_for(example(traffic_manager={"base_url": server.url}), server, ca)
+    hook = hook_for(example(), server, ca)
     state = hook.traffic_manager().set_endpoint("westeurope", enabled=False)
     assert state.enabled is False and state.weight == 200
     server.assert_clean()
@@ -119,12 +119,16 @@ def test_hook_traffic_manager_drains_through_arm(server, ca):
 def test_hook_registry_and_kubeconfig_through_the_contract_server(server, ca):
     acr.serve_acr(server)
     aks.serve_credentials(server, aks.KUBELOGIN)
-    data = example(registry={"endpoints": {"westeurope": server.host}})
+    data = example()
     data["registry"].update(subscription=acr.SUB, resource_group=acr.RG)
     data["regions"][4]["cluster"]["aks"].update(
         subscription=aks.SUB, resource_group=aks.RG, cluster=aks.CLUSTER
     )  # northeurope
     hook = hook_for(data, server, ca)
+    # No fleet file may name a non-ACR host (the token goes there); the hook's test override allows
+    # the contract server, so put it in after validation.
+    registry = hook.fleet.registry.model_copy(update={"endpoints": {"westeurope": server.host}})
+    hook.fleet = hook.fleet.model_copy(update={"registry": registry})
     assert hook.registry("westeurope").has_manifest(acr.REPO, acr.DIGEST) is True
     path, context = hook.kubeconfig("northeurope")
     assert context == aks.CLUSTER and Path(path).stat().st_mode & 0o777 == 0o600
@@ -179,7 +183,7 @@ def test_hook_traffic_manager_waits_out_throttling_and_reports_conflicts(server,
     from fanout.adapters.traffic import TrafficManagerError
 
     pattern = serve_tm_endpoint(server)
-    tm = hook_for(example(traffic_manager={"base_url": server.url}), server, ca).traffic_manager()
+    tm = hook_for(example(), server, ca).traffic_manager()
     server.fail_next("PATCH", pattern, arm_error(429, "TooManyRequests", "throttled", {"Retry-After": "1"}))
     assert tm.set_endpoint("eastus2", enabled=True, weight=250).enabled is True
     assert len(server.calls("PATCH", pattern)) == 2

@@ -68,9 +68,9 @@ def test_unknown_conf_keys_are_refused(tmp_path):
 def test_bake_waits_only_after_waves_this_run_touched(tmp_path, monkeypatch):
     from fanout.airflow.fleet_steps import BakeOperator
 
-    data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
+    path = fleet_with(tmp_path)
+    data = yaml.safe_load(path.read_text())
     data["rollout"]["bake_seconds"] = 3
-    path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data))
     bake = BakeOperator(task_id="bake_after_wave_1", fleet_path=str(path), wave_regions=["westus"])
     bake._fleet = load_fleet(path)

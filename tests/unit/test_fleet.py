@@ -108,7 +108,7 @@ def test_every_problem_is_listed_once(local_data):
         (lambda d: d["traffic_manager"].pop("base_url"), "f.yaml: traffic_manager.base_url: required when kind"),
         (lambda d: d["regions"][2].pop("local"), "f.yaml: regions[2].local: required when traffic_manager.kind"),
         (lambda d: d["regions"][2]["endpoint"].update(name="eastus"), "f.yaml: regions[2].endpoint.name: 'eastus'"),
-        (lambda d: d["app"].update(name="Hello_World"), "f.yaml: app.name: String should match pattern"),
+        (lambda d: d["app"].update(name="Hello_World"), "f.yaml: app.name: not a DNS label"),
         (lambda d: d["app"]["chart"].update(oci="oci://x/y"), "f.yaml: app.chart: give exactly one of 'path'"),
         (lambda d: d["registry"].update(kind="acr"), "f.yaml: registry: a registry of kind 'acr' needs 'name'"),
     ],
@@ -138,6 +138,8 @@ def run_cli(*args):
 
 
 def test_cli_refuses_a_broken_file_with_one_line_per_problem(tmp_path, local_data):
+    local_data["app"]["source"] = str(REPO / "include/app")  # a copy in tmp: name the repository's app
+    local_data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
     local_data["regions"][3]["pair"] = "westus9"
     local_data["regions"][0]["endpoint"]["weight"] = 5000
     broken = tmp_path / "broken.yaml"

@@ -10,6 +10,7 @@ from fanout.fleet import load_fleet, parse_fleet
 from fanout.planner import PlanError, plan_waves
 
 REPO = Path(__file__).resolve().parents[2]
+SUB = "00000000-0000-0000-0000-000000000000"
 
 
 def fleet_data(weights, pairs=(), canary=(), per_wave=2, share=0.5, min_serving=1):
@@ -25,13 +26,13 @@ def fleet_data(weights, pairs=(), canary=(), per_wave=2, share=0.5, min_serving=
             {
                 "name": n,
                 "pair": partner.get(n),
-                "cluster": {"aks": {"subscription": "s", "resource_group": "g", "cluster": n}},
+                "cluster": {"aks": {"subscription": SUB, "resource_group": "g", "cluster": n}},
                 "endpoint": {"name": n, "weight": w},
                 "edge_url": f"https://{n}.example.com",
             }
             for n, w in zip(names, weights, strict=True)
         ],
-        "traffic_manager": {"kind": "azure", "subscription": "s", "resource_group": "g", "profile": "p"},
+        "traffic_manager": {"kind": "azure", "subscription": SUB, "resource_group": "g", "profile": "p"},
         "rollout": {
             "canary": [names[i] for i in canary],
             "max_regions_per_wave": per_wave,

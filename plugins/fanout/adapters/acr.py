@@ -29,8 +29,9 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.mgmt.containerregistry import ContainerRegistryManagementClient
 
-from fanout.adapters.azure_credentials import CLOUDS, AzureAdapterError, call, client_options, describe, scrub
+from fanout.adapters.azure_credentials import CLOUDS, AzureAdapterError, call, client_options, describe
 from fanout.adapters.registry import RegistryError
+from fanout.redact import scrub
 
 READY = "Ready"
 

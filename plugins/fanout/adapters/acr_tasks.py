@@ -26,10 +26,11 @@ from azure.mgmt.containerregistrytasks import ContainerRegistryTasksMgmtClient
 from azure.mgmt.containerregistrytasks.models import DockerBuildRequest, PlatformProperties
 from azure.storage.blob import BlobClient
 
-from fanout.adapters.azure_credentials import AzureAdapterError, call, client_options, describe, scrub
+from fanout.adapters.azure_credentials import AzureAdapterError, call, client_options, describe
 from fanout.adapters.build_context import pack_context
 from fanout.adapters.builder import BuildError
 from fanout.policy import DIGEST
+from fanout.redact import scrub
 
 TERMINAL = ("Succeeded", "Failed", "Canceled", "Error", "Timeout")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,6 +16,8 @@ from urllib.parse import urlsplit
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
+
+from fanout.redact import scrub
 
 # The AAD server application every AKS cluster with Entra ID integration trusts (what kubelogin's
 # --server-id says); a token for it is what `kubectl` sends after kubelogin.
@@ -118,27 +119,6 @@ def client_options(
         # A CA bundle path: how the contract tests trust their self-signed loopback server.
         options["connection_verify"] = connection_verify
     return options
-
-
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s,\"']+")
-_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
-_SAS = re.compile(r"(?i)([?&](?:sig|se|st|sp|sv|sr|skoid|sktid|skt|ske|sks|skv|spr|sip)=)[^&\s\"']*")
-_PEM = re.compile(r"-----BEGIN [A-Z ]+-----[\s\S]*?-----END [A-Z ]+-----")
-_TOKEN_FIELDS = re.compile(
-    r"(?i)(\"?(?:access_token|refresh_token|token|password|client-key-data)\"?\s*[:=]\s*\"?)[^\s,\"'&]+"
-)
-
-
-def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove anything credential-like from a message before it can reach a log or an exception:
-    bearer tokens, JWTs, SAS query parameters, PEM blocks, token fields, and the given strings."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = _PEM.sub("***", text)
-    text = _SAS.sub(r"\1***", text)
-    text = _TOKEN_FIELDS.sub(r"\1***", text)
-    return _JWT.sub("***", _BEARER.sub(r"\1***", text))
 
 
 def describe(err: Exception) -> tuple[str, int | None, str | None]:

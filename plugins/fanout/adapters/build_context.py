@@ -61,8 +61,9 @@ def _translate(pattern: str) -> str:
 
 
 def parse_dockerignore(text: str) -> list[IgnoreRule]:
+    """The rules of a `.dockerignore`; ValueError naming the line for a pattern Docker would refuse too."""
     rules = []
-    for raw in text.splitlines():
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -72,7 +73,13 @@ def parse_dockerignore(text: str) -> list[IgnoreRule]:
         line = posixpath.normpath(line.lstrip("/")) if line.lstrip("/") else "."
         if line == ".":
             continue  # excluding the context root itself is what Docker ignores too
-        rules.append(IgnoreRule(line, re.compile(_translate(line)), negated))
+        try:
+            regex = re.compile(_translate(line))
+        except re.error as err:
+            raise ValueError(
+                f".dockerignore line {number}: {raw.strip()!r} is not a valid pattern ({err.msg})"
+            ) from None
+        rules.append(IgnoreRule(line, regex, negated))
     return rules
 
 

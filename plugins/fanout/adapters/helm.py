@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from fanout.cache import cache_dir
+from fanout.redact import scrub
 
 
 def helm_binary() -> str:
@@ -35,7 +36,13 @@ def helm_binary() -> str:
 
 
 class HelmError(RuntimeError):
-    pass
+    """A Helm command failed. The message carries the tail of Helm's stderr, scrubbed: it reaches
+    logs and the `failure` XCom, and Helm echoes registry URLs, values and server answers."""
+
+
+def _failed(what: str, stderr: str) -> HelmError:
+    # Scrubbed whole before it is cut, so a cut cannot leave half a PEM block unrecognised.
+    return HelmError(f"{scrub(what)} failed: {scrub(stderr.strip())[-800:]}")
 
 
 @dataclass(frozen=True)
@@ -70,9 +77,9 @@ def render_chart(
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         except subprocess.TimeoutExpired:
-            raise HelmError(f"helm template {chart} did not finish in 120 s") from None
+            raise HelmError(scrub(f"helm template {chart} did not finish in 120 s")) from None
     if done.returncode != 0:
-        raise HelmError(f"helm template {chart} failed: {done.stderr.strip()[-800:]}")
+        raise _failed(f"helm template {chart}", done.stderr)
     return done.stdout
 
 
@@ -90,7 +97,7 @@ class Helm:
         except subprocess.TimeoutExpired as err:
             raise HelmError(f"helm {args[0]} in {self.context} did not finish in {err.timeout:.0f} s") from None
         if check and done.returncode != 0:
-            raise HelmError(f"helm {args[0]} in {self.context} failed: {done.stderr.strip()[-800:]}")
+            raise _failed(f"helm {args[0]} in {self.context}", done.stderr)
         return done
 
     def history(self, release: str, namespace: str) -> list[HelmRelease]:
@@ -99,7 +106,7 @@ class Helm:
         if done.returncode != 0:
             if "not found" in done.stderr:
                 return []
-            raise HelmError(f"helm history in {self.context} failed: {done.stderr.strip()[-800:]}")
+            raise _failed(f"helm history in {self.context}", done.stderr)
         return [
             HelmRelease(release, namespace, int(h["revision"]), h["status"], h["chart"], h.get("description", ""))
             for h in json.loads(done.stdout or "[]")

@@ -8,6 +8,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from fanout.fleet_checks import endpoint_host, is_loopback
+
 # Distribution answers 404 for an OCI manifest unless the client says it accepts one.
 MANIFEST_TYPES = ", ".join(
     [
@@ -17,7 +19,6 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 )
-LOOPBACK = ("127.", "localhost", "[::1]")
 
 
 class RegistryError(RuntimeError):
@@ -33,7 +34,7 @@ class OciRegistry:
     timeout: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.insecure and not self.endpoint.startswith(LOOPBACK):
+        if self.insecure and not is_loopback(endpoint_host(self.endpoint)):
             raise RegistryError(f"registry {self.endpoint}: plain http is allowed for loopback registries only")
 
     @property

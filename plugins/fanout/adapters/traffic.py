@@ -8,8 +8,6 @@ an Airflow hook builds this from a connection.
 
 from __future__ import annotations
 
-import ipaddress
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +20,9 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.mgmt.trafficmanager import TrafficManagerManagementClient
 
 # One EndpointState for the whole package: the pure release policy decides over what this adapter reads.
+from fanout.fleet_checks import is_loopback
 from fanout.policy import EndpointState
+from fanout.redact import scrub
 
 __all__ = [
     "AzureTrafficManager",
@@ -106,29 +106,12 @@ def check_base_url(base_url: str | None) -> bool:
         return False
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"base_url {base_url!r}: expected an https:// URL (or http:// on a loopback host)")
-    host = parts.hostname
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if not loopback:
+    if not is_loopback(parts.hostname):
         raise ValueError(
             f"base_url {base_url!r}: plain http sends the bearer token in clear text; it is allowed only for "
             "loopback hosts (127.0.0.1, ::1, localhost) — use https"
         )
     return True
-
-
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s,\"']+")
-_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")
-
-
-def _scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    # A service or proxy may echo request headers into an error; never pass a token on to logs.
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _JWT.sub("***", _BEARER.sub(r"\1***", text))
 
 
 def _str(value: Any) -> str | None:
@@ -219,7 +202,7 @@ class AzureTrafficManager:
         except AzureError as err:
             cause, status, code = f"{type(err).__name__}: {err.message}", None, None
         where = f"Traffic Manager profile '{self.profile}'" + (f" endpoint '{endpoint}'" if endpoint else "")
-        message = _scrub(f"{where}: {what} failed: {cause}", self._known_tokens())
+        message = scrub(f"{where}: {what} failed: {cause}", self._known_tokens())
         # Raised outside the except block on purpose: the SDK error holds the request, Authorization
         # header included, and must not travel along as __context__ into tracebacks and logs.
         raise TrafficManagerError(message, profile=self.profile, endpoint=endpoint, status_code=status, code=code)

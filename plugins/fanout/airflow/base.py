@@ -80,7 +80,15 @@ class FanoutOperator(BaseOperator):
         finally:
             self.close_hook()
 
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        finally:
+            self.close_hook()
+
     def close_hook(self) -> None:
+        """Close the hook's clients and remove its AKS kubeconfigs (short-lived tokens on disk) when the
+        task ends or defers, instead of whenever the worker collects it."""
         if self._hook is not None:
             self._hook.close()
             self._hook = None

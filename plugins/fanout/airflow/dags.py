@@ -23,7 +23,7 @@ from fanout.airflow.supersede import CheckSupersededOperator
 from fanout.fleet import Fleet, FleetError, load_fleet
 from fanout.planner import PlanError, plan_waves
 from fanout.records import release_shape
-from fanout.trigger import GIT_SHA, IMAGE  # one definition: the trigger checks what these Params accept
+from fanout.trigger import GIT_SHA, IMAGE, SOURCE_REF  # one definition: the trigger checks what these Params accept
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_FLEET = REPO / "include" / "fleets" / "local.yaml"
@@ -41,7 +41,9 @@ def release_params(fleet: Fleet) -> dict[str, Param]:
         "git_sha": Param(
             type="string", pattern=GIT_SHA.pattern, description="commit being released (7–40 lowercase hex characters)"
         ),
-        "source_ref": Param("main", type="string", minLength=1, description="branch or tag the commit came from"),
+        "source_ref": Param(
+            "main", type="string", pattern=SOURCE_REF.pattern, description="branch or tag the commit came from"
+        ),
         "image": Param(
             None,
             type=["null", "string"],

@@ -7,8 +7,10 @@ authenticates with the credential of the fleet's Airflow connection (`azure.conn
 
 from __future__ import annotations
 
+import contextlib
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
@@ -20,6 +22,7 @@ from fanout.adapters.metrics import PrometheusQuery
 from fanout.adapters.registry import OciRegistry
 from fanout.cache import cache_dir
 from fanout.fleet import Fleet, Registry
+from fanout.fleet_checks import acr_host_problem
 
 if TYPE_CHECKING:
     from fanout.adapters.acr import AcrReplica, AcrReplicas
@@ -72,8 +75,8 @@ class FleetHook(BaseHook):
         # Looked up on the module, not imported by name, so tests can stand in for the connection.
         return self._access or azure_credentials.access_from_connection(self.fleet.azure.conn_id)
 
-    def _arm(self, base_url: str | None = None) -> dict[str, Any]:
-        url = base_url or self._arm_url
+    def _arm(self) -> dict[str, Any]:
+        url = self._arm_url
         if url is None and self.azure.cloud != "AzurePublicCloud":
             url = self.azure.arm_url
         options: dict[str, Any] = {**self._azure_options, "base_url": url}
@@ -83,9 +86,10 @@ class FleetHook(BaseHook):
 
     def close(self) -> None:
         """Close every client this hook built (their HTTP sessions) and remove kubeconfig files."""
-        for client in self._opened:
-            client.close()
-        self._opened.clear()
+        opened, self._opened = self._opened, []
+        for client in opened:
+            with contextlib.suppress(Exception):  # closing one must not leave the others open
+                client.close()
         self.__dict__.pop("_acr_replicas", None)
         self.__dict__.pop("_traffic_manager", None)
         if self._kubeconfigs is not None:
@@ -111,7 +115,8 @@ class FleetHook(BaseHook):
                 StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
                 endpoint_types=types, base_url=tm.base_url,
             ))  # fmt: skip
-        options = self._arm(tm.base_url)
+        # Never tm.base_url: an Azure token goes to the ARM endpoint of the connection's cloud only.
+        options = self._arm()
         return self._keep(AzureTrafficManager(
             self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
         ))  # fmt: skip
@@ -145,10 +150,16 @@ class FleetHook(BaseHook):
             return OciRegistry(reg.endpoint(region), insecure=reg.insecure)
         from fanout.adapters.acr import AcrReplica
 
+        endpoint = self.registry_endpoint(region)
+        # The fleet file was checked against every cloud; the token is this connection's cloud's. The
+        # contract tests' server (arm_url, a test override) is the one other host allowed.
+        test_host = urlsplit(self._arm_url).netloc if self._arm_url else None
+        if endpoint != test_host and (why := acr_host_problem(endpoint, reg.name or "", (self.azure.cloud,))):
+            raise ValueError(f"registry.endpoints[{region!r}]: {why}")
         options = {k: v for k, v in self._azure_options.items() if k.startswith("retry_") or k == "timeout"}
         replica = AcrReplica(
             self.azure.credential,
-            self.registry_endpoint(region),
+            endpoint,
             region=region,
             replicas=self._acr_replicas,
             audience=self.azure.acr_audience,
@@ -222,11 +233,11 @@ class FleetHook(BaseHook):
         from fanout.adapters.acr_tasks import AcrTasksBuilder
 
         reg = self._acr()
-        return AcrTasksBuilder(
+        return self._keep(AcrTasksBuilder(
             self.azure.credential,
             str(reg.subscription),
             str(reg.resource_group),
             str(reg.name),
             progress=lambda line: self.log.info("ACR Tasks: %s", line),
             **self._arm(),
-        )
+        ))  # fmt: skip
