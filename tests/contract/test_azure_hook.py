@@ -18,7 +18,7 @@ from fanout.adapters.traffic import AzureTrafficManager
 from fanout.airflow.hooks import FleetHook
 from fanout.airflow.triggers import ReplicationTrigger, RolloutTrigger
 from fanout.fleet import parse_fleet
-from fanout.records import FleetSnapshot
+from fanout.records import FleetSnapshot, content_hash
 from tests.contract import test_azure_acr as acr
 from tests.contract import test_azure_aks as aks
 from tests.contract.azure_server import ARM_SCOPE, FakeCredential, Request, Response, arm_error
@@ -70,15 +70,15 @@ def test_acr_without_arm_coordinates_is_refused_naming_the_field():
         hook_for(data).acr_tasks()
 
 
-def snapshot(data: dict, folder: Path) -> dict:
-    path = folder / "fleet.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return FleetSnapshot.of_file(path).to_xcom()
+def snapshot(data: dict) -> dict:
+    """A run's snapshot of the example fleet changed to `data` (as if read from the example's path)."""
+    text = yaml.safe_dump(data, sort_keys=False)
+    return FleetSnapshot(str(EXAMPLE), content_hash(text), text).to_xcom()
 
 
 def test_trigger_kwargs_are_plain_serializable_and_secret_free(tmp_path, monkeypatch):
     monkeypatch.setenv("AZURE_CLIENT_SECRET", "tok-secret")  # what a worker may hold; it must not travel
-    fleet = snapshot(example(), tmp_path)
+    fleet = snapshot(example())
     digest = "sha256:" + "c" * 64
     for trigger in (
         ReplicationTrigger(fleet=fleet, region="westeurope", digest=digest, timeout_seconds=60),
@@ -144,10 +144,13 @@ def test_replication_trigger_checks_acr_with_a_credential_from_the_connection(se
     monkeypatch.setattr(
         "fanout.adapters.azure_credentials.access_from_connection", lambda conn_id: AzureAccess(credential)
     )
-    data = example(registry={"endpoints": {"westeurope": server.host}, "repository": acr.REPO})
+    data = example(registry={"repository": acr.REPO})
     data["registry"].update(subscription=acr.SUB, resource_group=acr.RG)
+    # No fleet file may name a non-ACR host; the hook the triggerer builds asks the contract server
+    # instead of contosoprod.westeurope.geo.azurecr.io (the hook lets its test ARM host through).
+    monkeypatch.setattr(FleetHook, "registry_endpoint", lambda self, region: server.host)
     trigger = ReplicationTrigger(
-        fleet=snapshot(data, tmp_path), hook_options={"arm_url": server.url, "connection_verify": ca},
+        fleet=snapshot(data), hook_options={"arm_url": server.url, "connection_verify": ca},
         region="westeurope", digest=acr.DIGEST, timeout_seconds=30, poll_seconds=0.1,
     )  # fmt: skip
 
@@ -155,7 +158,8 @@ def test_replication_trigger_checks_acr_with_a_credential_from_the_connection(se
         async for event in trigger.run():
             return event.payload
 
-    assert asyncio.run(first_event())["status"] == "ok"
+    event = asyncio.run(first_event())
+    assert event["status"] == "ok", event
     server.assert_clean()
 
 

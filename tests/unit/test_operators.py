@@ -223,12 +223,12 @@ def test_rollback_all_returns_every_changed_region_not_yet_rolled_back():
 def test_validate_refuses_a_fleet_file_whose_waves_changed_since_the_dag_was_built(tmp_path, monkeypatch):
     monkeypatch.setattr("fanout.airflow.fleet_steps.render_chart", lambda *a, **k: "")
     path = tmp_path / "fleet.yaml"
-    path.write_text(LOCAL.read_text())
+    path.write_text(absolute_paths(LOCAL.read_text()))
     from fanout.planner import plan_waves
     from fanout.records import release_shape
 
     graph = release_shape(FLEET, plan_waves(FLEET))
-    path.write_text(LOCAL.read_text().replace("max_regions_per_wave: 2", "max_regions_per_wave: 1"))
+    path.write_text(absolute_paths(LOCAL.read_text()).replace("max_regions_per_wave: 2", "max_regions_per_wave: 1"))
     op = fs.ValidateReleaseOperator(task_id=names.VALIDATE, fleet_path=str(path), graph=graph)
     ti = FakeTI()
     ti.pushing = op.task_id
@@ -241,7 +241,7 @@ def test_validate_refuses_a_fleet_file_whose_waves_changed_since_the_dag_was_bui
 
 def test_later_tasks_decide_from_the_snapshot_not_the_file(tmp_path):
     path = tmp_path / "fleet.yaml"
-    path.write_text(LOCAL.read_text())
+    path.write_text(absolute_paths(LOCAL.read_text()))
     ti = released(FakeTI(), path=path)
     path.write_text("garbage: [")  # the file changes (even breaks) after validate
     op = rs.DrainRegionOperator(task_id="d", fleet_path=str(path), region="eastus")
@@ -256,3 +256,10 @@ def deployment(digest: str) -> dict:
         "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "app", "image": image}]}}},
         "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2},
     }
+
+
+def absolute_paths(text: str) -> str:
+    """The local fleet file's text for a copy elsewhere: its app and chart named by absolute path."""
+    return text.replace("../app", str(LOCAL.parent.parent / "app")).replace(
+        "../charts/hello", str(LOCAL.parent.parent / "charts" / "hello")
+    )

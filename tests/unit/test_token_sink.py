@@ -90,7 +90,7 @@ def token_hosts(fleet_data: dict[str, Any], cloud: str, monkeypatch: pytest.Monk
         lambda: hook.traffic_manager().endpoints(),
         lambda: hook.registry(region).has_manifest(fleet.registry.repository, "sha256:" + "a" * 64),
         lambda: hook.aks(region).kubeconfig(),
-        lambda: hook.builder().state("run1"),
+        lambda: hook.acr_tasks().state("run1"),
     ]
     for use in uses:
         with contextlib.suppress(Exception):  # refused, or an answer the client does not like: both fine

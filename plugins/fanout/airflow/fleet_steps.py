@@ -47,7 +47,9 @@ class ValidateReleaseOperator(FanoutOperator):
             snapshot = FleetSnapshot.of_file(self.fleet_path)
             fleet = self._fleet = snapshot.fleet()
             full = plan_waves(fleet)
-        except (OSError, FleetError, PlanError) as err:
+        except FleetError as err:  # its lines name the file already
+            raise AirflowFailException(str(err)) from None
+        except PlanError as err:
             raise AirflowFailException(f"{self.fleet_path}: {err}") from None
         changes = shape_changes(self.graph, release_shape(fleet, full))
         if changes:
