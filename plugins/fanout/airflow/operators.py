@@ -12,11 +12,9 @@ import json
 import time
 import urllib.parse
 import urllib.request
-from datetime import timedelta
 from functools import cache, cached_property
 from typing import Any, ClassVar, NoReturn
 
-from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -25,14 +23,8 @@ from fanout.adapters.azure_credentials import AzureAdapterError
 from fanout.adapters.builder import BuildError
 from fanout.adapters.helm import HelmError, render_chart
 from fanout.airflow.hooks import FleetHook, helm_binary
-from fanout.airflow.triggers import (
-    AcrRunTrigger,
-    HttpGateTrigger,
-    PollingTrigger,
-    ReplicationTrigger,
-    RolloutTrigger,
-    probe_edge,
-)
+from fanout.airflow.triggers import AcrRunTrigger, HttpGateTrigger, ReplicationTrigger, RolloutTrigger, probe_edge
+from fanout.airflow.waiting import Ending, WaitingMixin
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import PlanError, plan_waves
 from fanout.policy import (
@@ -48,9 +40,8 @@ from fanout.policy import (
 
 # Region steps that record a failure, in the order they run.
 STEPS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "gate_metric")
-# Waits run in the worker for this long before they defer (PollingTrigger.poll_inline says why),
-# and a deferred trigger checks first this long after the deferral.
-INLINE_SECONDS = 10.0
+# A deferred ACR build's trigger checks first this long after the deferral: the build resumes
+# on a worker, and a resume within seconds of a deferral meets apache/airflow#72716 (waiting.py).
 SETTLE_SECONDS = 8.0
 # The run's first task; when a newer queued run supersedes this one it records why under this key.
 SUPERSEDING_TASK = "check_superseded"
@@ -118,22 +109,6 @@ class FanoutOperator(BaseOperator):
 
     def endpoint_name(self) -> str:
         return self.fleet.region(self.region).endpoint.name
-
-    def wait(self, context: Context, trigger: PollingTrigger, method_name: str) -> Any:
-        """Wait for `trigger`'s condition: in the worker first, deferred (holding no slot) if it lasts."""
-        event = trigger.poll_inline(INLINE_SECONDS)
-        if event is not None:
-            return getattr(self, method_name)(context, event)
-        self.log.info("still waiting after %.0f s (%s): deferring", INLINE_SECONDS, trigger.last_detail)
-        trigger.not_before = time.time() + SETTLE_SECONDS
-        self.defer(trigger=trigger, method_name=method_name)
-
-    def pause(self, seconds: int, method_name: str, context: Context) -> Any:
-        """Wait `seconds`: in the worker when short, deferred otherwise (see INLINE_SECONDS)."""
-        if seconds > INLINE_SECONDS:
-            self.defer(trigger=TimeDeltaTrigger(timedelta(seconds=seconds)), method_name=method_name)
-        time.sleep(seconds)
-        return getattr(self, method_name)(context)
 
     def task_states(self, context: Context, task_ids: list[str] | None = None) -> dict[str, str | None]:
         """The state of tasks of this run by task id (every task when `task_ids` is None).
@@ -249,7 +224,7 @@ class BuildImageOperator(FanoutOperator):
         return {"digest": digest, "repository": self.fleet.registry.repository, "tag": tag}
 
 
-class WaitForReplicationOperator(FanoutOperator):
+class WaitForReplicationOperator(WaitingMixin, FanoutOperator):
     """Wait, deferred, until this region's registry replica serves the release digest."""
 
     def run(self, context: Context) -> dict[str, Any] | None:
@@ -263,17 +238,9 @@ class WaitForReplicationOperator(FanoutOperator):
             timeout_seconds=self.fleet.registry.replication_timeout_seconds,
             poll_seconds=1.0,
         )
-        return self.wait(context, trigger, "execute_complete")
-
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        if event["status"] != "ok":
-            digest = self.release(context)["digest"]
-            raise AirflowFailException(
-                f"{self.region}: the registry replica still lacks {digest} after {event['waited']:.0f} s "
-                f"(registry.replication_timeout_seconds): {event['detail']}"
-            )
-        self.log.info("%s has the digest after %.1f s", self.region, event["waited"])
-        return {"waited": event["waited"]}
+        lacks = f"the registry replica still lacks {digest} after {{waited:.0f}} s "
+        cause = lacks + "(registry.replication_timeout_seconds): {detail}"
+        return self.wait(context, trigger, Ending(self.region, "wait_replication", cause))
 
 
 class DrainRegionOperator(FanoutOperator):
@@ -330,14 +297,11 @@ class HelmDeployOperator(FanoutOperator):
         return rollout_status(deployment, digest).done
 
 
-class _GateOperator(FanoutOperator):
+class _GateOperator(WaitingMixin, FanoutOperator):
     ui_color = "#e6f5e6"
 
-    def finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        if event["status"] != "ok":
-            self.fail(context, f"{event['detail']} (gave up after {event['waited']:.0f} s)")
-        self.log.info("%s passed after %.1f s: %s", self.task_id, event["waited"], event["detail"])
-        return event
+    def ending(self, **kwargs: Any) -> Ending:
+        return Ending(self.region, self.task_id.split(".")[-1], **kwargs)
 
 
 class RolloutGateOperator(_GateOperator):
@@ -352,7 +316,7 @@ class RolloutGateOperator(_GateOperator):
             timeout_seconds=self.fleet.gates.rollout_timeout_seconds,
             poll_seconds=1.0,
         )
-        return self.wait(context, trigger, "finish")
+        return self.wait(context, trigger, self.ending())
 
 
 class HttpGateOperator(_GateOperator):
@@ -369,20 +333,26 @@ class HttpGateOperator(_GateOperator):
             timeout_seconds=gate.timeout_seconds,
             poll_seconds=gate.interval_seconds,
         )
-        return self.wait(context, trigger, "finish")
+        return self.wait(context, trigger, self.ending())
 
 
 class SoakGateOperator(_GateOperator):
     """Let the region run the release for the soak time, then check it is still healthy."""
 
     def run(self, context: Context) -> dict[str, Any]:
-        return self.pause(self.fleet.gates.soak_seconds, "after", context)
-
-    def after(self, context: Context, event: Any = None) -> dict[str, Any]:
-        healthy, digest, detail = self.probe(self.region)
-        if not healthy or digest != self.release(context)["digest"]:
-            self.fail(context, f"after {self.fleet.gates.soak_seconds} s of soak: {detail}")
-        return {"soaked_seconds": self.fleet.gates.soak_seconds}
+        # One probe of the edge, in the trigger, once the soak time is over.
+        soak, gate = self.fleet.gates.soak_seconds, self.fleet.gates.http
+        trigger = HttpGateTrigger(
+            edge_url=self.fleet.region(self.region).edge_url,
+            health_path=gate.health_path,
+            version_path=gate.version_path,
+            digest=self.release(context)["digest"],
+            needed=1,
+            timeout_seconds=soak,
+            not_before=time.time() + soak,
+        )
+        ending = self.ending(cause=f"after {soak} s of soak: {{detail}}", result={"soaked_seconds": soak})
+        return self.wait(context, trigger, ending, look_first=False)
 
 
 class RestoreRegionOperator(FanoutOperator):
@@ -486,7 +456,7 @@ class RollbackAllOperator(FanoutOperator):
         self.log.warning("%s is unhealthy after its rollback: drained", region)
 
 
-class BakeOperator(FanoutOperator):
+class BakeOperator(WaitingMixin, FanoutOperator):
     """Wait the fleet's bake time between two waves (deferred)."""
 
     def __init__(self, *, wave_regions: list[str], **kwargs: Any) -> None:
@@ -498,10 +468,7 @@ class BakeOperator(FanoutOperator):
         if not any(targeted(context["params"], r) for r in self.wave_regions):
             self.log.info("no region of this wave (%s) is in this run: no bake", ", ".join(self.wave_regions))
             return
-        self.pause(self.fleet.rollout.bake_seconds, "done", context)
-
-    def done(self, context: Context, event: Any = None) -> None:
-        self.log.info("baked %s s", self.fleet.rollout.bake_seconds)
+        self.pause(self.fleet.rollout.bake_seconds, Ending(None, self.task_id))
 
 
 class RebalanceOperator(FanoutOperator):
