@@ -4,7 +4,9 @@ records and messages as the worker path `airflow dags test` takes."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,10 +15,22 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 
-from fanout.airflow.triggers import PollingTrigger
+from fanout.airflow.operators import SoakGateOperator, WaitForReplicationOperator
+from fanout.airflow.triggers import HttpGateTrigger, PollingTrigger
 from fanout.airflow.waiting import Ending, WaitingMixin
+from fanout.fleet import load_fleet
 
 GATE = Ending("eastus", "gate_http")
+
+
+def dead_url() -> str:
+    """An http URL on a local port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+DEAD_URL = dead_url()
 
 
 class Countdown(PollingTrigger):
@@ -127,3 +141,53 @@ def test_a_task_end_event_replayed_by_dags_test_keeps_its_state() -> None:
     assert op.end_wait({"ti": FakeTi()}, "success", Ending(None, "bake").as_dict()) is None
     with pytest.raises(AirflowFailException, match="eastus: gate_http failed"):
         op.end_wait({"ti": FakeTi()}, "failed", GATE.as_dict())
+
+
+# -- the release's waits defer with an Ending (fleet: include/fleets/local.yaml; nothing runs) --
+REPO = Path(__file__).resolve().parents[2]
+PARAMS = {"git_sha": "0123456789abcdef", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
+DIGEST = "sha256:" + "a" * 64
+
+
+class RunTi(FakeTi):
+    def xcom_pull(self, task_ids: str, key: str = "return_value") -> Any:
+        assert (task_ids, key) == ("build", "return_value")
+        return {"digest": DIGEST, "repository": "hello", "tag": None}
+
+
+def test_the_soak_gate_defers_at_once_and_its_trigger_probes_once_after_the_soak() -> None:
+    fleet = str(REPO / "include" / "fleets" / "local.yaml")
+    soak = load_fleet(fleet).gates.soak_seconds
+    op = SoakGateOperator(task_id="deploy_eastus.gate_soak", fleet_path=fleet, region="eastus")
+    before = time.time()
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({"params": PARAMS, "ti": RunTi()})
+    trigger, ending = deferred.value.trigger, deferred.value.kwargs["ending"]
+    assert isinstance(trigger, HttpGateTrigger) and deferred.value.method_name == "end_wait"
+    assert (trigger.needed, trigger.digest, trigger.timeout_seconds) == (1, DIGEST, soak)
+    assert trigger.not_before >= before + soak
+    assert ending == {"region": "eastus", "gate": "gate_soak", "cause": f"after {soak} s of soak: {{detail}}",
+                      "result": {"soaked_seconds": soak}}  # fmt: skip
+    # The triggerer, the soak time later, with no edge listening: the task fails with its record.
+    kwargs = {**trigger.serialize()[1], "not_before": None, "started_at": time.time() - soak, "edge_url": DEAD_URL}
+    rebuilt = HttpGateTrigger(**kwargs)
+    rebuilt.task_instance = SimpleNamespace(task_id=op.task_id)
+    event = first_event(rebuilt)
+    assert isinstance(event, TaskFailedEvent)
+    failure = event.xcoms["failure"]
+    assert (failure["region"], failure["gate"]) == ("eastus", "gate_soak")
+    assert failure["cause"].startswith(f"after {soak} s of soak: edge unreachable"), failure
+
+
+def test_the_replication_wait_defers_and_names_what_the_replica_lacks() -> None:
+    fleet = str(REPO / "include" / "fleets" / "local.yaml")
+    op = WaitForReplicationOperator(task_id="wait_replication_northeurope", fleet_path=fleet, region="northeurope")
+    with pytest.raises(TaskDeferred) as deferred:  # no registry listens: the first look finds nothing
+        op.execute({"params": PARAMS, "ti": RunTi()})
+    ending = Ending.of(deferred.value.trigger.serialize()[1]["ending"])
+    passed, _, line = ending.conclude({"status": "timeout", "detail": "not there yet", "waited": 300.2})
+    assert not passed
+    assert line == (
+        f"northeurope: wait_replication failed: the registry replica still lacks {DIGEST} after 300 s "
+        "(registry.replication_timeout_seconds): not there yet"
+    )
