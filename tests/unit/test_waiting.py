@@ -95,6 +95,13 @@ def test_without_a_task_instance_the_trigger_resumes_the_task() -> None:
     the payload: a task-end event would lose its xcoms there."""
     event = first_event(Countdown(done_at=0, poll_seconds=0.01, timeout_seconds=0.05, ending=GATE.as_dict()))
     assert type(event) is TriggerEvent and event.payload["status"] == "timeout"
+    # dags test resumes end_wait with the payload alone (it drops the deferral's kwargs): the
+    # payload carries the Ending, so the worker records and says the same as the trigger would.
+    assert event.payload["ending"] == GATE.as_dict()
+    op, ti = Wait(task_id="gate_http", trigger=Countdown(timeout_seconds=1)), FakeTi()
+    with pytest.raises(AirflowFailException, match=r"^eastus: gate_http failed: check \d+ \(gave up after 0 s\)$"):
+        op.end_wait({"ti": ti}, event.payload)
+    assert ti.pushed["failure"]["region"] == "eastus" and ti.pushed["failure"]["gate"] == "gate_http"
 
 
 class Wait(WaitingMixin, BaseOperator):
@@ -125,7 +132,6 @@ def test_a_wait_still_going_defers_to_a_trigger_that_ends_the_task() -> None:
     with pytest.raises(TaskDeferred) as deferred:
         op.execute({"ti": FakeTi()})
     assert deferred.value.method_name == "end_wait"
-    assert deferred.value.kwargs == {"ending": GATE.as_dict()}
     assert deferred.value.trigger.serialize()[1]["ending"] == GATE.as_dict()
 
 
@@ -138,9 +144,9 @@ def test_the_worker_path_records_the_failure_and_names_region_gate_and_cause() -
 
 def test_a_task_end_event_replayed_by_dags_test_keeps_its_state() -> None:
     op = Wait(task_id="bake", trigger=Countdown(timeout_seconds=1))
-    assert op.end_wait({"ti": FakeTi()}, "success", Ending(None, "bake").as_dict()) is None
-    with pytest.raises(AirflowFailException, match="eastus: gate_http failed"):
-        op.end_wait({"ti": FakeTi()}, "failed", GATE.as_dict())
+    assert op.end_wait({"ti": FakeTi()}, "success") is None
+    with pytest.raises(AirflowFailException, match="bake: the trigger ended it as failed"):
+        op.end_wait({"ti": FakeTi()}, "failed")
 
 
 # -- the release's waits defer with an Ending (fleet: include/fleets/local.yaml; nothing runs) --
@@ -162,7 +168,8 @@ def test_the_soak_gate_defers_at_once_and_its_trigger_probes_once_after_the_soak
     before = time.time()
     with pytest.raises(TaskDeferred) as deferred:
         op.execute({"params": PARAMS, "ti": RunTi()})
-    trigger, ending = deferred.value.trigger, deferred.value.kwargs["ending"]
+    trigger = deferred.value.trigger
+    ending = trigger.serialize()[1]["ending"]
     assert isinstance(trigger, HttpGateTrigger) and deferred.value.method_name == "end_wait"
     assert (trigger.needed, trigger.digest, trigger.timeout_seconds) == (1, DIGEST, soak)
     assert trigger.not_before >= before + soak

@@ -468,7 +468,7 @@ class BakeOperator(WaitingMixin, FanoutOperator):
         if not any(targeted(context["params"], r) for r in self.wave_regions):
             self.log.info("no region of this wave (%s) is in this run: no bake", ", ".join(self.wave_regions))
             return
-        self.pause(self.fleet.rollout.bake_seconds, Ending(None, self.task_id))
+        self.pause(self.fleet.rollout.bake_seconds)
 
 
 class RebalanceOperator(FanoutOperator):

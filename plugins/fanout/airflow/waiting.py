@@ -18,10 +18,12 @@ What the task would have recorded travels in the event's `xcoms` (Airflow's trig
 wording of both comes from an `Ending` the operator hands the trigger, so the message is
 the operator's and the same on either path.
 
-`airflow dags test` runs a trigger in-line and resumes the task with the event's payload,
-which for a task-end event is only its state: it would drop the xcoms. A trigger given no
-task instance (the in-line runner sets none; the triggerer always does) therefore yields the
-plain event, and the operator's `end_wait` applies the same `Ending` in the worker.
+`airflow dags test` runs a trigger in-line and resumes the task with the event's payload
+(sdk/definitions/dag.py `_run_task`), which for a task-end event is only its state: the xcoms
+would be lost, and so would the deferral's own kwargs, which it replaces with the event. A
+trigger given no task instance (the in-line runner sets none; the triggerer always does)
+therefore yields a plain event that carries its `Ending`, and the operator's `end_wait` applies
+it in the worker.
 """
 
 from __future__ import annotations
@@ -80,8 +82,10 @@ class EndingTrigger(BaseTrigger):
         self.ending = dict(ending) if ending else None
 
     def final_event(self, event: dict[str, Any]) -> TriggerEvent:
-        if self.ending is None or self.task_instance is None:
+        if self.ending is None:
             return TriggerEvent(event)
+        if self.task_instance is None:
+            return TriggerEvent({**event, "ending": self.ending})
         passed, xcoms, line = Ending.of(self.ending).conclude(event)
         if passed:
             self.log.info("%s", line)
@@ -98,26 +102,27 @@ class WaitingMixin:
         if look_first:
             event = trigger.poll_inline(0)
             if event is not None:
-                return self.end_wait(context, event, ending.as_dict())
+                return self.end_wait(context, {**event, "ending": ending.as_dict()})
         self.log.info("deferring (%s)", trigger.last_detail)
         trigger.ending = ending.as_dict()
-        self.defer(trigger=trigger, method_name="end_wait", kwargs={"ending": trigger.ending})
+        self.defer(trigger=trigger, method_name="end_wait")
 
-    def pause(self, seconds: float, ending: Ending) -> None:
+    def pause(self, seconds: float) -> None:
         """Wait `seconds` in the triggerer; the trigger ends the task successfully."""
         if seconds > 0:
             trigger = TimeDeltaTrigger(timedelta(seconds=seconds), end_from_trigger=True)
-            self.defer(trigger=trigger, method_name="end_wait", kwargs={"ending": ending.as_dict()})
+            self.defer(trigger=trigger, method_name="end_wait")
 
-    def end_wait(self, context: Context, event: Any, ending: Mapping[str, Any]) -> Any:
+    def end_wait(self, context: Context, event: Any) -> Any:
         """End the task in the worker as the trigger would have: after a first look that decided,
         or under `airflow dags test` (see the module doc)."""
         if not isinstance(event, Mapping):
             # A task-end event replayed by `dags test`: only its state is left.
             if event == "success":
                 return None
-            raise AirflowFailException(f"{ending['region']}: {ending['gate']} failed: the trigger ended it {event}")
-        passed, xcoms, line = Ending.of(ending).conclude(event)
+            raise AirflowFailException(f"{self.task_id}: the trigger ended it as {event}")
+        event = dict(event)
+        passed, xcoms, line = Ending.of(event.pop("ending")).conclude(event)
         if passed:
             self.log.info("%s", line)
             return xcoms["return_value"]
