@@ -31,15 +31,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TaskFailedEvent, TaskSuccessEvent, TriggerEvent
-
-if TYPE_CHECKING:
-    from fanout.airflow.triggers import PollingTrigger
 
 FAILURE_KEY = "failure"  # the XCom rollback, rollback-all and rebalance read
 
@@ -94,10 +91,19 @@ class EndingTrigger(BaseTrigger):
         return TaskFailedEvent(xcoms=xcoms)
 
 
+class Polling(Protocol):
+    """What `wait` needs of a trigger (fanout.airflow.triggers.PollingTrigger has it)."""
+
+    ending: dict[str, Any] | None
+    last_detail: str
+
+    def poll_inline(self, budget: float) -> dict[str, Any] | None: ...
+
+
 class WaitingMixin:
     """For an operator whose task is a wait: `wait` and `pause` defer to a trigger that ends the task."""
 
-    def wait(self, context: Context, trigger: PollingTrigger, ending: Ending, *, look_first: bool = True) -> Any:
+    def wait(self, context: Context, trigger: Polling, ending: Ending, *, look_first: bool = True) -> Any:
         """One look in the worker (`look_first`), then defer; the trigger ends the task."""
         if look_first:
             event = trigger.poll_inline(0)
