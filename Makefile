@@ -16,7 +16,7 @@ export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 # Where a fleet file's source and chart paths may point (besides the fleet file's folder and git work tree).
 export FANOUT_PROJECT_DIR ?= $(CURDIR)
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow \
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow bench-short-waits \
 	airflow-up airflow-status airflow-env airflow-down
 
 venv: $(STAMP)
@@ -89,6 +89,11 @@ bench: venv system-packages binaries
 ## Worker slots busy while release runs wait, on a private real Airflow (prints figures).
 bench-airflow: venv system-packages binaries
 	@$(PY) -m localfleet.bench_airflow
+
+## Waits whose trigger fires within seconds of the deferral, on a private real Airflow: resumed on a
+## worker (apache/airflow#72716 fails some) versus ended by the trigger (fanout.airflow.waiting).
+bench-short-waits: venv system-packages
+	@$(PY) -m localfleet.short_waits
 
 ## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet.
 airflow-up: fleet-up

@@ -1,9 +1,9 @@
 """How many Airflow worker slots a release run holds while it only waits.
 
-The release's waits (replication, rollout, HTTP and soak gates, bakes) poll in the worker for
-at most INLINE_SECONDS and then defer to the triggerer, where they hold no worker slot. Whether
-that holds on a real Airflow is a matter of measurement: `SlotSampler` samples the run's task
-states through the REST API, and `summarize` (pure) turns the samples into figures.
+The release's waits (replication, rollout, HTTP and soak gates, bakes) look once in the worker,
+then defer to the triggerer, which ends the task (fanout.airflow.waiting): they hold a worker
+slot only while the task starts. Whether that holds on a real Airflow is a matter of measurement:
+`SlotSampler` samples the run's task states through the REST API, and `summarize` (pure) turns the samples into figures.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-# The same value as fanout.airflow.waits.INLINE_SECONDS (a unit test keeps them equal);
-# importing it from there would import Airflow, which this module must not need.
-INLINE_SECONDS = 10.0
+# Seconds of a wait's worker time `summarize` does not count as waiting in a worker. The waits
+# have no in-worker phase any more (until fanout.airflow.waiting they polled there for 10 s),
+# so every second a wait holds a worker counts.
+INLINE_SECONDS = 0.0
 
 Sample = tuple[float, dict[str, str | None]]  # (time.monotonic(), {task_id: state})
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.localfleet, pytest.mark.e2e]
 
 DAG = "release_hello"
 CHECK_DAG = "fleet_consistency_hello"
-SLOW, LAG = "northeurope", 25  # longer than a wait's in-worker phase: this wait defers to the triggerer
+SLOW, LAG = "northeurope", 25  # long enough that this wait defers to the triggerer
 REGION_TASKS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore", "rollback")
 
 

@@ -11,7 +11,7 @@ from release_checks import random_sha, snapshot, timed, variant_fleet
 
 pytestmark = pytest.mark.localfleet
 
-LAG = 25  # longer than the in-worker phase (INLINE_SECONDS), so the wait must defer
+LAG = 25  # long enough that the wait defers to the triggerer
 SLOW = "northeurope"  # wave 2; eastus is the home registry, which never lags
 
 

@@ -119,18 +119,8 @@ def test_a_timed_out_gate_fails_naming_region_gate_and_cause():
     op._fleet, ti.pushing = FLEET, op.task_id
     event = {"status": "timeout", "detail": "edge serves sha256:0000, expected …", "waited": 300.0}
     with pytest.raises(AirflowFailException, match=r"eastus: gate_http failed: edge serves .* \(gave up after 300 s\)"):
-        op.finish({"ti": ti}, event)
+        op.end_wait({"ti": ti}, {**event, "ending": op.ending().as_dict()})
     assert ti.xcoms[(op.task_id, names.FAILURE_KEY)]["gate"] == "gate_http"
-
-
-def test_soak_fails_a_region_that_stopped_serving_the_release():
-    hook, ti = FakeHook(FLEET, serving={"eastus": OLD}), released(FakeTI())
-    op = region_op(rs.SoakGateOperator)
-    op._hook, op._fleet, ti.pushing = hook, FLEET, op.task_id
-    with pytest.raises(
-        AirflowFailException, match="gate_soak failed: after 2 s of soak: healthy=True digest=sha256:0000"
-    ):
-        op.after({"ti": ti})
 
 
 # -- rollback ---------------------------------------------------------------------------

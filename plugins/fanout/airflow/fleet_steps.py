@@ -148,10 +148,7 @@ class BakeOperator(WaitingOperator):
         if not any(targeted(context["params"], r) for r in self.wave_regions):
             self.log.info("no region of this wave (%s) is in this run: no bake", ", ".join(self.wave_regions))
             return
-        self.pause(self.fleet.rollout.bake_seconds, "done", context)
-
-    def done(self, context: Context, event: Any = None) -> None:
-        self.log.info("baked %s s", self.fleet.rollout.bake_seconds)
+        self.pause(self.fleet.rollout.bake_seconds)
 
 
 class RollbackAllOperator(FanoutOperator):

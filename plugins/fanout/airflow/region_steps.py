@@ -3,6 +3,7 @@ restore — or roll back when a step failed."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from airflow.sdk import Context
@@ -50,17 +51,10 @@ class WaitForReplicationOperator(_RegionWait):
             timeout_seconds=self.fleet.registry.replication_timeout_seconds,
             poll_seconds=1.0,
         )
-        return self.wait(context, trigger, "execute_complete")
-
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        if event["status"] != "ok":
-            self.fail(
-                context,
-                f"the registry replica still lacks {self.release(context).digest} after {event['waited']:.0f} s "
-                f"(registry.replication_timeout_seconds): {event['detail']}",
-            )
-        self.log.info("%s has the digest after %.1f s", self.region, event["waited"])
-        return {"waited": event["waited"]}
+        lacks = f"the registry replica still lacks {digest} after {{waited:.0f}} s "
+        return self.wait(
+            context, trigger, self.ending(cause=lacks + "(registry.replication_timeout_seconds): {detail}")
+        )
 
 
 class DrainRegionOperator(_RegionStep):
@@ -124,12 +118,6 @@ class HelmDeployOperator(_RegionStep):
 class _GateOperator(_RegionWait):
     ui_color = "#e6f5e6"
 
-    def finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        if event["status"] != "ok":
-            self.fail(context, f"{event['detail']} (gave up after {event['waited']:.0f} s)")
-        self.log.info("%s passed after %.1f s: %s", self.step, event["waited"], event["detail"])
-        return event
-
 
 class RolloutGateOperator(_GateOperator):
     """Wait, deferred, until the Deployment has rolled out the digest on every replica."""
@@ -143,7 +131,7 @@ class RolloutGateOperator(_GateOperator):
             timeout_seconds=self.fleet.gates.rollout_timeout_seconds,
             poll_seconds=1.0,
         )
-        return self.wait(context, trigger, "finish")
+        return self.wait(context, trigger, self.ending())
 
 
 class HttpGateOperator(_GateOperator):
@@ -160,7 +148,7 @@ class HttpGateOperator(_GateOperator):
             timeout_seconds=gate.timeout_seconds,
             poll_seconds=gate.interval_seconds,
         )
-        return self.wait(context, trigger, "finish")
+        return self.wait(context, trigger, self.ending())
 
 
 class SoakGateOperator(_GateOperator):
@@ -169,13 +157,17 @@ class SoakGateOperator(_GateOperator):
     step = names.GATE_SOAK
 
     def run(self, context: Context) -> Any:
-        return self.pause(self.fleet.gates.soak_seconds, "after", context)
-
-    def after(self, context: Context, event: Any = None) -> dict[str, Any]:
-        probe = self.hook.edge(self.region).probe()
-        if not probe.healthy or probe.digest != self.release(context).digest:
-            self.fail(context, f"after {self.fleet.gates.soak_seconds} s of soak: {probe.detail}")
-        return {"soaked_seconds": self.fleet.gates.soak_seconds}
+        # One probe of the edge, in the trigger, once the soak time is over.
+        soak = self.fleet.gates.soak_seconds
+        trigger = HttpGateTrigger(
+            **self.trigger_kwargs(context),
+            digest=self.release(context).digest,
+            needed=1,
+            timeout_seconds=soak,
+            not_before=time.time() + soak,
+        )
+        ending = self.ending(cause=f"after {soak} s of soak: {{detail}}", result={"soaked_seconds": soak})
+        return self.wait(context, trigger, ending, look_first=False)
 
 
 class MetricGateOperator(_GateOperator):

@@ -10,13 +10,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import TriggerEvent
 
 from fanout.adapters.azure_credentials import AzureAdapterError, scrub
 from fanout.adapters.builder import BuildError
 from fanout.adapters.cluster import ClusterError
 from fanout.adapters.registry import RegistryError
 from fanout.airflow.hooks import FleetHook
+from fanout.airflow.waits import EndingTrigger
 from fanout.fleet import Fleet
 from fanout.policy import rollout_status
 from fanout.records import FleetSnapshot
@@ -25,12 +26,12 @@ if TYPE_CHECKING:
     from fanout.adapters.acr_tasks import AcrTasksBuilder, RunState
 
 
-class PollingTrigger(BaseTrigger):
+class PollingTrigger(EndingTrigger):
     """Poll `check()` every `poll_seconds` until it says done or `timeout_seconds` pass.
 
     `started_at` travels with the serialized trigger, so a triggerer restart does not
-    restart the clock. `not_before` (epoch seconds) holds the first check back: see
-    `poll_inline` for why an operator sets it when it defers.
+    restart the clock. `not_before` (epoch seconds) holds the first check back. Given an
+    `ending`, the trigger ends its task itself (fanout.airflow.waits).
     """
 
     def __init__(
@@ -40,8 +41,9 @@ class PollingTrigger(BaseTrigger):
         poll_seconds: float = 2.0,
         started_at: float | None = None,
         not_before: float | None = None,
+        ending: dict[str, Any] | None = None,
     ):
-        super().__init__()
+        super().__init__(ending=ending)
         self.timeout_seconds = timeout_seconds
         self.poll_seconds = poll_seconds
         self.started_at = started_at or time.time()
@@ -54,6 +56,7 @@ class PollingTrigger(BaseTrigger):
             "poll_seconds": self.poll_seconds,
             "started_at": self.started_at,
             "not_before": self.not_before,
+            "ending": self.ending,
         }
 
     async def check(self) -> tuple[bool, str]:
@@ -82,20 +85,14 @@ class PollingTrigger(BaseTrigger):
                 await asyncio.sleep(max(0.0, self.not_before - time.time()))
             event = await self._poll(None)
             assert event is not None  # no budget: only done or timeout end the loop
-            yield TriggerEvent(event)
+            yield self.final_event(event)
         finally:
             self.close()
 
     def poll_inline(self, budget: float) -> dict[str, Any] | None:
         """The same wait, in the worker, for at most `budget` seconds: the event if it ended, else None.
 
-        Most waits of a release are over in seconds (a replica a few seconds behind, a rollout
-        kwok finishes at once, three probes a second apart), and a deferral costs a task restart.
-        Worse, Airflow 3.3 fails a deferred task whose trigger fires within seconds: the scheduler
-        drains the deferring process's exit event after the resumed try is already running and
-        takes it for a task killed externally (apache/airflow#71580, #72716). So an operator polls
-        here first and defers only a wait that is still going, with `not_before` a few seconds out.
-        """
+        With budget 0 it checks once: a wait whose condition already holds ends in the worker."""
         try:
             return asyncio.run(self._poll(budget))
         finally:

@@ -1,0 +1,195 @@
+"""fanout.airflow.waits: a wait's trigger ends its task (no resume on a worker), with the same
+records and messages as the worker path `airflow dags test` takes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEvent
+
+from fanout.adapters.edge import Edge
+from fanout.airflow.hooks import FleetHook
+from fanout.airflow.region_steps import SoakGateOperator, WaitForReplicationOperator
+from fanout.airflow.triggers import HttpGateTrigger, PollingTrigger
+from fanout.airflow.waits import Ending, WaitingMixin
+from fanout.fleet import load_fleet
+from tests.fakes import DIGEST, LOCAL, FakeHook, FakeTI, released, run_task
+
+FLEET = load_fleet(LOCAL)
+
+GATE = Ending("eastus", "gate_http")
+
+
+def dead_url() -> str:
+    """An http URL on a local port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+DEAD_URL = dead_url()
+
+
+class Countdown(PollingTrigger):
+    """Done at the `done_at`-th check (never when 0)."""
+
+    def __init__(self, *, done_at: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.done_at, self.checks = done_at, 0
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{__name__}.Countdown", {"done_at": self.done_at, **self._kwargs()}
+
+    async def check(self) -> tuple[bool, str]:
+        self.checks += 1
+        return self.checks == self.done_at, f"check {self.checks}"
+
+
+def under_triggerer(trigger: PollingTrigger) -> PollingTrigger:
+    """As the triggerer runs it: rebuilt from its serialized form, with the task instance set."""
+    _, kwargs = trigger.serialize()
+    rebuilt = type(trigger)(**kwargs)
+    rebuilt.task_instance = SimpleNamespace(task_id="deploy_eastus.gate_http")
+    return rebuilt
+
+
+def first_event(trigger: PollingTrigger) -> TriggerEvent:
+    async def first() -> TriggerEvent:
+        return await anext(trigger.run())
+
+    return asyncio.run(first())
+
+
+def test_a_passed_wait_ends_the_task_with_its_return_value() -> None:
+    trigger = under_triggerer(Countdown(done_at=2, poll_seconds=0.01, timeout_seconds=30, ending=GATE.as_dict()))
+    event = first_event(trigger)
+    assert isinstance(event, TaskSuccessEvent)
+    assert event.xcoms["return_value"]["status"] == "ok" and event.xcoms["return_value"]["detail"] == "check 2"
+
+
+def test_a_failed_gate_ends_the_task_with_its_failure_record() -> None:
+    ending = Ending("eastus", "gate_http", cause="after 2 s of soak: {detail}")
+    trigger = under_triggerer(Countdown(done_at=0, poll_seconds=0.01, timeout_seconds=0.05, ending=ending.as_dict()))
+    event = first_event(trigger)
+    assert isinstance(event, TaskFailedEvent)
+    cause = event.xcoms["failure"]["cause"]
+    assert event.xcoms == {"failure": {"region": "eastus", "gate": "gate_http", "cause": cause}}
+    assert cause.startswith("after 2 s of soak: check ")
+
+
+def test_the_clock_survives_a_triggerer_restart() -> None:
+    started = time.time() - 100  # deferred 100 s ago; the triggerer rebuilds it from its row now
+    trigger = under_triggerer(
+        Countdown(done_at=0, poll_seconds=0.01, timeout_seconds=60, started_at=started, ending=GATE.as_dict())
+    )
+    event = first_event(trigger)
+    assert isinstance(event, TaskFailedEvent), "past its deadline at the first check"
+    assert "(gave up after 100 s)" in event.xcoms["failure"]["cause"]
+
+
+def test_without_a_task_instance_the_trigger_resumes_the_task() -> None:
+    """`airflow dags test` runs triggers in-line with no task instance and resumes the task with
+    the payload: a task-end event would lose its xcoms there."""
+    event = first_event(Countdown(done_at=0, poll_seconds=0.01, timeout_seconds=0.05, ending=GATE.as_dict()))
+    assert type(event) is TriggerEvent and event.payload["status"] == "timeout"
+    # dags test resumes end_wait with the payload alone (it drops the deferral's kwargs): the
+    # payload carries the Ending, so the worker records and says the same as the trigger would.
+    assert event.payload["ending"] == GATE.as_dict()
+    op, ti = Wait(task_id="gate_http", trigger=Countdown(timeout_seconds=1)), FakeTi()
+    with pytest.raises(AirflowFailException, match=r"^eastus: gate_http failed: check \d+ \(gave up after 0 s\)$"):
+        op.end_wait({"ti": ti}, event.payload)
+    assert ti.pushed["failure"]["region"] == "eastus" and ti.pushed["failure"]["gate"] == "gate_http"
+
+
+class Wait(WaitingMixin, BaseOperator):
+    def __init__(self, *, trigger: PollingTrigger, ending: Ending = GATE, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.trigger, self.ending = trigger, ending
+
+    def execute(self, context: Any) -> Any:
+        return self.wait(context, self.trigger, self.ending)
+
+
+class FakeTi:
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+def test_a_wait_that_already_holds_ends_in_the_worker_without_deferring() -> None:
+    op = Wait(task_id="gate_http", trigger=Countdown(done_at=1, timeout_seconds=30))
+    result = op.execute({"ti": FakeTi()})
+    assert result["status"] == "ok" and result["detail"] == "check 1"
+
+
+def test_a_wait_still_going_defers_to_a_trigger_that_ends_the_task() -> None:
+    op = Wait(task_id="gate_http", trigger=Countdown(done_at=0, timeout_seconds=30))
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute({"ti": FakeTi()})
+    assert deferred.value.method_name == "end_wait"
+    assert deferred.value.trigger.serialize()[1]["ending"] == GATE.as_dict()
+
+
+def test_the_worker_path_records_the_failure_and_names_region_gate_and_cause() -> None:
+    op, ti = Wait(task_id="gate_http", trigger=Countdown(done_at=0, timeout_seconds=0)), FakeTi()
+    with pytest.raises(AirflowFailException, match=r"^eastus: gate_http failed: check 1 \(gave up after 0 s\)$"):
+        op.execute({"ti": ti})
+    assert ti.pushed == {"failure": {"region": "eastus", "gate": "gate_http", "cause": "check 1 (gave up after 0 s)"}}
+
+
+def test_a_task_end_event_replayed_by_dags_test_keeps_its_state() -> None:
+    op = Wait(task_id="bake", trigger=Countdown(timeout_seconds=1))
+    assert op.end_wait({"ti": FakeTi()}, "success") is None
+    with pytest.raises(AirflowFailException, match="bake: the trigger ended it as failed"):
+        op.end_wait({"ti": FakeTi()}, "failed")
+
+
+# -- the release's waits defer with an Ending (fleet: include/fleets/local.yaml; nothing runs) --
+
+
+def test_the_soak_gate_defers_at_once_and_its_trigger_probes_once_after_the_soak(monkeypatch) -> None:
+    soak = FLEET.gates.soak_seconds
+    op = SoakGateOperator(task_id="deploy_eastus.gate_soak", fleet_path=str(LOCAL), region="eastus")
+    before = time.time()
+    with pytest.raises(TaskDeferred) as deferred:
+        run_task(op, released(FakeTI()), FakeHook(FLEET))
+    trigger = deferred.value.trigger
+    ending = trigger.serialize()[1]["ending"]
+    assert isinstance(trigger, HttpGateTrigger) and deferred.value.method_name == "end_wait"
+    assert (trigger.needed, trigger.digest, trigger.timeout_seconds) == (1, DIGEST, soak)
+    assert trigger.not_before >= before + soak
+    assert ending == {"region": "eastus", "gate": "gate_soak", "cause": f"after {soak} s of soak: {{detail}}",
+                      "result": {"soaked_seconds": soak}}  # fmt: skip
+    # The triggerer, the soak time later, with no edge listening: the task fails with its record.
+    monkeypatch.setattr(FleetHook, "edge", lambda self, region: Edge(DEAD_URL))
+    kwargs = {**trigger.serialize()[1], "not_before": None, "started_at": time.time() - soak}
+    rebuilt = HttpGateTrigger(**kwargs)
+    rebuilt.task_instance = SimpleNamespace(task_id=op.task_id)
+    event = first_event(rebuilt)
+    assert isinstance(event, TaskFailedEvent)
+    failure = event.xcoms["failure"]
+    assert (failure["region"], failure["gate"]) == ("eastus", "gate_soak")
+    assert failure["cause"].startswith(f"after {soak} s of soak: edge unreachable"), failure
+
+
+def test_the_replication_wait_defers_and_names_what_the_replica_lacks(monkeypatch) -> None:
+    monkeypatch.setattr(PollingTrigger, "poll_inline", lambda self, budget: None)  # not there at the first look
+    op = WaitForReplicationOperator(task_id="wait_replication_northeurope", fleet_path=str(LOCAL), region="northeurope")
+    with pytest.raises(TaskDeferred) as deferred:
+        run_task(op, released(FakeTI()), FakeHook(FLEET))
+    ending = Ending.of(deferred.value.trigger.serialize()[1]["ending"])
+    passed, _, line = ending.conclude({"status": "timeout", "detail": "not there yet", "waited": 300.2})
+    assert not passed
+    assert line == (
+        f"northeurope: wait_replication failed: the registry replica still lacks {DIGEST} after 300 s "
+        "(registry.replication_timeout_seconds): not there yet"
+    )
