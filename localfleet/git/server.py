@@ -28,10 +28,10 @@ class GitHandler(BaseHTTPRequestHandler):
     root: Path
     expected_auth: str | None = None
 
-    def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+    def do_GET(self) -> None:
         self._serve(b"")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._serve(self._body())
 
     def _body(self) -> bytes:
@@ -89,6 +89,7 @@ class GitHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
 
 def serve(root: Path, port: int, credentials: str | None = None) -> None:
     handler = type("Handler", (GitHandler,), {"root": root})

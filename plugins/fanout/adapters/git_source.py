@@ -65,7 +65,7 @@ class GitRepository:
                 ["git", *args], cwd=cwd, env=self._env(), capture_output=True, text=True, timeout=self.timeout_seconds
             )
         except subprocess.TimeoutExpired:
-            raise SourceError(f"{what}: git gave no answer within {self.timeout_seconds:.0f} s from {self.url}") from None
+            raise SourceError(f"{what}: no answer within {self.timeout_seconds:.0f} s from {self.url}") from None
         if done.returncode != 0:
             raise SourceError(f"{what}: {self._scrub(done.stderr.strip())[-600:]}")
         return done.stdout.strip()

@@ -52,7 +52,8 @@ class ReadDesiredStateOperator(FanoutOperator):
             self.log.warning("no release of %s recorded yet: nothing to compare the fleet against", app)
             return {"desired": None, "releases": {}}
         latest = releases[0]
-        desired = {k: latest.get(k) for k in ("digest", "git_sha", "chart_version", "repository", "run_id")}
+        keys = ("digest", "git_sha", "source_ref", "chart_version", "repository", "run_id")
+        desired = {k: latest.get(k) for k in keys}
         desired["recorded_at"] = latest["recorded_at"]
         self.log.info("desired: %s (git %s) recorded by %s", desired["digest"], desired["git_sha"], desired["run_id"])
         older = {r["digest"]: r["git_sha"] for r in reversed(releases[1:]) if r["digest"] != desired["digest"]}
@@ -166,8 +167,12 @@ def deployment_facts(deployment: dict[str, Any] | None) -> dict[str, Any] | None
     # The chart names its container "app"; fall back to the first one for other charts.
     container = next((c for c in containers if c.get("name") == "app"), containers[0])
     image = container.get("image", "")
+    notes = deployment.get("metadata", {}).get("annotations") or {}
     return {
         "image": image,
+        # Which commit the region runs, as the release's chart wrote it (fanout.policy.chart_values).
+        "git_sha": notes.get("fanout.dev/git-sha") or None,
+        "source_ref": notes.get("fanout.dev/source-ref") or None,
         "digest": digest_of(image),
         "replicas": spec.get("replicas", 1),
         "updated": status.get("updatedReplicas", 0),

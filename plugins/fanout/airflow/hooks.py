@@ -21,6 +21,7 @@ from fanout.adapters.aks import AksCluster, KubeconfigDir
 from fanout.adapters.azure_credentials import AzureAccess, access_from_connection
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.cluster import Cluster
+from fanout.adapters.git_source import DevDirectory, GitRepository
 from fanout.adapters.helm import Helm
 from fanout.adapters.registry import OciRegistry
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManager
@@ -219,6 +220,14 @@ class FleetHook(BaseHook):
     def helm(self, region: str) -> Helm:
         kubeconfig, context = self.kubeconfig(region)
         return Helm(helm_binary(), kubeconfig, context, timeout_seconds=self.fleet.gates.rollout_timeout_seconds)
+
+    def source(self) -> GitRepository | DevDirectory:
+        """The app's repository, with the credential of `app.source.git.conn_id` (login, password)."""
+        src = self.fleet.app.source
+        if src.git is None:
+            return DevDirectory(self.fleet.resolve(src.directory))
+        conn = self.get_connection(src.git.conn_id) if src.git.conn_id else None
+        return GitRepository(src.git.url, (conn.login or "", conn.password or "") if conn else None)
 
     def builder(self) -> BuildahBuilder | AcrTasksBuilder:
         reg = self.fleet.registry

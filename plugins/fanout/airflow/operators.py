@@ -12,6 +12,7 @@ import json
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import asdict
 from datetime import timedelta
 from functools import cache, cached_property
 from typing import Any, ClassVar, NoReturn
@@ -23,7 +24,10 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from fanout.adapters.acr_tasks import AcrTasksBuilder
 from fanout.adapters.azure_credentials import AzureAdapterError
 from fanout.adapters.builder import BuildError
+from fanout.adapters.git_source import Commit, SourceError
 from fanout.adapters.helm import HelmError, render_chart
+from fanout.adapters.registry import RegistryError
+from fanout.adapters.release_image import Release, build_commit, ci_image, context_path, previous_build
 from fanout.airflow.hooks import FleetHook, helm_binary
 from fanout.airflow.triggers import (
     AcrRunTrigger,
@@ -41,10 +45,12 @@ from fanout.policy import (
     chart_values,
     check_drain,
     final_traffic,
+    helm_description,
     rollback_all_targets,
     rollout_status,
     traffic_after_failure,
 )
+from fanout.provenance import build_labels
 
 # Region steps that record a failure, in the order they run.
 STEPS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "gate_metric")
@@ -199,35 +205,48 @@ class ValidateReleaseOperator(FanoutOperator):
 
 
 class BuildImageOperator(FanoutOperator):
-    """Build the app image once and pin the release to its digest (or take the digest given)."""
+    """Pin the release to the digest of exactly `git_sha`: built, reused or CI's (see fanout.adapters.release_image)."""
 
     def run(self, context: Context) -> dict[str, Any]:
-        params, registry = context["params"], self.fleet.registry
-        home = self.hook.registry(registry.home)
-        image = params.get("image")
-        if image and DIGEST.match(image):
-            if not home.has_manifest(registry.repository, image):
-                raise AirflowFailException(f"image: {image} is not in the home registry {home.endpoint}")
-            self.log.info("releasing the given digest %s (no build)", image)
-            return {"digest": image, "repository": registry.repository, "tag": None}
-        tag = image or params["git_sha"][:12]
-        destination = f"{registry.pull_host(registry.home)}/{registry.repository}:{tag}"
+        params, registry, allow = context["params"], self.fleet.registry, self.fleet.app.source.allow_unlabelled_images
+        home, image = self.hook.registry(registry.home), params.get("image")
+        try:
+            commit = self.hook.source().resolve(params["git_sha"], params["source_ref"])
+            self.log.info("git_sha %s is commit %s of %s (%s)", params["git_sha"], commit.sha, commit.url, commit.ref)
+            if image and DIGEST.match(image):
+                self.log.info("releasing the CI-built %s (no build): its revision label is the commit", image)
+                return ci_image(home, registry.repository, image, commit, allow).record()
+            if found := previous_build(home, registry.repository, commit):
+                self.log.info("reusing %s, built from %s by an earlier run: no build", found.digest, commit.sha)
+                return found.record()
+        except (SourceError, RegistryError) as err:
+            raise AirflowFailException(str(err)) from None
+        destination = f"{registry.pull_host(registry.home)}/{registry.repository}:{commit.sha}"
         if registry.kind == "acr":
-            self.start_acr_build(destination, tag)
-        started = time.monotonic()
-        digest = self.hook.builder().build_and_push(self.fleet.resolve(self.fleet.app.source), destination)
-        self.log.info("built and pushed %s as %s in %.1f s", destination, digest, time.monotonic() - started)
-        return {"digest": digest, "repository": registry.repository, "tag": tag}
+            self.start_acr_build(commit, destination)
+        started, builder, extra = time.monotonic(), self.hook.builder(), (image,) if image else ()
+        try:
+            built = build_commit(
+                self.hook.source(), self.fleet.app.source, commit, registry.repository,
+                lambda ctx, labels: builder.build_and_push(ctx, destination, labels, extra),
+            )  # fmt: skip
+        except SourceError as err:
+            raise AirflowFailException(str(err)) from None
+        self.log.info("built and pushed %s as %s in %.1f s", destination, built.digest, time.monotonic() - started)
+        return built.record()
 
-    def start_acr_build(self, destination: str, tag: str) -> NoReturn:
+    def start_acr_build(self, commit: Commit, destination: str) -> NoReturn:
         """Schedule the ACR Tasks run and defer: a build takes minutes, and they are spent in ACR,
         not in a worker slot. No inline poll first (see `wait`): no build ends within seconds."""
         builder = self.hook.builder()
         assert isinstance(builder, AcrTasksBuilder)  # an acr registry always gets one
         try:
-            run_id = builder.start(self.fleet.resolve(self.fleet.app.source), destination)
+            with self.hook.source().export(commit, context_path(self.fleet.app.source)) as tree:
+                run_id = builder.start(tree, destination, build_labels(commit.sha, commit.url))
         except AzureAdapterError as err:
             raise BuildError(str(err)) from None
+        except SourceError as err:
+            raise AirflowFailException(str(err)) from None
         finally:
             builder.close()
         self.log.info("ACR Tasks run %s builds %s; log: %s", run_id, destination, builder.run_link(run_id))
@@ -238,15 +257,19 @@ class BuildImageOperator(FanoutOperator):
             poll_seconds=builder.poll_seconds,
             not_before=time.time() + SETTLE_SECONDS,
         )
-        self.defer(trigger=trigger, method_name="acr_build_done", kwargs={"destination": destination, "tag": tag})
+        kwargs = {"destination": destination, "commit": asdict(commit)}
+        self.defer(trigger=trigger, method_name="acr_build_done", kwargs=kwargs)
 
-    def acr_build_done(self, context: Context, event: dict[str, Any], destination: str, tag: str) -> dict[str, Any]:
+    def acr_build_done(
+        self, context: Context, event: dict[str, Any], destination: str, commit: dict[str, str]
+    ) -> dict[str, Any]:
         digest = event.get("digest") or ""
         if event["status"] != "ok" or not DIGEST.match(digest):
             raise AirflowFailException(f"build of {destination}: {event['detail']}")
         run_id, waited = event["run_id"], event["waited"]
         self.log.info("built and pushed %s as %s in %.0f s (ACR Tasks run %s)", destination, digest, waited, run_id)
-        return {"digest": digest, "repository": self.fleet.registry.repository, "tag": tag}
+        c = Commit(**commit)
+        return Release(digest, self.fleet.registry.repository, c.sha, c.sha, c.ref, c.url, built=True).record()
 
 
 class WaitForReplicationOperator(FanoutOperator):
@@ -312,12 +335,13 @@ class HelmDeployOperator(FanoutOperator):
             self.log.info("%s already runs %s (revision %s): no upgrade", self.region, digest, current.revision)
             return {"changed": False, "previous_revision": current.revision, "revision": current.revision}
         previous = next((h.revision for h in reversed(history) if h.status == "deployed"), None)
-        values = chart_values(self.fleet, self.region, digest, context["run_id"], context["params"]["git_sha"])
+        sha, ref = release.get("git_sha", context["params"]["git_sha"]), release.get("source_ref", "")
+        values = chart_values(self.fleet, self.region, digest, context["run_id"], sha, ref)
         chart = self.fleet.chart_ref
         try:
             done = helm.upgrade_install(
                 app.name, chart, app.namespace, values, version=app.chart.version,
-                description=f"fanout run {context['run_id']} git {context['params']['git_sha'][:12]}",
+                description=helm_description(context["run_id"], sha, ref),
             )  # fmt: skip
         except HelmError as err:
             context["ti"].xcom_push(key="return_value", value={"changed": True, "previous_revision": previous})
@@ -561,8 +585,9 @@ class RecordReleaseOperator(FanoutOperator):
             "digest": built["digest"],
             "repository": built["repository"],
             "chart_version": self.fleet.app.chart.version,
-            "git_sha": context["params"]["git_sha"],
-            "source_ref": context["params"]["source_ref"],
+            "git_sha": built.get("git_sha", context["params"]["git_sha"]),  # the full sha the build resolved
+            "source_ref": built.get("source_ref", context["params"]["source_ref"]),
+            "source_url": built.get("source_url"),
             "run_id": context["run_id"],
             "regions": context["params"].get("regions") or self.fleet.region_names,
             "outcome": balance.get("regions", {}),
