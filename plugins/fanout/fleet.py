@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DNS_LABEL = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 REGION_NAME = r"^[a-z][a-z0-9]{1,39}$"
@@ -53,15 +53,20 @@ class GitSource(_Strict):
         None, min_length=1, description="Airflow connection whose login/password reach a private repository"
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> GitSource:
-        problem = git_url_problem(self.url)
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        problem = git_url_problem(url)
         if problem:
-            raise ValueError(f"url: {problem}")
-        parts = PurePosixPath(self.path).parts
-        if self.path.startswith("/") or ".." in parts or "\\" in self.path:
-            raise ValueError(f"path: {self.path!r} must be a relative folder inside the repository")
-        return self
+            raise ValueError(problem)
+        return url
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        if path.startswith("/") or ".." in PurePosixPath(path).parts or "\\" in path:
+            raise ValueError(f"{path!r} must be a relative folder inside the repository")
+        return path
 
     @property
     def context_path(self) -> str:
