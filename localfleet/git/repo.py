@@ -14,14 +14,14 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from fanout.adapters.git_source import GitRepository
 from fanout.fleet import Fleet, GitSource
 from localfleet import procs
 
 REPO = Path(__file__).resolve().parents[2]
 PROC = "git-server"
 SAMPLE_APP = REPO / "include" / "app"
-# Fixed identity and dates only where they make commits reproducible for tests; people's
-# commits keep theirs. Server settings: what GitHub allows too (fetch by id, partial fetches).
+# Server settings: what GitHub allows too (fetch by id, partial fetches); no force-push.
 SERVER_CONFIG = {
     "uploadpack.allowReachableSHA1InWant": "true",
     "uploadpack.allowFilter": "true",
@@ -62,16 +62,28 @@ def ensure_repository(state: Path, url: str) -> Path:
     return bare
 
 
-def start_server(fleet: Fleet, state: Path) -> None:
-    source = local_source(fleet)
-    if source is None:
-        return
-    parsed = urlsplit(source.url)
-    ensure_repository(state, source.url)
+def start(state: Path, url: str, credentials: tuple[str, str] | None = None) -> None:
+    """Serve the bare repository `url` names (created if missing) on its loopback port; with
+    `credentials` (login, password) every request must authenticate, as a private repository's."""
+    parsed = urlsplit(url)
+    ensure_repository(state, url)
     argv = [sys.executable, "-m", "localfleet.git.server", "--root", str(root(state)), "--port", str(parsed.port)]
+    if credentials:
+        secret = state / "git-credentials"
+        secret.touch(mode=0o600)
+        secret.write_text(":".join(credentials) + "\n")
+        argv += ["--credentials", str(secret)]
     env = {"PYTHONPATH": f"{REPO / 'plugins'}:{REPO}"}
     ready = lambda: procs.port_open(parsed.hostname, parsed.port)  # noqa: E731
     procs.start(PROC, argv, state, env=env, cwd=REPO, ready=ready, timeout=20)
+
+
+def start_server(fleet: Fleet, state: Path) -> None:
+    """Serve the fleet's app repository, seeded with include/app when it has no main branch yet."""
+    source = local_source(fleet)
+    if source is None:
+        return
+    start(state, source.url)
     if not branch_tip(source.url, "main"):
         publish(source, SAMPLE_APP, "the sample app (include/app)")
 
@@ -80,30 +92,36 @@ def stop_server(state: Path) -> None:
     procs.stop(PROC, state)
 
 
-def branch_tip(url: str, branch: str) -> str | None:
-    out = git("ls-remote", url, f"refs/heads/{branch}")
+def branch_tip(url: str, branch: str, auth: tuple[str, str] | None = None) -> str | None:
+    out = git("ls-remote", url, f"refs/heads/{branch}", env=GitRepository(url, auth).git_env())
     return out.split()[0] if out else None
 
 
-def publish(source: GitSource, folder: Path, message: str, branch: str = "main") -> tuple[str, bool]:
+def publish(
+    source: GitSource, folder: Path, message: str, branch: str = "main", auth: tuple[str, str] | None = None
+) -> tuple[str, bool]:
     """Commit `folder` as `source.path` of `branch` and push it. Returns (commit, created): when the
     tree is the branch tip's already, that tip and False: an unchanged app is no new commit."""
+    env = GitRepository(source.url, auth).git_env()
     with tempfile.TemporaryDirectory(prefix="fanout-publish-") as tmp:
         work = Path(tmp)
-        git("init", "-q", "--initial-branch", branch, cwd=work)
-        parent = branch_tip(source.url, branch)
+        git("init", "-q", "--initial-branch", branch, cwd=work, env=env)
+        parent = branch_tip(source.url, branch, auth)
         if parent:
-            git("fetch", "-q", "--depth", "1", source.url, f"refs/heads/{branch}", cwd=work)
-            git("checkout", "-q", "FETCH_HEAD", cwd=work)
-        target = work / source.context_path if source.context_path else work
-        if target.exists() and target != work:
-            shutil.rmtree(target)
+            git("fetch", "-q", "--depth", "1", source.url, f"refs/heads/{branch}", cwd=work, env=env)
+            git("checkout", "-q", "FETCH_HEAD", cwd=work, env=env)
+        target = work / source.context_path
+        for old in [target] if source.context_path else [p for p in work.iterdir() if p.name != ".git"]:
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
         shutil.copytree(folder, target, dirs_exist_ok=True)
-        git("add", "-A", cwd=work)
-        tree = git("write-tree", cwd=work)
-        if parent and git("rev-parse", "FETCH_HEAD^{tree}", cwd=work) == tree:
+        git("add", "-A", cwd=work, env=env)
+        tree = git("write-tree", cwd=work, env=env)
+        if parent and git("rev-parse", "FETCH_HEAD^{tree}", cwd=work, env=env) == tree:
             return parent, False
-        env = {**AUTHOR, "PATH": "/usr/bin:/bin"}
-        sha = git("commit-tree", tree, *(["-p", parent] if parent else []), "-m", message, cwd=work, env=env)
-        git("push", "-q", source.url, f"{sha}:refs/heads/{branch}", cwd=work)
+        parents = ["-p", parent] if parent else []
+        sha = git("commit-tree", tree, *parents, "-m", message, cwd=work, env={**env, **AUTHOR})
+        git("push", "-q", source.url, f"{sha}:refs/heads/{branch}", cwd=work, env=env)
         return sha, True

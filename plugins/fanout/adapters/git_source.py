@@ -45,7 +45,7 @@ class GitRepository:
     credential: tuple[str, str] | None = field(default=None, repr=False)
     timeout_seconds: float = 600
 
-    def _env(self) -> dict[str, str]:
+    def git_env(self) -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/nonexistent"),
@@ -62,7 +62,12 @@ class GitRepository:
     def _git(self, *args: str, cwd: Path | None = None, what: str) -> str:
         try:
             done = subprocess.run(
-                ["git", *args], cwd=cwd, env=self._env(), capture_output=True, text=True, timeout=self.timeout_seconds
+                ["git", *args],
+                cwd=cwd,
+                env=self.git_env(),
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_seconds,
             )
         except subprocess.TimeoutExpired:
             raise SourceError(f"{what}: no answer within {self.timeout_seconds:.0f} s from {self.url}") from None
@@ -78,7 +83,8 @@ class GitRepository:
 
     def _ref_name(self, ref: str) -> str:
         """The full name of branch or tag `ref` on the server; SourceError when it has neither."""
-        listed = self._git("ls-remote", self.url, what=f"source_ref: cannot list the refs of {self.url}")
+        where = "app.source.git.url" + (" / conn_id" if self.credential else " (a private one needs conn_id)")
+        listed = self._git("ls-remote", self.url, what=f"{where}: cannot read the repository {self.url}")
         names = {line.split("\t", 1)[1] for line in listed.splitlines() if "\t" in line}
         for candidate in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}"):
             if candidate in names and candidate.startswith("refs/"):
@@ -101,7 +107,7 @@ class GitRepository:
             )
             found = subprocess.run(
                 ["git", "rev-parse", "--verify", "--quiet", f"{git_sha}^{{commit}}"],
-                cwd=work, env=self._env(), capture_output=True, text=True,
+                cwd=work, env=self.git_env(), capture_output=True, text=True,
             )  # fmt: skip
             full = found.stdout.strip()
             if found.returncode != 0 or not FULL_SHA.match(full):
@@ -109,7 +115,7 @@ class GitRepository:
                     raise SourceError(f"git_sha: {git_sha} is ambiguous in {self.url}; give more of it")
                 raise refuse
             ancestor = subprocess.run(
-                ["git", "merge-base", "--is-ancestor", full, "refs/fanout/ref"], cwd=work, env=self._env()
+                ["git", "merge-base", "--is-ancestor", full, "refs/fanout/ref"], cwd=work, env=self.git_env()
             )
             if ancestor.returncode != 0:
                 raise refuse
