@@ -11,6 +11,7 @@ import logging
 import re
 import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import urllib.error
@@ -29,6 +30,7 @@ from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
 from fanout.airflow.hooks import helm_binary
 from fanout.fleet import Fleet, load_fleet
 from fanout.policy import EndpointState
+from localfleet.git import repo as git_repo
 
 REPO = Path(__file__).resolve().parents[1]
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -36,9 +38,17 @@ DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 logging.getLogger("azure").setLevel(logging.WARNING)
 
 
-def random_sha() -> str:
-    """A commit id for a run whose source is a test variant (the tag it builds is then unique)."""
-    return uuid.uuid4().hex[:12]
+def new_commit(fleet: Fleet, what: str = "test", containerfile: str | None = None, branch: str = "main") -> str:
+    """Commit include/app with a unique VERSION (so it builds a digest no region runs yet), and
+    `containerfile` instead of its own when given, to `branch` of the fleet's git server, as a
+    merge would. Returns the commit's full sha: what a release of that merge names."""
+    with tempfile.TemporaryDirectory(prefix="fanout-commit-") as tmp:
+        app = Path(tmp) / "app"
+        shutil.copytree(REPO / "include/app", app)
+        (app / "VERSION").write_text(f"{what}-{uuid.uuid4().hex}\n")
+        if containerfile is not None:
+            (app / "Containerfile").write_text(containerfile)
+        return git_repo.publish(fleet.app.source.git, app, f"{what}: a test change", branch=branch)[0]
 
 
 # -- the fleet as users and operators see it -------------------------------------------
@@ -168,17 +178,11 @@ class TrafficWatch:
 # -- a test variant of the fleet file (same running fleet, other source or policy) -----
 
 
-def variant_fleet(base: Fleet, folder: Path, *, new_source: bool = True, **changes: Any) -> Path:
-    """Write a copy of `base`'s fleet file into `folder`: the same running fleet, with its
-    app source copied and given a unique VERSION (so the build gives a new digest) and
-    `changes` applied (dotted keys reach into mappings: "gates.http.timeout_seconds")."""
+def variant_fleet(base: Fleet, folder: Path, **changes: Any) -> Path:
+    """Write a copy of `base`'s fleet file into `folder`: the same running fleet (and git server)
+    with `changes` applied (dotted keys reach into mappings: "gates.http.timeout_seconds")."""
     data = yaml.safe_load(base.source_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    if new_source:
-        source = folder / "app"
-        shutil.copytree(REPO / "include/app", source, dirs_exist_ok=True)
-        (source / "VERSION").write_text(f"test-{uuid.uuid4().hex}\n")
-        data["app"]["source"] = str(source)
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         node = data
