@@ -76,7 +76,7 @@ def run_release(fleet: Fleet, conf: dict, home: Path, started: float) -> str:
     return state
 
 
-def build_outcome(fleet: Fleet, home: Path) -> str:
+def build_outcome(home: Path) -> str:
     """What the build task did, from the run's log: the digest it built, or the one it reused."""
     text = (home / "logs" / "demo-last-run.log").read_text(errors="replace")
     if m := BUILT.search(text):
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     state = run_release(fleet, conf, home, started)
     print()
     print_table(region_table(fleet))
-    print(f"\nreleased commit {conf['git_sha']}: {build_outcome(fleet, home)}")
+    print(f"\nreleased commit {conf['git_sha']}: {build_outcome(home)}")
     print(f"release {state} in {time.monotonic() - started:.0f} s")
     return 0 if state == "success" else 1
 

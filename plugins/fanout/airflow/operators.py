@@ -209,13 +209,14 @@ class BuildImageOperator(FanoutOperator):
 
     def run(self, context: Context) -> dict[str, Any]:
         params, registry, allow = context["params"], self.fleet.registry, self.fleet.app.source.allow_unlabelled_images
-        home, image = self.hook.registry(registry.home), params.get("image")
+        home, image, source = self.hook.registry(registry.home), params.get("image"), self.hook.source()
         try:
-            commit = self.hook.source().resolve(params["git_sha"], params["source_ref"])
+            commit = source.resolve(params["git_sha"], params["source_ref"])
             self.log.info("git_sha %s is commit %s of %s (%s)", params["git_sha"], commit.sha, commit.url, commit.ref)
             if image and DIGEST.match(image):
+                given = ci_image(home, registry.repository, image, commit, allow)
                 self.log.info("releasing the CI-built %s (no build): its revision label is the commit", image)
-                return ci_image(home, registry.repository, image, commit, allow).record()
+                return given.record()
             if found := previous_build(home, registry.repository, commit):
                 self.log.info("reusing %s, built from %s by an earlier run: no build", found.digest, commit.sha)
                 return found.record()
@@ -227,7 +228,7 @@ class BuildImageOperator(FanoutOperator):
         started, builder, extra = time.monotonic(), self.hook.builder(), (image,) if image else ()
         try:
             built = build_commit(
-                self.hook.source(), self.fleet.app.source, commit, registry.repository,
+                source, self.fleet.app.source, commit, registry.repository,
                 lambda ctx, labels: builder.build_and_push(ctx, destination, labels, extra),
             )  # fmt: skip
         except SourceError as err:
