@@ -71,7 +71,8 @@ class GitSource(_Strict):
     @property
     def context_path(self) -> str:
         """`path` normalised ("" for the repository root), as `git archive <sha>:<path>` wants it."""
-        return str(PurePosixPath(self.path)).strip(".").strip("/")
+        path = str(PurePosixPath(self.path))
+        return "" if path == "." else path
 
 
 class AppSource(_Strict):

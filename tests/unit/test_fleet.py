@@ -212,3 +212,10 @@ def test_a_git_source_names_its_repository_folder_and_connection():
         "git_storefront",
     )
     assert load_fleet(LOCAL).app.source.git.url.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize(("path", "context"), [(".", ""), ("./", ""), ("app/", "app"), ("./.web/x", ".web/x")])
+def test_the_build_folder_is_normalised_for_git(path, context):
+    from fanout.fleet import GitSource
+
+    assert GitSource(url="https://git.example/a.git", path=path).context_path == context
