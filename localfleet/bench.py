@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from localfleet import cli, kube, procs
 from localfleet.binaries import ensure_binaries
+from localfleet.git import repo as git_repo
 from localfleet.testing import airflow_env, write_test_fleet
 
 T = TypeVar("T")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                 subprocess.run(
                     [sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True
                 )
-                sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+                sha = git_repo.branch_tip(fleet.app.source.git.url, "main")  # include/app, seeded by `up`
                 argv = [sys.executable, "-m", "airflow", "dags", "test", f"release_{fleet.app.name}"]
                 argv += ["--conf", json.dumps({"git_sha": sha})]
                 done = _timed("release, 4 regions", lambda: subprocess.run(argv, env=env, capture_output=True), results)

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 import urllib.error
@@ -39,16 +37,10 @@ logging.getLogger("azure").setLevel(logging.WARNING)
 
 
 def new_commit(fleet: Fleet, what: str = "test", containerfile: str | None = None, branch: str = "main") -> str:
-    """Commit include/app with a unique VERSION (so it builds a digest no region runs yet), and
-    `containerfile` instead of its own when given, to `branch` of the fleet's git server, as a
-    merge would. Returns the commit's full sha: what a release of that merge names."""
-    with tempfile.TemporaryDirectory(prefix="fanout-commit-") as tmp:
-        app = Path(tmp) / "app"
-        shutil.copytree(REPO / "include/app", app)
-        (app / "VERSION").write_text(f"{what}-{uuid.uuid4().hex}\n")
-        if containerfile is not None:
-            (app / "Containerfile").write_text(containerfile)
-        return git_repo.publish(fleet.app.source.git, app, f"{what}: a test change", branch=branch)[0]
+    """A new commit of the app (a unique VERSION, so a digest no region runs yet; `containerfile`
+    instead of its own when given) on `branch` of the fleet's git server, as a merge would make.
+    Returns the commit's full sha: what a release of that merge names."""
+    return git_repo.commit_app(fleet.app.source.git, f"{what}-{uuid.uuid4().hex}", containerfile, branch)
 
 
 # -- the fleet as users and operators see it -------------------------------------------

@@ -125,3 +125,15 @@ def publish(
         sha = git("commit-tree", tree, *parents, "-m", message, cwd=work, env={**env, **AUTHOR})
         git("push", "-q", source.url, f"{sha}:refs/heads/{branch}", cwd=work, env=env)
         return sha, True
+
+
+def commit_app(source: GitSource, version: str, containerfile: str | None = None, branch: str = "main") -> str:
+    """Commit include/app with VERSION `version` (and `containerfile` instead of its own, when given)
+    to `branch`, as a merge would; the commit's full sha. A new version is a new digest to build."""
+    with tempfile.TemporaryDirectory(prefix="fanout-commit-") as tmp:
+        app = Path(tmp) / "app"
+        shutil.copytree(SAMPLE_APP, app)
+        (app / "VERSION").write_text(f"{version}\n")
+        if containerfile is not None:
+            (app / "Containerfile").write_text(containerfile)
+        return publish(source, app, f"the app at version {version}", branch=branch)[0]
