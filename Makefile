@@ -27,10 +27,11 @@ $(STAMP): requirements.txt constraints.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # Debian packages the local fleet runs: the CNCF registry, skopeo (replication), buildah (builds);
-# postgresql for the local Airflow's database (make airflow-up, the e2e tests);
+# postgresql for the local Airflow's database (make airflow-up, the e2e tests); git for the
+# local fleet's git server (git http-backend) and for fetching the commit a release builds;
 # docker-compose (1.29) checks docker-compose.yaml in the tests without a Docker engine.
 system-packages:
-	@missing=$$(for p in docker-registry skopeo buildah postgresql docker-compose; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in docker-registry skopeo buildah postgresql git docker-compose; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

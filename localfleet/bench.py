@@ -9,7 +9,6 @@ disturbs a fleet you are running, and measures: the binaries check, fleet up, a 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ from typing import TypeVar
 from fanout import names
 from localfleet import cli, kube, procs
 from localfleet.binaries import ensure_binaries
+from localfleet.git import repo as git_repo
 from localfleet.testing import dags_test, write_test_fleet
 
 T = TypeVar("T")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {'healthy regions':<28} {healthy:7d} of {len(rows)}")
             if args.release:
                 home = folder / "airflow"
-                sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+                sha = git_repo.branch_tip(fleet.app.source.git.url, "main")  # include/app, seeded by `up`
                 dag_id, conf = names.release_dag(fleet.app.name), {"git_sha": sha}
                 assert fleet.source_path is not None
                 done = _timed("release, 4 regions", lambda: dags_test(home, fleet.source_path, dag_id, conf), results)

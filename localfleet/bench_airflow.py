@@ -27,6 +27,7 @@ from fanout.trigger import AirflowApi, TriggerError
 from localfleet import cli, procs
 from localfleet.airflow_stack import AirflowStack, StackError
 from localfleet.faults import update_faults
+from localfleet.git import repo as git_repo
 from localfleet.slots import INLINE_SECONDS, SlotSampler, is_wait, summarize
 from localfleet.testing import write_test_fleet
 
@@ -139,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
 
         update_faults(state, replica_lag={args.region: args.lag})
         say(f"replica lag: {args.region} serves a new digest {args.lag} s after the home registry")
-        sha = uuid.uuid4().hex[:12]
-        run_id = f"bench__{sha}"
+        sha = git_repo.commit_app(fleet.app.source.git, f"bench-{uuid.uuid4().hex}")  # a new digest to build
+        run_id = f"bench__{sha[:12]}"
         body = {"logical_date": None, "conf": {"git_sha": sha}, "dag_run_id": run_id}
         api.trigger(DAG_ID, body)
         say(f"triggered {DAG_ID} run {run_id} (git_sha {sha}: the image is built and pushed by the run)")

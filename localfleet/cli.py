@@ -18,6 +18,7 @@ from fanout.cache import cache_dir
 from fanout.fleet import Fleet, FleetError, load_fleet
 from localfleet import edge, faults, kube, procs, registry, replicator
 from localfleet.binaries import ensure_binaries
+from localfleet.git import repo as git_repo
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FLEET = REPO / "include" / "fleets" / "local.yaml"
@@ -69,7 +70,7 @@ def up(
     def step(what: str) -> None:
         progress(f"[{time.monotonic() - started:5.1f}s] {what}")
 
-    registry.ensure_debian_packages(["docker-registry", "skopeo", "buildah"])
+    registry.ensure_debian_packages(["docker-registry", "skopeo", "buildah", "git"])
     ensure_binaries(progress)
     step("control planes: etcd, then one region at a time")
     ports = dict(zip(("etcd_client_port", "etcd_peer_port"), etcd_ports, strict=True)) if etcd_ports else {}
@@ -83,6 +84,9 @@ def up(
     step("replicator and edges up")
     start_traffic_manager(fleet, state)
     step(f"Traffic Manager stand-in up at {fleet.traffic_manager.base_url}")
+    if source := git_repo.local_source(fleet):
+        git_repo.start_server(fleet, state)
+        step(f"git server up: {source.url} (main at {git_repo.branch_tip(source.url, 'main')})")
     step(f"fleet up; kubeconfig {kubeconfig_path(fleet)} has contexts {', '.join(fleet.region_names)}")
 
 
@@ -90,6 +94,7 @@ def down(fleet: Fleet, state: Path | None = None, progress: Progress = print) ->
     """Stop every process `up` started, by pid; data stays for the next `up`."""
     state = state or state_dir()
     procs.stop(TM_PROC, state)
+    git_repo.stop_server(state)
     for region in fleet.region_names:
         edge.stop_edge(fleet, region, state)
         registry.stop_registry(fleet, region, state)

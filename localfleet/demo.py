@@ -1,8 +1,10 @@
 """`make demo`: release include/app across the local fleet with the real release DAG.
 
-Brings the local fleet up if needed, runs `airflow dags test release_<app>` (no Airflow
-server needed), shows each step as it happens, then prints what every region serves.
-Exits non-zero if the release failed.
+Brings the local fleet up if needed, commits include/app into the fleet's git server (a new
+commit only when the folder changed), releases that commit's full sha through
+`airflow dags test release_<app>` (no Airflow server needed), shows each step as it happens,
+then prints what every region serves and the commit and digest released (built, or reused
+when an earlier run built that commit). Exits non-zero if the release failed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
 from fanout.fleet import Fleet, FleetError, load_fleet
 from localfleet import cli
 from localfleet.cli import print_table
+from localfleet.git import repo as git_repo
 from localfleet.testing import airflow_env, migrate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,13 +34,19 @@ STEP = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
 OUR_LOG = re.compile(r"\[(info|warning|error)\s*\] (.*?) \[airflow\.task\.operators\.fanout\.")
 FAILED = re.compile(r"\[error\s*\] (Task failed with exception|.*AirflowFailException.*)")
 FINISHED = re.compile(r"DagRun Finished: .*?state=(\w+)")
+BUILT = re.compile(r"built and pushed \S+ as (sha256:[0-9a-f]{64})")
+REUSED = re.compile(r"reusing (sha256:[0-9a-f]{64})")
 
 
-def git_sha() -> str:
-    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if done.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", done.stdout.strip()):
-        return done.stdout.strip()
-    raise SystemExit("demo: not in a git checkout; pass --git-sha")
+def publish_app(fleet: Fleet) -> str:
+    """Commit include/app into the local fleet's git server (a new commit only when it changed);
+    returns the full sha of the commit that holds it."""
+    source = git_repo.local_source(fleet)
+    if source is None:
+        raise SystemExit("demo: app.source.git.url is not the local fleet's git server; pass --git-sha")
+    sha, created = git_repo.publish(source, git_repo.SAMPLE_APP, "demo: include/app as it is on disk")
+    print(f"include/app is commit {sha} of {source.url}" + ("" if created else " (unchanged: no new commit)"))
+    return sha
 
 
 def run_release(fleet: Fleet, conf: dict, home: Path, started: float) -> str:
@@ -76,6 +85,16 @@ def run_release(fleet: Fleet, conf: dict, home: Path, started: float) -> str:
     return state
 
 
+def build_outcome(home: Path) -> str:
+    """What the build task did, from the run's log: the digest it built, or the one it reused."""
+    text = (home / "logs" / "demo-last-run.log").read_text(errors="replace")
+    if m := BUILT.search(text):
+        return f"built {m.group(1)}"
+    if m := REUSED.search(text):
+        return f"reused {m.group(1)} (built earlier from this commit: nothing was built)"
+    return "no digest (see the log)"
+
+
 def region_table(fleet: Fleet) -> list[dict[str, str]]:
     tm = fleet.traffic_manager
     with AzureTrafficManager(
@@ -111,7 +130,7 @@ def region_table(fleet: Fleet) -> list[dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localfleet.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--fleet", type=Path, default=cli.DEFAULT_FLEET)
-    parser.add_argument("--git-sha", help="default: this checkout's HEAD")
+    parser.add_argument("--git-sha", help="release this commit of the git server (default: commit include/app)")
     parser.add_argument("--regions", help="comma-separated subset (default: all)")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
@@ -125,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"bringing the local fleet up ({', '.join(fleet.region_names)})…", flush=True)
     cli.up(fleet, progress=lambda line: print(f"  {line}", flush=True))
-    conf: dict = {"git_sha": args.git_sha or git_sha(), "dry_run": args.dry_run}
+    conf: dict = {"git_sha": args.git_sha or publish_app(fleet), "dry_run": args.dry_run}
     if args.regions:
         conf["regions"] = [r.strip() for r in args.regions.split(",")]
     print(f"releasing {fleet.app.name} at {conf['git_sha'][:12]} through release_{fleet.app.name}", flush=True)
@@ -133,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     state = run_release(fleet, conf, home, started)
     print()
     print_table(region_table(fleet))
-    print(f"\nrelease {state} in {time.monotonic() - started:.0f} s")
+    print(f"\nreleased commit {conf['git_sha']}: {build_outcome(home)}")
+    print(f"release {state} in {time.monotonic() - started:.0f} s")
     return 0 if state == "success" else 1
 
 

@@ -32,7 +32,9 @@ def write_test_fleet(
     path, so this repository is the project its paths may point into (FANOUT_PROJECT_DIR)."""
     os.environ.setdefault(PROJECT_ENV, str(REPO))
     data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
-    data["app"]["source"] = str(REPO / "include/app")
+    data["app"]["source"] = {
+        "git": {**data["app"]["source"]["git"], "url": f"http://127.0.0.1:{procs.free_port()}/hello.git"}
+    }
     data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
     data["registry"]["endpoints"] = {r: f"127.0.0.1:{procs.free_port()}" for r in data["registry"]["endpoints"]}
     data["traffic_manager"]["base_url"] = f"http://127.0.0.1:{procs.free_port()}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 import sqlite3
 import threading
 import time
@@ -28,6 +27,7 @@ from fanout.adapters.helm import Helm, HelmRelease, helm_binary
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
 from fanout.fleet import Fleet, load_fleet
 from fanout.policy import EndpointState
+from localfleet.git import repo as git_repo
 
 REPO = Path(__file__).resolve().parents[1]
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -35,9 +35,11 @@ DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 logging.getLogger("azure").setLevel(logging.WARNING)
 
 
-def random_sha() -> str:
-    """A commit id for a run whose source is a test variant (the tag it builds is then unique)."""
-    return uuid.uuid4().hex[:12]
+def new_commit(fleet: Fleet, what: str = "test", containerfile: str | None = None, branch: str = "main") -> str:
+    """A new commit of the app (a unique VERSION, so a digest no region runs yet; `containerfile`
+    instead of its own when given) on `branch` of the fleet's git server, as a merge would make.
+    Returns the commit's full sha: what a release of that merge names."""
+    return git_repo.commit_app(fleet.app.source.git, f"{what}-{uuid.uuid4().hex}", containerfile, branch)
 
 
 # -- the fleet as users and operators see it -------------------------------------------
@@ -167,17 +169,11 @@ class TrafficWatch:
 # -- a test variant of the fleet file (same running fleet, other source or policy) -----
 
 
-def variant_fleet(base: Fleet, folder: Path, *, new_source: bool = True, **changes: Any) -> Path:
-    """Write a copy of `base`'s fleet file into `folder`: the same running fleet, with its
-    app source copied and given a unique VERSION (so the build gives a new digest) and
-    `changes` applied (dotted keys reach into mappings: "gates.http.timeout_seconds")."""
+def variant_fleet(base: Fleet, folder: Path, **changes: Any) -> Path:
+    """Write a copy of `base`'s fleet file into `folder`: the same running fleet (and git server)
+    with `changes` applied (dotted keys reach into mappings: "gates.http.timeout_seconds")."""
     data = yaml.safe_load(base.source_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
-    if new_source:
-        source = folder / "app"
-        shutil.copytree(REPO / "include/app", source, dirs_exist_ok=True)
-        (source / "VERSION").write_text(f"test-{uuid.uuid4().hex}\n")
-        data["app"]["source"] = str(source)
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         node = data

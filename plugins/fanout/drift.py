@@ -7,7 +7,8 @@ No I/O, no Airflow: everything here is tested with literal dicts.
 An observation (what ObserveRegionOperator returns) looks like::
 
     {"region": "westus", "reachable": True, "error": None,
-     "deployment": {"image": "…@sha256:…", "digest": "sha256:…", "replicas": 2, "updated": 2,
+     "deployment": {"image": "…@sha256:…", "digest": "sha256:…", "git_sha": "<40 hex>" | None,
+                    "source_ref": "main" | None, "replicas": 2, "updated": 2,
                     "available": 2, "generation": 3, "observed_generation": 3} | None,
      "pods": ["sha256:…", …] | None,
      "helm": {"revision": 4, "status": "deployed", "digest": "sha256:…", "rollback_to": 4} | None,
@@ -139,6 +140,8 @@ def classify_fleet(
         state = min(classes, key=PRECEDENCE.index) if digest else content
         running = (obs.get("deployment") or {}).get("digest")
         regions[region] = {
+            "commit": (obs.get("deployment") or {}).get("git_sha"),
+            "source_ref": (obs.get("deployment") or {}).get("source_ref"),
             "state": state,
             "since": since[state],
             "classes": since,
@@ -237,18 +240,21 @@ def age(since: str, now: datetime) -> str:
 def table(report: Mapping[str, Any]) -> str:
     """The report as a fixed-width table for the task log."""
     now = datetime.fromisoformat(report["checked_at"])
-    rows = [("region", "state", "for", "running", "helm", "endpoint", "detail")]
+    rows = [("region", "state", "for", "running", "commit", "helm", "endpoint", "detail")]
     for region, r in report["regions"].items():
         helm = r["helm"] or {}
         ep = r["endpoint"] or {}
         endpoint = "?" if "enabled" not in ep else f"{'on' if ep['enabled'] else 'off'}/{ep.get('weight')}"
         running = short(r["running"]) + (f" (git {r['running_release'][:7]})" if r.get("running_release") else "")
         helm_text = f"{helm.get('revision')} {helm.get('status')}" if helm else "-"
-        rows.append((region, r["state"], age(r["since"], now), running, helm_text, endpoint, r["detail"]))
+        commit = (r.get("commit") or "-")[:12] + (f" ({r['source_ref']})" if r.get("source_ref") else "")
+        rows.append((region, r["state"], age(r["since"], now), running, commit, helm_text, endpoint, r["detail"]))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1] for row in rows]
     desired = report.get("desired") or {}
     head = f"desired: {short(desired.get('digest'))}" + (
-        f" (git {str(desired.get('git_sha'))[:12]}, run {desired.get('run_id')})" if desired else ""
+        f" (git {str(desired.get('git_sha'))[:12]} {desired.get('source_ref') or ''}, run {desired.get('run_id')})"
+        if desired
+        else ""
     )
     return "\n".join([head, *lines, report["message"]])

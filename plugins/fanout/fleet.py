@@ -5,11 +5,11 @@ problem, each naming the file and the field path."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fanout import fleet_checks as checks
 from fanout.fleet_file import FleetFileError, fleet_data, read_fleet_file, read_fleet_text
@@ -66,10 +66,82 @@ class Chart(_Strict):
         return self
 
 
+class GitSource(_Strict):
+    """The repository a release builds from: `git_sha` is fetched from `url`, `path` is built."""
+
+    url: str = Field(description="https:// (http:// on loopback only), no credentials in it")
+    path: str = Field(".", description="the build context's folder inside the repository")
+    conn_id: str | None = Field(
+        None, min_length=1, description="Airflow connection whose login/password reach a private repository"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        problem = git_url_problem(url)
+        if problem:
+            raise ValueError(problem)
+        return url
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, path: str) -> str:
+        if path.startswith("/") or ".." in PurePosixPath(path).parts or "\\" in path:
+            raise ValueError(f"{path!r} must be a relative folder inside the repository")
+        return path
+
+    @property
+    def context_path(self) -> str:
+        """`path` normalised ("" for the repository root), as `git archive <sha>:<path>` wants it."""
+        path = str(PurePosixPath(self.path))
+        return "" if path == "." else path
+
+
+class AppSource(_Strict):
+    git: GitSource | None = None
+    directory: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="development only: build this folder of a git checkout; the release refuses it unless the "
+        "checkout is clean and at exactly git_sha",
+    )
+    allow_unlabelled_images: bool = Field(
+        False, description="release a CI-built image (`image: sha256:…`) that has no revision label"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AppSource:
+        if (self.git is None) == (self.directory is None):
+            raise ValueError("give exactly one of 'git' (the repository) or 'directory' (development only)")
+        return self
+
+
+def git_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a release's repository, or None. Credentials belong in the connection,
+    and a local path would let the worker's disk stand in for the server."""
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("https", "http"):
+        return f"{url!r} is not an https:// repository URL (file:// and local paths are not release sources)"
+    if not re.fullmatch(r"[a-z0-9.-]+|[0-9a-f:]+", parsed.hostname or ""):
+        return f"{url!r} has no valid host"
+    if parsed.username or parsed.password:
+        return "has credentials in it; name an Airflow connection in conn_id instead"
+    if parsed.query or parsed.fragment or not parsed.path.strip("/"):
+        return f"{url!r} must name a repository (a path, no query or fragment)"
+    try:
+        parsed.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        return f"{url!r} has an invalid port"
+    if parsed.scheme == "http" and parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return "plain http:// is allowed for loopback repositories only"
+    return None
+
+
 class App(_Strict):
     name: str = Field(pattern=DNS_LABEL, max_length=40)
     namespace: str = Field(pattern=DNS_LABEL)
-    source: str = Field(min_length=1, max_length=4096, description="build context (a directory with a Containerfile)")
+    source: AppSource
     chart: Chart
     values: dict[str, Any] = Field(default_factory=dict)
 
@@ -281,6 +353,8 @@ def _pydantic_problems(err: ValidationError) -> list[str]:
             msg = "required field is missing"
         elif e["type"] == "string_pattern_mismatch" and e.get("ctx", {}).get("pattern") in _PATTERN_NAMES:
             msg = f"not {_PATTERN_NAMES[e['ctx']['pattern']]}"
+        elif e["type"] == "model_type" and tuple(e["loc"]) == ("app", "source"):
+            msg = "expected {git: {url: …, path: …, conn_id: …}} (or {directory: …} for development only)"
         lines.append(f"{_path(e['loc'])}: {msg}")
     return lines
 
@@ -374,7 +448,7 @@ def _endpoint_problems(fleet: Fleet) -> list[str]:
 def _path_problems(fleet: Fleet, fleet_file: Path) -> list[str]:
     """Paths that leave the project holding the fleet file (a build uploads whatever `source` names)."""
     roots = checks.project_roots(fleet_file)
-    fields = {"app.source": fleet.app.source, "app.chart.path": fleet.app.chart.path}
+    fields = {"app.source.directory": fleet.app.source.directory, "app.chart.path": fleet.app.chart.path}
     return [
         f"{field}: {value!r} is outside the project ({', '.join(map(str, roots))}); "
         f"keep it in the fleet file's repository or set {checks.PROJECT_ENV}"

@@ -85,8 +85,12 @@ def deployment_facts(deployment: dict[str, Any] | None) -> dict[str, Any] | None
         return None
     spec, status = deployment.get("spec", {}), deployment.get("status") or {}
     image = app_container(spec.get("template", {}).get("spec", {}).get("containers") or []).get("image", "")
+    notes = deployment.get("metadata", {}).get("annotations") or {}
     return {
         "image": image,
+        # Which commit the region runs, as the release's chart wrote it (chart_values).
+        "git_sha": notes.get("fanout.dev/git-sha") or None,
+        "source_ref": notes.get("fanout.dev/source-ref") or None,
         "digest": digest_of(image),
         "replicas": spec.get("replicas", 1),
         "updated": status.get("updatedReplicas", 0),
@@ -199,15 +203,23 @@ def traffic_after_failure(*, was_enabled: bool, healthy: bool, runs_known_good: 
     return was_enabled and healthy and runs_known_good
 
 
-def chart_values(fleet: Fleet, region: str, digest: str, run_id: str, git_sha: str) -> dict[str, Any]:
-    """The values a region's Helm release gets: the fleet's, with the image pinned by digest."""
+def chart_values(
+    fleet: Fleet, region: str, digest: str, run_id: str, git_sha: str, source_ref: str = ""
+) -> dict[str, Any]:
+    """The values a region's Helm release gets: the fleet's, with the image pinned by digest and the
+    commit it was built from (the chart writes both onto the Deployment)."""
     registry = fleet.registry
     return {
         **fleet.app.values,
         "image": {"repository": f"{registry.pull_host(region)}/{registry.repository}", "digest": digest},
         "region": region,
-        "release": {"runId": run_id, "gitSha": git_sha},
+        "release": {"runId": run_id, "gitSha": git_sha, "sourceRef": source_ref},
     }
+
+
+def helm_description(run_id: str, git_sha: str, source_ref: str) -> str:
+    """The Helm release description: `helm history` then says which run and commit made each revision."""
+    return f"fanout run {run_id} git {git_sha} ref {source_ref}"
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,10 @@ class Release(_Record):
     digest: str
     repository: str
     tag: str | None = None
-    git_sha: str | None = None
+    git_sha: str | None = None  # the full sha the build resolved
     source_ref: str | None = None
+    source_url: str | None = None
+    built: bool = False  # False: reused from the registry, or built by CI
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,9 @@ def serve_acr(server, replicas=("eastus2", "westeurope"), manifests=None, status
         body = manifests.get(m["ref"])
         if body is None:
             return Response(404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
-        headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Docker-Content-Digest": m["ref"]}
+        # By digest ACR echoes the digest asked for; by tag it names the manifest's own.
+        ref = m["ref"] if m["ref"].startswith("sha256:") else "sha256:" + hashlib.sha256(body).hexdigest()
+        headers = {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Docker-Content-Digest": ref}
         return Response(200, body, headers)
 
     server.route("POST", "/oauth2/exchange", exchange, api_version="2021-07-01")
@@ -193,3 +195,47 @@ def test_replicas_by_region(server, credential, ca):
     replicas = AcrReplicas(credential, SUB, RG, REG, base_url=server.url, connection_verify=ca).replicas()
     assert sorted(replicas) == ["eastus2", "westcentralus", "westeurope"]
     assert replicas["westeurope"].ready
+
+
+REVISION = "org.opencontainers.image.revision"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def labelled_image(labels: dict[str, str]) -> tuple[bytes, str, bytes, str]:
+    """(manifest, its digest, config blob, its digest) of an image with `labels`."""
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": labels}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                   "size": len(config)},
+        "layers": [],
+    }).encode()  # fmt: skip
+    return manifest, "sha256:" + hashlib.sha256(manifest).hexdigest(), config, config_digest
+
+
+def serve_blob(server, digest: str, body: bytes) -> None:
+    """GET /v2/<repo>/blobs/<digest> as ACR answers the SDK's ranged reads."""
+
+    def blob(req: Request, _m) -> Response:
+        assert (req.headers.get("range") or "").startswith("bytes=0-"), f"Range {req.headers.get('range')!r}"
+        headers = {"Content-Range": f"bytes 0-{len(body) - 1}/{len(body)}"}  # the server adds Content-Length
+        return Response(206, body, headers)
+
+    challenge = f'Bearer realm="{server.url}/oauth2/token",service="{REG}.azurecr.io",scope="repository:{REPO}:pull"'
+    server.route("GET", f"/v2/{REPO}/blobs/{digest}", blob, token=ACR_ACCESS, challenge=challenge)
+
+
+def test_image_labels_are_read_by_tag_from_the_config_blob(server, credential, ca):
+    manifest, digest, config, config_digest = labelled_image({REVISION: COMMIT})
+    serve_acr(server, manifests={COMMIT: manifest})
+    serve_blob(server, config_digest, config)
+    replica = make_replica(server, credential, ca, with_replicas=False)
+    assert replica.image_labels(REPO, COMMIT) == (digest, {REVISION: COMMIT})
+    server.assert_clean()
+
+
+def test_image_labels_of_a_missing_tag_are_none(server, credential, ca):
+    serve_acr(server, manifests={})
+    assert make_replica(server, credential, ca, with_replicas=False).image_labels(REPO, COMMIT) is None
+    server.assert_clean()

@@ -5,17 +5,25 @@ contract-checking local server, as `az acr build` drives it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import io
+import itertools
 import json
+import logging
+import shlex
 import tarfile
 from collections import deque
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from fanout.adapters.acr_tasks import AcrTasksBuilder, image_name
 from fanout.adapters.builder import BuildError
+from fanout.fleet import GitSource
+from fanout.provenance import build_labels
 from tests.contract.azure_server import ARM_SCOPE, FakeCredential, Request, Response, arm_error
 
 SUB, RG, REG = "6f1c1d6e-0c3a-4d8e-9a57-2f5e8d1c0a01", "rg-storefront-global", "contosoprod"
@@ -26,6 +34,10 @@ BLOB = "/acrtasksstore/source/202611280000/0a1b2c.tar.gz"
 LOG_BLOB = "/acrtasksstore/logs/ca1/rawtext.log"
 SIG = "c2lnbmF0dXJlLXNlY3JldA%3D%3D"
 DIGEST = "sha256:" + "b" * 64
+SHA = "0123456789abcdef0123456789abcdef01234567"
+GIT_CREDENTIAL = ("storefront-ci", "git-pat-5ecr3t-value")
+FLEET_FILE = Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml"
+GIT_URL = "https://git.example/contoso/storefront.git"
 
 
 @pytest.fixture
@@ -41,8 +53,9 @@ def context(tmp_path):
 class Tasks:
     """ACR Tasks as the server plays it: one upload, one run whose status follows `statuses`."""
 
-    def __init__(self, server, statuses=("Queued", "Running", "Succeeded"), error=None):
-        self.server, self.statuses, self.error = server, deque(statuses), error
+    def __init__(self, server, statuses=("Queued", "Running", "Succeeded"), error=None, image="storefront/web:abc123"):
+        self.server, self.statuses, self.error, self.image = server, deque(statuses), error, image
+        self.labels: dict[str, str] | None = None
         self.uploaded: bytes | None = None
         self.request: dict | None = None
         self.cancelled = False
@@ -70,21 +83,28 @@ class Tasks:
 
     def schedule(self, req: Request, _m) -> Response:
         body = req.json()
-        assert body.get("type") == "DockerBuildRequest", f"type {body.get('type')}"
+        assert body.get("type") == "EncodedTaskRunRequest", f"type {body.get('type')}"
         assert body.get("sourceLocation") == "source/202611280000/0a1b2c.tar.gz", "the relativePath, not the SAS URL"
-        assert body.get("dockerFilePath") == "Containerfile"
-        assert body.get("imageNames") == ["storefront/web:abc123"], body.get("imageNames")
-        assert body.get("isPushEnabled") is True
         assert body.get("platform") == {"os": "Linux", "architecture": "amd64"}, body.get("platform")
         assert self.uploaded is not None, "scheduled before the source was uploaded"
+        # The task ACR runs: one build step (tag, Containerfile, labels, the uploaded context), one push.
+        task = yaml.safe_load(base64.b64decode(body["encodedTaskContent"]))
+        assert task["version"] == "v1.1.0" and len(task["steps"]) == 2, task
+        build = shlex.split(task["steps"][0]["build"])
+        assert build[:4] == ["-t", f"{{{{.Run.Registry}}}}/{self.image}", "-f", "Containerfile"], build
+        assert build[-1] == ".", "the build context is the uploaded archive's root"
+        labels = dict(v.split("=", 1) for flag, v in itertools.pairwise(build) if flag == "--label")
+        self.labels = labels
+        assert task["steps"][1] == {"push": [f"{{{{.Run.Registry}}}}/{self.image}"]}, task["steps"][1]
         self.request = body
         return Response(200, self.run("Queued"))
 
     def run(self, status: str) -> dict:
         props: dict = {"runId": "ca1", "status": status, "runType": "QuickRun", "provisioningState": "Succeeded"}
         if status == "Succeeded":
+            repository, tag = self.image.rsplit(":", 1)
             props["outputImages"] = [
-                {"registry": f"{REG}.azurecr.io", "repository": "storefront/web", "tag": "abc123", "digest": DIGEST}
+                {"registry": f"{REG}.azurecr.io", "repository": repository, "tag": tag, "digest": DIGEST}
             ]
         if status in ("Failed", "Error") and self.error:
             props["runErrorMessage"] = self.error
@@ -120,9 +140,11 @@ def builder(server, ca, lines=None, **kwargs) -> AcrTasksBuilder:
 
 
 def test_quick_build_returns_the_digest_of_the_run(server, ca, context):
-    tasks, lines = Tasks(server), []
-    digest = builder(server, ca, lines).build_and_push(context, f"{REG}.eastus2.geo.azurecr.io/storefront/web:abc123")
+    tasks, lines = Tasks(server, image=f"storefront/web:{SHA}"), []
+    destination = f"{REG}.eastus2.geo.azurecr.io/storefront/web:{SHA}"
+    digest = builder(server, ca, lines).build_and_push(context, destination, build_labels(SHA, GIT_URL))
     assert digest == DIGEST
+    assert tasks.labels == {"org.opencontainers.image.revision": SHA, "org.opencontainers.image.source": GIT_URL}
     server.assert_clean()
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(tasks.uploaded))) as tar:
         names = tar.getnames()
@@ -342,9 +364,44 @@ def test_trigger_without_a_usable_connection_fails_at_once(server, ca, monkeypat
     assert not server.seen
 
 
-def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(server, ca, connection):
-    """The whole ACR path: the worker uploads and schedules, defers with plain kwargs, the trigger
-    follows the run from a connection, and the resumed task returns the XCom a local build returns."""
+@pytest.fixture
+def private_repo(tmp_path, monkeypatch):
+    """A private repository on a real git server (localfleet.git) holding one commit of the app, the
+    Airflow connection with its credential (as an environment variable), and the fleet file using it."""
+    from localfleet import procs
+    from localfleet.git import repo
+
+    state, url = tmp_path / "git", f"http://127.0.0.1:{procs.free_port()}/contoso/storefront.git"
+    source = GitSource(url=url, path="web")
+    repo.start(state, url, GIT_CREDENTIAL)
+    try:
+        app = tmp_path / "web"
+        app.mkdir()
+        (app / "Containerfile").write_text("FROM scratch\nCOPY index.html /\n")
+        (app / "index.html").write_text("<h1>storefront</h1>\n")
+        sha, _ = repo.publish(source, app, "storefront", auth=GIT_CREDENTIAL)
+        login, password = GIT_CREDENTIAL
+        monkeypatch.setenv("AIRFLOW_CONN_GIT_STOREFRONT", json.dumps({"conn_type": "http", "login": login,
+                                                                      "password": password}))  # fmt: skip
+        data = yaml.safe_load(FLEET_FILE.read_text())
+        data["app"]["source"]["git"]["url"] = url
+        data["app"]["source"]["git"]["path"] = "web"
+        data["app"]["chart"]["path"] = str(FLEET_FILE.parent / data["app"]["chart"]["path"])
+        fleet_path = tmp_path / "fleet.yaml"
+        fleet_path.write_text(yaml.safe_dump(data))
+        yield fleet_path, sha, url
+    finally:
+        repo.stop_server(state)
+
+
+def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(
+    server, ca, connection, private_repo, caplog, capsys
+):
+    """The whole ACR path: the worker fetches the commit from the private repository with the
+    connection's credential, uploads exactly that tree and schedules a labelled build, defers with
+    plain kwargs; the trigger follows the run from a connection, and the resumed task returns the
+    release record. The git credential goes to the git server only: not to ACR, not into a log, the
+    trigger or the deferral's kwargs."""
     from airflow.sdk.exceptions import TaskDeferred
 
     from fanout.adapters.azure_credentials import AzureAccess
@@ -353,19 +410,25 @@ def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(server
     from fanout.fleet import load_fleet
     from tests.fakes import FakeTI, snapshot_of
 
-    tasks = Tasks(server)
-    fleet_file = Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml"
-    op = BuildImageOperator(task_id="build", fleet_path=str(fleet_file))
-    op._hook = FleetHook(
-        load_fleet(str(fleet_file)), access=AzureAccess(FakeCredential()), arm_url=server.url, connection_verify=ca,
+    caplog.set_level(logging.DEBUG)
+    fleet_path, sha, url = private_repo
+    tasks = Tasks(server, image=f"storefront/web:{sha}")
+    op = BuildImageOperator(task_id="build", fleet_path=str(fleet_path))
+    op._hook = hook = FleetHook(
+        load_fleet(str(fleet_path)), access=AzureAccess(FakeCredential()), arm_url=server.url, connection_verify=ca,
         azure_options={"retry_backoff_factor": 0.01},
     )  # fmt: skip
-    op._fleet = op._hook.fleet
-    params = {"git_sha": "abc123", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
-    ti = FakeTI({("validate", "snapshot"): snapshot_of(fleet_file).to_xcom()})
+    op._fleet = hook.fleet
+    # The home registry has no image of this commit yet (reading labels from ACR: test_azure_acr.py).
+    hook.registry = lambda region: SimpleNamespace(image_labels=lambda repository, reference: None)
+    params = {"git_sha": sha[:9], "source_ref": "main", "image": None, "regions": None, "dry_run": False}
+    ti = FakeTI({("validate", "snapshot"): snapshot_of(fleet_path).to_xcom()})
     with pytest.raises(TaskDeferred) as deferred:
         op.execute({"params": params, "ti": ti})
     assert tasks.request is not None, "the run was scheduled before the task deferred"
+    assert tasks.labels == {"org.opencontainers.image.revision": sha, "org.opencontainers.image.source": url}
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(tasks.uploaded))) as tar:
+        assert sorted(tar.getnames()) == ["Containerfile", "index.html"], "the commit's folder `web`, nothing else"
     assert not server.calls("GET", f"{ARM}/runs/ca1"), "the worker does not poll the run"
     _, kwargs = deferred.value.trigger.serialize()
     text = json.dumps(kwargs)
@@ -378,9 +441,23 @@ def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(server
     event = run_trigger(deferred.value.trigger)
     result = op.acr_build_done({"params": params}, event, **deferred.value.kwargs)
     assert result == {
-        "digest": DIGEST, "repository": "storefront/web", "tag": "abc123", "git_sha": "abc123", "source_ref": "main",
+        "digest": DIGEST, "repository": "storefront/web", "tag": sha, "git_sha": sha, "source_ref": "main",
+        "source_url": url, "built": True,
     }  # fmt: skip
     server.assert_clean()
+    secret = GIT_CREDENTIAL[1]
+    basic = base64.b64encode(":".join(GIT_CREDENTIAL).encode()).decode()
+    sent_to_azure = [json.dumps(r.headers) + r.body.decode(errors="replace") for r in server.seen]
+    out = capsys.readouterr()
+    logged = caplog.text + out.out + out.err
+    places = {
+        "trigger kwargs": text, "deferral kwargs": json.dumps(deferred.value.kwargs), "result": json.dumps(result),
+        "task log": logged, "requests to Azure": "\n".join(sent_to_azure),
+    }  # fmt: skip
+    assert "ACR Tasks run ca1 builds" in logged and sha in logged, "the log was captured (else this proves nothing)"
+    for where, seen in places.items():
+        assert secret not in seen and basic not in seen, f"the git credential is in the {where}"
+    assert "storefront-ci" not in "\n".join(sent_to_azure), "not even the login travels to Azure"
 
 
 def test_build_operator_fails_a_failed_run_naming_the_log(server, ca):
@@ -392,4 +469,4 @@ def test_build_operator_fails_a_failed_run_naming_the_log(server, ca):
     event = {"status": "failed", "detail": "ACR Tasks on registry 'contosoprod': run ca1 ended Failed\nlog: az acr …",
              "waited": 42.0, "run_id": "ca1"}  # fmt: skip
     with pytest.raises(AirflowFailException, match=r"build of x/y:z: .*run ca1 ended Failed\nlog: az acr"):
-        op.acr_build_done({}, event, destination="x/y:z", tag="z")
+        op.acr_build_done({}, event, destination="x/y:z", commit={})

@@ -36,7 +36,6 @@ def run_validate(fleet_path, conf=None, ti=None):
 
 def fleet_with(tmp_path, **values):
     data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
-    data["app"]["source"] = str(REPO / "include/app")
     data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
     data["app"]["values"].update(values)
     path = tmp_path / "fleet.yaml"

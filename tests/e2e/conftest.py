@@ -20,7 +20,7 @@ from localfleet.airflow_stack import AirflowStack
 
 @pytest.fixture(scope="session")
 def e2e_fleet(local_fleet, tmp_path_factory) -> Path:
-    """The session fleet with its own app source (a digest no replica has yet) and a consistency
+    """The session fleet (each test releases its own new commit of its git server) with a consistency
     check every two minutes, so the scheduler runs one by itself while the tests watch."""
     folder = tmp_path_factory.mktemp("e2e-fleet")
     return variant_fleet(local_fleet.fleet, folder, **{"consistency.schedule": CONSISTENCY_SCHEDULE})

@@ -7,16 +7,16 @@ The tests run in file order and build on each other's fleet state, as days of a 
 from __future__ import annotations
 
 import itertools
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 from airflow_checks import CONSISTENCY_SCHEDULE, Rest, fanout_trigger, task_log
-from release_checks import TrafficWatch, random_sha, snapshot, timed
+from release_checks import TrafficWatch, new_commit, snapshot, timed
 
 from fanout.adapters.builder import BuildahBuilder
+from fanout.adapters.git_source import GitRepository
 from fanout.cache import cache_dir
+from fanout.provenance import build_labels
 from localfleet.slots import INLINE_SECONDS, SlotSampler, is_wait, summarize
 
 pytestmark = [pytest.mark.localfleet, pytest.mark.e2e]
@@ -31,7 +31,7 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     started = time.monotonic()
     fleet = local_fleet.fleet
     faults(replica_lag={SLOW: LAG})
-    sha = random_sha()
+    sha = new_commit(fleet, "e2e-merge")
     run_id = f"merge__{sha[:12]}__e2e"
     with TrafficWatch(fleet) as watch, SlotSampler(rest, DAG, run_id) as sampler:
         done = fanout_trigger(
@@ -62,25 +62,26 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     timed("e2e: merge trigger → release through the scheduler", started)
 
 
-def build_variants(fleet, tmp_path: Path, count: int) -> list[str]:
-    """Images CI would have built for `count` merges: distinct digests in the home registry."""
-    registry = fleet.registry
+def build_variants(fleet, count: int) -> list[tuple[str, str]]:
+    """What CI does for `count` merges: commit, build that commit with its revision label, push.
+    Returns (full sha, digest) per merge."""
+    registry, source = fleet.registry, fleet.app.source.git
     builder = BuildahBuilder(cache_dir() / "buildah", insecure=registry.insecure)
-    digests = []
+    built = []
     for n in range(count):
-        source = tmp_path / f"app{n}"
-        shutil.copytree(fleet.app.source, source)
-        (source / "VERSION").write_text(f"burst-{n}-{random_sha()}\n")
-        destination = f"{registry.pull_host(registry.home)}/{registry.repository}:burst-{n}-{time.time_ns()}"
-        digests.append(builder.build_and_push(source, destination))
-    return digests
+        sha = new_commit(fleet, f"burst-{n}")
+        commit = GitRepository(source.url).resolve(sha, "main")
+        destination = f"{registry.pull_host(registry.home)}/{registry.repository}:ci-{sha}"
+        with GitRepository(source.url).export(commit, source.context_path) as context:
+            built.append((sha, builder.build_and_push(context, destination, build_labels(sha, source.url))))
+    return built
 
 
-def test_a_burst_of_merges_ends_with_every_region_on_the_newest(local_fleet, airflow_stack, rest, tmp_path):
+def test_a_burst_of_merges_ends_with_every_region_on_the_newest(local_fleet, airflow_stack, rest):
     started = time.monotonic()
     fleet = local_fleet.fleet
-    first, middle, newest = build_variants(fleet, tmp_path, 3)
-    shas = [random_sha() for _ in range(3)]
+    (sha1, first), (sha2, middle), (sha3, newest) = build_variants(fleet, 3)
+    shas = [sha1, sha2, sha3]
 
     def trigger(sha: str, image: str) -> str:
         done = fanout_trigger(airflow_stack, "--app", "hello", "--git-sha", sha, "--image", image)

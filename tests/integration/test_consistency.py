@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client, config
+from release_checks import new_commit
 
 from fanout.adapters.helm import Helm, helm_binary
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
@@ -130,8 +131,7 @@ def released(fleet):
     """The first check (maybe before any release), then a release: (first report, desired digest)."""
     first, _ = fleet.check()
     if first["desired"] is None:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        fleet.release({"git_sha": sha})
+        fleet.release({"git_sha": new_commit(fleet.fleet, "consistency")})
     report, _ = fleet.check()
     return first, report["desired"]
 
@@ -223,6 +223,9 @@ def test_no_release_then_every_region_in_sync(fleet, released):
     assert report["desired"]["digest"] == desired["digest"]
     assert set(states(report).values()) == {"in-sync"}, report["message"]
     assert repair["action"] == "none"
+    # The report names the commit each region runs (from its Deployment), which is the release's.
+    assert len(desired["git_sha"]) == 40 and desired["source_ref"] == "main", desired
+    assert {r["commit"] for r in report["regions"].values()} == {desired["git_sha"]}, report["regions"]
 
 
 def test_stale_stuck_and_traffic_are_detected_then_repaired(fleet, released, mend):

@@ -11,7 +11,7 @@ import itertools
 import time
 
 import pytest
-from release_checks import RegionState, TrafficWatch, annotations, history, random_sha, snapshot, timed, variant_fleet
+from release_checks import RegionState, TrafficWatch, annotations, history, new_commit, snapshot, timed, variant_fleet
 
 pytestmark = pytest.mark.localfleet
 
@@ -19,16 +19,20 @@ pytestmark = pytest.mark.localfleet
 WAVES = [["westus"], ["eastus", "northeurope"], ["westeurope"]]
 STEPS = ["drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore"]
 
-# One commit for this module's releases: the same commit and source must give the same digest.
-SHA = random_sha()
 # What the first test released, for the ones after it (each can also run alone).
 released: dict[str, dict[str, RegionState]] = {}
 
 
 @pytest.fixture(scope="module")
 def app_fleet(local_fleet, tmp_path_factory):
-    """The session fleet with its own copy of include/app."""
+    """A copy of the session fleet's file (the release reads it like any fleet file)."""
     return variant_fleet(local_fleet.fleet, tmp_path_factory.mktemp("release"))
+
+
+@pytest.fixture(scope="module")
+def sha(local_fleet) -> str:
+    """One merge for this module's releases, new to every region: the same commit must give the same digest."""
+    return new_commit(local_fleet.fleet, "release")
 
 
 def all_live(fleet, state: dict[str, RegionState]) -> None:
@@ -37,20 +41,20 @@ def all_live(fleet, state: dict[str, RegionState]) -> None:
     assert all(s.enabled and s.weight == 100 for s in state.values()), state
 
 
-def ensure_released(local_fleet, release, app_fleet) -> dict[str, RegionState]:
+def ensure_released(local_fleet, release, app_fleet, sha) -> dict[str, RegionState]:
     if "head" not in released:
-        run = release({"git_sha": SHA}, fleet_path=app_fleet)
+        run = release({"git_sha": sha}, fleet_path=app_fleet)
         assert run.returncode == 0, run.tail()
         released["head"] = snapshot(local_fleet.fleet)
     return released["head"]
 
 
-def test_a_release_reaches_every_region_wave_by_wave(local_fleet, release, app_fleet):
+def test_a_release_reaches_every_region_wave_by_wave(local_fleet, release, app_fleet, sha):
     started = time.monotonic()
     fleet = local_fleet.fleet
     before = snapshot(fleet)
     with TrafficWatch(fleet) as watch:
-        run = release({"git_sha": SHA}, fleet_path=app_fleet)
+        run = release({"git_sha": sha[:10]}, fleet_path=app_fleet)  # a short sha, as people type it
     assert run.returncode == 0, run.tail()
     after = snapshot(fleet)
     released["head"] = after
@@ -62,10 +66,13 @@ def test_a_release_reaches_every_region_wave_by_wave(local_fleet, release, app_f
     digest = after["westus"].digest
     assert f"as {digest}" in run.segments["build"]
     assert digest not in {s.digest for s in before.values()}, before
+    # The run recorded the full commit it resolved on the git server, and which ref it came from.
     for region in fleet.region_names:
         assert after[region].revision == before[region].revision + 1, (region, before, after)
-        assert annotations(fleet, region)["fanout.dev/run-id"] == run.run_id
-        assert f"fanout run {run.run_id}" in history(fleet, region)[-1].description
+        notes = annotations(fleet, region)
+        assert notes["fanout.dev/run-id"] == run.run_id
+        assert (notes["fanout.dev/git-sha"], notes["fanout.dev/source-ref"]) == (sha, "main"), notes
+        assert history(fleet, region)[-1].description == f"fanout run {run.run_id} git {sha} ref main"
 
     # The waves really ran in order: every task of a wave finished before the next wave drained.
     for earlier, later in itertools.pairwise(WAVES):
@@ -86,17 +93,18 @@ def test_a_release_reaches_every_region_wave_by_wave(local_fleet, release, app_f
     timed("happy path", started)
 
 
-def test_releasing_a_live_digest_changes_nothing(local_fleet, release, app_fleet):
+def test_releasing_a_live_digest_changes_nothing(local_fleet, release, app_fleet, sha):
     started = time.monotonic()
     fleet = local_fleet.fleet
-    before = ensure_released(local_fleet, release, app_fleet)
+    before = ensure_released(local_fleet, release, app_fleet, sha)
     with TrafficWatch(fleet) as watch:
-        run = release({"git_sha": SHA}, fleet_path=app_fleet)
+        run = release({"git_sha": sha}, fleet_path=app_fleet)
     assert run.returncode == 0, run.tail()
     after = snapshot(fleet)
 
-    # The same commit builds the same digest (buildah --timestamp 0) …
-    assert f"as {before['westus'].digest}" in run.segments["build"], run.segments["build"]
+    # The same commit is the same digest: the home registry has it, labelled, so nothing is built …
+    assert f"reusing {before['westus'].digest}" in run.segments["build"], run.segments["build"]
+    assert "built and pushed" not in run.segments["build"]
     # … so no region is upgraded: Helm revisions, digests and traffic end exactly as they were.
     for region in fleet.region_names:
         assert "no upgrade" in run.segments[f"deploy_{region}.helm_deploy"], region

@@ -6,8 +6,8 @@ westeurope (wave 3) never starts; the run fails naming region, gate and cause; a
 stays within the rules all along: never every endpoint disabled, min_serving_regions (2)
 respected, eastus enabled at the end only if it is healthy.
 
-Each test releases a new digest from a variant fleet file (same running fleet, a copy of the
-app source with a unique VERSION, the HTTP gate giving up after 10 s instead of 120 s)."""
+Each test releases a new commit (the app with a unique VERSION, so a new digest) from a variant
+fleet file (same running fleet, the HTTP gate giving up after 10 s instead of 120 s)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from release_checks import (
     TrafficWatch,
     healthy,
     history,
-    random_sha,
+    new_commit,
     set_traffic,
     snapshot,
     timed,
@@ -41,7 +41,7 @@ def fail_eastus(local_fleet, release, faults, folder, policy):
     before = snapshot(fleet)
     faults(edge_unhealthy=[FAILING])
     with TrafficWatch(fleet) as watch:
-        run = release({"git_sha": random_sha()}, fleet_path=path)
+        run = release({"git_sha": new_commit(fleet)}, fleet_path=path)
     after = snapshot(fleet)
     print(watch.report())
     for region in fleet.region_names:

@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from release_checks import random_sha, snapshot, timed, variant_fleet
+from release_checks import new_commit, snapshot, timed, variant_fleet
 
 pytestmark = pytest.mark.localfleet
 
@@ -18,11 +18,11 @@ SLOW = "northeurope"  # wave 2; eastus is the home registry, which never lags
 def test_a_lagging_replica_is_waited_for(local_fleet, release, faults, tmp_path):
     started = time.monotonic()
     fleet = local_fleet.fleet
-    # A new source gives a new digest, so no replica has it yet. Only SLOW lags; the
+    # A new commit gives a new digest, so no replica has it yet. Only SLOW lags; the
     # others get it at once, so any long wait can only be SLOW's.
     path = variant_fleet(fleet, tmp_path)
     faults(replica_lag={r: (LAG if r == SLOW else 0) for r in fleet.region_names if r != fleet.registry.home})
-    run = release({"git_sha": random_sha()}, fleet_path=path)
+    run = release({"git_sha": new_commit(fleet)}, fleet_path=path)
     assert run.returncode == 0, run.tail()
     digest = snapshot(fleet)[SLOW].digest
     assert f"as {digest}" in run.segments["build"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import urllib.error
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from fanout.adapters.builder import BuildahBuilder
+from fanout.adapters.registry import OciRegistry
 from fanout.fleet import Fleet
+from fanout.provenance import REVISION, SOURCE, build_labels
 from localfleet import procs, registry, replicator
 from localfleet.faults import read_faults, update_faults
 from localfleet.replicator import Replicator, read_state
@@ -20,6 +24,7 @@ from localfleet.testing import wait_until
 pytestmark = pytest.mark.localfleet
 
 REPO = "fanout/hello"
+ROOT = Path(__file__).resolve().parents[2]
 # eastus is home; westus gets copies at once, northeurope late; westeurope is for stuck tests.
 LAGS = {"eastus": 0, "westus": 0, "northeurope": 4, "westeurope": 0}
 
@@ -158,3 +163,22 @@ def test_replicator_logic_with_fake_clock(fleet: Fleet, push_image: Callable[[st
     copies.clear()
     Replicator(fleet, tmp_path, copier=copier, clock=lambda: now[0]).step()
     assert copies == [], "a restarted replicator copied again"
+
+
+def test_a_labelled_build_is_read_back_by_tag_and_by_digest(fleet: Fleet, tmp_path: Path) -> None:
+    """What the release's reuse and CI-image checks read: the labels of the image config blob."""
+    context = tmp_path / "ctx"
+    shutil.copytree(ROOT / "include/app", context)
+    (context / "VERSION").write_text(f"labels-{time.time_ns()}\n")
+    builder = BuildahBuilder(tmp_path / "buildah", insecure=True)
+    sha, url = "ab" * 20, "http://127.0.0.1:1/team/app.git"
+    digest = builder.build_and_push(context, f"{home(fleet)}/{REPO}:{sha}", build_labels(sha, url))
+    reader = OciRegistry(home(fleet), insecure=True)
+    found = reader.image_labels(REPO, sha)
+    assert found is not None and found[0] == digest
+    # The --label flags win over the Containerfile's own LABEL org.opencontainers.image.source.
+    assert (found[1][REVISION], found[1][SOURCE]) == (sha, url), found[1]
+    assert reader.image_labels(REPO, digest) == found
+    assert reader.image_labels(REPO, "cd" * 20) is None
+    # The same tree and labels build the same digest (--timestamp 0).
+    assert builder.build_and_push(context, f"{home(fleet)}/{REPO}:{sha}", build_labels(sha, url)) == digest

@@ -163,3 +163,61 @@ def test_clusters_pull_acr_images_from_the_login_server():
     assert acr.endpoint("westeurope") == "contosoprod.westeurope.geo.azurecr.io"  # what the wait checks
     oci = load_fleet(LOCAL).registry
     assert oci.pull_host("westus") == oci.endpoint("westus") == "127.0.0.1:5102"
+
+
+@pytest.mark.parametrize(
+    ("git", "line"),
+    [
+        ({"url": "not a url"}, "app.source.git.url: 'not a url' is not an https:// repository URL"),
+        ({"url": "file:///srv/git/app.git"}, "app.source.git.url: 'file:///srv/git/app.git' is not an https://"),
+        ({"url": "https://"}, "app.source.git.url: 'https://' has no valid host"),
+        ({"url": "https://bad host/app.git"}, "app.source.git.url: 'https://bad host/app.git' has no valid host"),
+        ({"url": "https://git.example"}, "app.source.git.url: 'https://git.example' must name a repository"),
+        ({"url": "https://git.example:x/a.git"}, "app.source.git.url: 'https://git.example:x/a.git' has an invalid"),
+        ({"url": "https://me:tok@git.example/a.git"}, "app.source.git.url: has credentials in it; name an Airflow"),
+        ({"url": "http://git.example/a.git"}, "app.source.git.url: plain http:// is allowed for loopback"),
+        ({"url": "https://git.example/a.git", "path": "../up"}, "app.source.git.path: '../up' must be a relative"),
+        ({"url": "https://git.example/a.git", "path": "/abs"}, "app.source.git.path: '/abs' must be a relative"),
+        ({"url": "https://git.example/a.git", "conn_id": ""}, "app.source.git.conn_id: String should have at least"),
+        ({"url": "https://git.example/a.git", "branch": "x"}, "app.source.git.branch: unknown field"),
+    ],
+)
+def test_every_git_source_mistake_names_its_field(local_data, git, line):
+    local_data["app"]["source"] = {"git": git}
+    found = problems(local_data)
+    assert len(found) == 1 and found[0].startswith(f"f.yaml: {line}"), found
+
+
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [
+        ("../app", "f.yaml: app.source: expected {git: {url: …, path: …, conn_id: …}} (or {directory: …}"),
+        ({}, "f.yaml: app.source: give exactly one of 'git' (the repository) or 'directory' (development only)"),
+        (
+            {"git": {"url": "https://git.example/a.git"}, "directory": "."},
+            "f.yaml: app.source: give exactly one of 'git'",
+        ),
+    ],
+)
+def test_the_source_is_a_git_repository_or_an_explicit_development_directory(local_data, source, line):
+    local_data["app"]["source"] = source
+    found = problems(local_data)
+    assert len(found) == 1 and found[0].startswith(line), found
+
+
+def test_a_git_source_names_its_repository_folder_and_connection():
+    fleet = load_fleet(AZURE)
+    git = fleet.app.source.git
+    assert (git.url, git.context_path, git.conn_id) == (
+        "https://github.com/contoso/storefront.git",
+        "app",
+        "git_storefront",
+    )
+    assert load_fleet(LOCAL).app.source.git.url.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize(("path", "context"), [(".", ""), ("./", ""), ("app/", "app"), ("./.web/x", ".web/x")])
+def test_the_build_folder_is_normalised_for_git(path, context):
+    from fanout.fleet import GitSource
+
+    assert GitSource(url="https://git.example/a.git", path=path).context_path == context

@@ -20,7 +20,12 @@ def fleet_data(weights, pairs=(), canary=(), per_wave=2, share=0.5, min_serving=
     for a, b in pairs:
         partner[names[a]], partner[names[b]] = names[b], names[a]
     return {
-        "app": {"name": "app", "namespace": "app", "source": ".", "chart": {"path": "c", "version": "1"}},
+        "app": {
+            "name": "app",
+            "namespace": "app",
+            "source": {"directory": "."},
+            "chart": {"path": "c", "version": "1"},
+        },
         "registry": {"kind": "acr", "name": "registry1", "repository": "app", "home": names[0]},
         "regions": [
             {

@@ -14,6 +14,7 @@ from fanout.policy import (
     check_drain,
     digest_of,
     final_traffic,
+    helm_description,
     rollback_all_targets,
     rollout_status,
     superseding_run,
@@ -172,19 +173,21 @@ def test_traffic_after_failure(was_enabled, healthy, known_good, enable):
 
 
 def test_chart_values_pin_the_image_by_digest_per_region():
-    values = chart_values(FLEET, "westus", D1, "manual__1", "abc1234")
+    values = chart_values(FLEET, "westus", D1, "manual__1", "a" * 40, "main")
     assert values["image"] == {"repository": "127.0.0.1:5102/fanout/hello", "digest": D1}
     assert values["replicaCount"] == 2  # the fleet's own values stay
-    assert values["release"] == {"runId": "manual__1", "gitSha": "abc1234"}
+    assert values["release"] == {"runId": "manual__1", "gitSha": "a" * 40, "sourceRef": "main"}
+    assert helm_description("manual__1", "a" * 40, "main") == f"fanout run manual__1 git {'a' * 40} ref main"
 
 
 def test_the_chart_refuses_values_that_do_not_render():
     from fanout.adapters.helm import HelmError, helm_binary, render_chart
 
-    good = chart_values(FLEET, "westus", D1, "r", "abc1234")
-    assert 'image: "127.0.0.1:5102/fanout/hello@' + D1 in render_chart(
-        helm_binary(), "hello", FLEET.chart_ref, "hello", good
-    )
+    good = chart_values(FLEET, "westus", D1, "r", "a" * 40, "release/1.2")
+    rendered = render_chart(helm_binary(), "hello", FLEET.chart_ref, "hello", good)
+    assert 'image: "127.0.0.1:5102/fanout/hello@' + D1 in rendered
+    # The Deployment says which commit and ref it runs; the consistency check reads both back.
+    assert f'fanout.dev/git-sha: "{"a" * 40}"' in rendered and 'fanout.dev/source-ref: "release/1.2"' in rendered
     cases = [
         ({"image": {"repository": "r/app", "digest": "latest"}}, "at '/image/digest': 'latest' does not match"),
         ({"image": {"repository": "r/app", "digest": ""}}, "Fanout deploys by digest, never by tag"),

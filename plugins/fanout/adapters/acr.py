@@ -20,6 +20,7 @@ synced this digest — the login server answers from whichever replica is neares
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from azure.mgmt.containerregistry import ContainerRegistryManagementClient
 
 from fanout.adapters.azure_credentials import CLOUDS, AzureAdapterError, call, client_options, describe
 from fanout.adapters.registry import RegistryError
+from fanout.provenance import config_labels
 from fanout.redact import scrub
 
 READY = "Ready"
@@ -185,6 +187,23 @@ class AcrReplica:
 
     async def has_manifest_async(self, repository: str, digest: str) -> bool:
         return await asyncio.to_thread(self.has_manifest, repository, digest)
+
+    def image_labels(self, repository: str, reference: str) -> tuple[str, dict[str, str]] | None:
+        """(digest, labels of the image config) of `repository:reference`; None when there is none."""
+        try:
+            with self._lock:
+                result = self._client.get_manifest(repository, reference)
+                manifest = dict(result.manifest)
+                if "manifests" in manifest:  # a multi-platform index: its first image speaks for it
+                    manifest = dict(self._client.get_manifest(repository, manifest["manifests"][0]["digest"]).manifest)
+                config = (manifest.get("config") or {}).get("digest")
+                blob = b"".join(self._client.download_blob(repository, config)) if config else b"{}"
+        except ResourceNotFoundError:
+            return None
+        except (AzureError, OSError, ValueError, KeyError, IndexError) as err:
+            cause = describe(err)[0] if isinstance(err, AzureError) else str(err)
+            raise RegistryError(scrub(f"registry {self.endpoint}: reading {repository}:{reference}: {cause}")) from None
+        return result.digest, config_labels(json.loads(blob))
 
 
 def acr_replica_from_connection(conn_id: str, endpoint: str, acr: dict[str, str] | None = None) -> AcrReplica:

@@ -3,7 +3,8 @@
 1. pack the context (honouring `.dockerignore`) as tar.gz;
 2. `registries.get_build_source_upload_url` → a SAS URL and a relative path;
 3. upload the archive to the SAS URL (azure-storage-blob, one block-blob PUT);
-4. `registries.schedule_run` with a `DockerBuildRequest` whose `source_location` is the relative path;
+4. `registries.schedule_run` with an `EncodedTaskRunRequest` (a build step with the OCI labels, a push
+   step) whose `source_location` is the relative path;
 5. poll `runs.get` until the run ends; the digest is in `properties.output_images[].digest`.
 
 ACR Tasks left azure-mgmt-containerregistry in 15.0; `azure-mgmt-containerregistrytasks` 1.0.0b1
@@ -14,6 +15,9 @@ ACR Tasks left azure-mgmt-containerregistry in 15.0; `azure-mgmt-containerregist
 
 from __future__ import annotations
 
+import base64
+import json
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError
 from azure.mgmt.containerregistrytasks import ContainerRegistryTasksMgmtClient
-from azure.mgmt.containerregistrytasks.models import DockerBuildRequest, PlatformProperties
+from azure.mgmt.containerregistrytasks.models import EncodedTaskRunRequest, PlatformProperties
 from azure.storage.blob import BlobClient
 
 from fanout.adapters.azure_credentials import AzureAdapterError, call, client_options, describe
@@ -158,15 +162,21 @@ class AcrTasksBuilder:
             out["connection_verify"] = self._verify
         return out
 
-    def start(self, context: Path, destination: str) -> str:
+    def task_yaml(self, image: str, labels: dict[str, str]) -> str:
+        """The ACR task that builds the uploaded context with `labels` and pushes `image`. A quick
+        build (DockerBuildRequest) cannot set labels; an encoded task's `build` step takes docker's."""
+        args = ["-t", f"{{{{.Run.Registry}}}}/{image}", "-f", self.dockerfile]
+        args += [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
+        build = " ".join(shlex.quote(a) for a in args) + " ."
+        return f"version: v1.1.0\nsteps:\n  - build: {build}\n  - push: [{json.dumps('{{.Run.Registry}}/' + image)}]\n"
+
+    def start(self, context: Path, destination: str, labels: dict[str, str] | None = None) -> str:
         """Upload the context and schedule a build that pushes `destination`; returns the run id."""
         image = image_name(destination)
         source = self.upload_context(context)
-        request = DockerBuildRequest(
-            image_names=[image],
-            is_push_enabled=True,
-            no_cache=False,
-            docker_file_path=self.dockerfile,
+        task = self.task_yaml(image, labels or {})
+        request = EncodedTaskRunRequest(
+            encoded_task_content=base64.b64encode(task.encode()).decode(),
             source_location=source,
             platform=PlatformProperties(os=self.os.capitalize(), architecture=self.architecture or None),
             timeout=self.build_timeout_seconds,
@@ -230,10 +240,10 @@ class AcrTasksBuilder:
             return ""
         return scrub("\n".join(text.splitlines()[-lines:]))
 
-    def build_and_push(self, context: Path, destination: str) -> str:
+    def build_and_push(self, context: Path, destination: str, labels: dict[str, str] | None = None) -> str:
         """Build `context` in ACR Tasks and push `destination` (`[host/]repo:tag`). Returns the digest."""
         try:
-            run_id = self.start(context, destination)
+            run_id = self.start(context, destination, labels)
             state = self.wait(run_id)
         except AzureAdapterError as err:
             raise BuildError(str(err)) from None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 from fanout.fleet_checks import endpoint_host, is_loopback
+from fanout.provenance import config_labels
 
 # Distribution answers 404 for an OCI manifest unless the client says it accepts one.
 MANIFEST_TYPES = ", ".join(
@@ -19,6 +22,7 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 )
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 
 
 class RegistryError(RuntimeError):
@@ -63,3 +67,40 @@ class OciRegistry:
 
     async def has_manifest_async(self, repository: str, digest: str) -> bool:
         return await asyncio.to_thread(self.has_manifest, repository, digest)
+
+    def _get(self, path: str, accept: str | None = None) -> tuple[bytes, dict[str, str]] | None:
+        """GET `path` under /v2/; None on 404."""
+        headers = {"Accept": accept} if accept else {}
+        request = urllib.request.Request(f"{self.base}/v2/{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read(), dict(response.headers.items())
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return None
+            raise RegistryError(f"registry {self.endpoint}: GET {path} answered {err.code}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise RegistryError(f"registry {self.endpoint} unreachable: {getattr(err, 'reason', err)}") from None
+
+    def image_labels(self, repository: str, reference: str) -> tuple[str, dict[str, str]] | None:
+        """(digest, labels of the image config) of `repository:reference` (a tag or a digest);
+        None when the registry has no such manifest."""
+        found = self._get(f"{repository}/manifests/{reference}", MANIFEST_TYPES)
+        if found is None:
+            return None
+        body, headers = found
+        digest = headers.get("Docker-Content-Digest") or reference
+        manifest = json.loads(body)
+        return digest, self._labels(repository, manifest)
+
+    def _labels(self, repository: str, manifest: dict[str, Any]) -> dict[str, str]:
+        if manifest.get("mediaType") in INDEX_TYPES or "manifests" in manifest:
+            # A multi-platform image: its platforms are built from one commit, the first one speaks for it.
+            first = (manifest.get("manifests") or [{}])[0].get("digest")
+            found = self._get(f"{repository}/manifests/{first}", MANIFEST_TYPES) if first else None
+            if found is None:
+                return {}
+            manifest = json.loads(found[0])
+        config = (manifest.get("config") or {}).get("digest")
+        blob = self._get(f"{repository}/blobs/{config}") if config else None
+        return config_labels(json.loads(blob[0])) if blob else {}

@@ -66,7 +66,8 @@ class ReadDesiredStateOperator(_ConsistencyStep):
             self.log.warning("no release of %s recorded yet: nothing to compare the fleet against", app)
             return {"desired": None, "releases": {}}
         latest = releases[0]
-        desired = {k: latest.get(k) for k in ("digest", "git_sha", "chart_version", "repository", "run_id")}
+        keys = ("digest", "git_sha", "source_ref", "chart_version", "repository", "run_id")
+        desired = {k: latest.get(k) for k in keys}
         desired["recorded_at"] = latest["recorded_at"]
         self.log.info("desired: %s (git %s) recorded by %s", desired["digest"], desired["git_sha"], desired["run_id"])
         older = {r["digest"]: r["git_sha"] for r in reversed(releases[1:]) if r["digest"] != desired["digest"]}

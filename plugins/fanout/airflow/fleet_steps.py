@@ -4,6 +4,7 @@ rebalance, rollback-all, record."""
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from typing import Any, NoReturn
 
 from airflow.sdk import Context
@@ -12,13 +13,17 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from fanout import names
 from fanout.adapters.azure_credentials import AzureAdapterError
 from fanout.adapters.builder import BuildError
+from fanout.adapters.git_source import Commit, SourceError
 from fanout.adapters.helm import HelmError, helm_binary, render_chart
+from fanout.adapters.registry import RegistryError
+from fanout.adapters.release_image import build_commit, ci_image, context_path, previous_build
 from fanout.airflow.base import SNAPSHOT_KEY, FanoutOperator, release_asset, targeted
 from fanout.airflow.triggers import AcrRunTrigger
 from fanout.airflow.waits import SETTLE_SECONDS, WaitingOperator
 from fanout.fleet import FleetError
 from fanout.planner import PlanError, plan_waves
 from fanout.policy import DIGEST, PolicyError, chart_values, check_drain, final_traffic, rollback_all_targets
+from fanout.provenance import build_labels
 from fanout.records import FleetSnapshot, Release, release_shape, shape_changes
 
 
@@ -81,37 +86,48 @@ class ValidateReleaseOperator(FanoutOperator):
 
 
 class BuildImageOperator(FanoutOperator):
-    """Build the app image once and pin the release to its digest (or take the digest given)."""
+    """Pin the release to the digest of exactly `git_sha`: built, reused or CI's (see fanout.adapters.release_image)."""
 
     def run(self, context: Context) -> dict[str, Any]:
-        params, registry = context["params"], self.fleet.registry
-        commit = {"git_sha": params["git_sha"], "source_ref": params.get("source_ref")}
-        image = params.get("image")
-        if image and DIGEST.match(image):
-            home = self.hook.registry(registry.home)
-            if not home.has_manifest(registry.repository, image):
-                raise AirflowFailException(f"image: {image} is not in the home registry {home.endpoint}")
-            self.log.info("releasing the given digest %s (no build)", image)
-            return Release(image, registry.repository, None, **commit).to_xcom()
-        tag = image or params["git_sha"][:12]
-        destination = f"{registry.pull_host(registry.home)}/{registry.repository}:{tag}"
+        params, registry, allow = context["params"], self.fleet.registry, self.fleet.app.source.allow_unlabelled_images
+        home, image, source = self.hook.registry(registry.home), params.get("image"), self.hook.source()
+        try:
+            commit = source.resolve(params["git_sha"], params["source_ref"])
+            self.log.info("git_sha %s is commit %s of %s (%s)", params["git_sha"], commit.sha, commit.url, commit.ref)
+            if image and DIGEST.match(image):
+                given = ci_image(home, registry.repository, image, commit, allow)
+                self.log.info("releasing the CI-built %s (no build): its revision label is the commit", image)
+                return given.to_xcom()
+            if found := previous_build(home, registry.repository, commit):
+                self.log.info("reusing %s, built from %s by an earlier run: no build", found.digest, commit.sha)
+                return found.to_xcom()
+        except (SourceError, RegistryError) as err:
+            raise AirflowFailException(str(err)) from None
+        destination = f"{registry.pull_host(registry.home)}/{registry.repository}:{commit.sha}"
         if registry.kind == "acr":
-            self.start_acr_build(context, destination, tag)
-        started = time.monotonic()
-        digest = self.hook.builder().build_and_push(self.fleet.resolve(self.fleet.app.source), destination)
-        self.log.info("built and pushed %s as %s in %.1f s", destination, digest, time.monotonic() - started)
-        return Release(digest, registry.repository, tag, **commit).to_xcom()
+            self.start_acr_build(context, commit, destination)
+        started, builder, extra = time.monotonic(), self.hook.builder(), (image,) if image else ()
+        try:
+            built = build_commit(
+                source, self.fleet.app.source, commit, registry.repository,
+                lambda ctx, labels: builder.build_and_push(ctx, destination, labels, extra),
+            )  # fmt: skip
+        except SourceError as err:
+            raise AirflowFailException(str(err)) from None
+        self.log.info("built and pushed %s as %s in %.1f s", destination, built.digest, time.monotonic() - started)
+        return built.to_xcom()
 
-    def start_acr_build(self, context: Context, destination: str, tag: str) -> NoReturn:
-        """Schedule the ACR Tasks run and defer: a build takes minutes, and they are spent in ACR,
-        not in a worker slot. No inline poll first (see waits.py): no build ends within seconds."""
+    def start_acr_build(self, context: Context, commit: Commit, destination: str) -> NoReturn:
+        """Upload exactly `commit`, schedule the ACR Tasks run and defer: a build takes minutes, and
+        they are spent in ACR, not in a worker slot."""
         builder = self.hook.acr_tasks()
         try:
-            run_id = builder.start(self.fleet.resolve(self.fleet.app.source), destination)
+            with self.hook.source().export(commit, context_path(self.fleet.app.source)) as tree:
+                run_id = builder.start(tree, destination, build_labels(commit.sha, commit.url))
         except AzureAdapterError as err:
             raise BuildError(str(err)) from None
-        finally:
-            builder.close()
+        except SourceError as err:
+            raise AirflowFailException(str(err)) from None
         self.log.info("ACR Tasks run %s builds %s; log: %s", run_id, destination, builder.run_link(run_id))
         trigger = AcrRunTrigger(
             fleet=self.snapshot(context).to_xcom(),
@@ -122,18 +138,19 @@ class BuildImageOperator(FanoutOperator):
             poll_seconds=builder.poll_seconds,
             not_before=time.time() + SETTLE_SECONDS,
         )
-        self.defer(trigger=trigger, method_name="acr_build_done", kwargs={"destination": destination, "tag": tag})
+        kwargs = {"destination": destination, "commit": asdict(commit)}
+        self.defer(trigger=trigger, method_name="acr_build_done", kwargs=kwargs)
 
-    def acr_build_done(self, context: Context, event: dict[str, Any], destination: str, tag: str) -> dict[str, Any]:
+    def acr_build_done(
+        self, context: Context, event: dict[str, Any], destination: str, commit: dict[str, str]
+    ) -> dict[str, Any]:
         digest = event.get("digest") or ""
         if event["status"] != "ok" or not DIGEST.match(digest):
             raise AirflowFailException(f"build of {destination}: {event['detail']}")
         run_id, waited = event["run_id"], event["waited"]
         self.log.info("built and pushed %s as %s in %.0f s (ACR Tasks run %s)", destination, digest, waited, run_id)
-        params = context["params"]
-        return Release(
-            digest, self.fleet.registry.repository, tag, params["git_sha"], params.get("source_ref")
-        ).to_xcom()
+        c = Commit(**commit)
+        return Release(digest, self.fleet.registry.repository, c.sha, c.sha, c.ref, c.url, built=True).to_xcom()
 
 
 class BakeOperator(WaitingOperator):

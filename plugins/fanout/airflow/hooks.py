@@ -17,6 +17,7 @@ from airflow.sdk import BaseHook
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.cluster import Cluster
 from fanout.adapters.edge import Edge
+from fanout.adapters.git_source import DevDirectory, GitRepository
 from fanout.adapters.helm import Helm, helm_binary
 from fanout.adapters.metrics import PrometheusQuery
 from fanout.adapters.registry import OciRegistry
@@ -214,6 +215,14 @@ class FleetHook(BaseHook):
     def helm(self, region: str) -> Helm:
         kubeconfig, context = self.kubeconfig(region)
         return Helm(helm_binary(), kubeconfig, context, timeout_seconds=self.fleet.gates.rollout_timeout_seconds)
+
+    def source(self) -> GitRepository | DevDirectory:
+        """The app's repository, with the credential of `app.source.git.conn_id` (login, password)."""
+        src = self.fleet.app.source
+        if src.git is None:
+            return DevDirectory(self.fleet.resolve(src.directory))
+        conn = self.get_connection(src.git.conn_id) if src.git.conn_id else None
+        return GitRepository(src.git.url, (conn.login or "", conn.password or "") if conn else None)
 
     def edge(self, region: str) -> Edge:
         gate = self.fleet.gates.http

@@ -15,7 +15,14 @@ from fanout.adapters.metrics import MetricError
 from fanout.airflow.base import FanoutOperator
 from fanout.airflow.triggers import HttpGateTrigger, ReplicationTrigger, RolloutTrigger
 from fanout.airflow.waits import WaitingOperator
-from fanout.policy import PolicyError, chart_values, check_drain, rollout_status, traffic_after_failure
+from fanout.policy import (
+    PolicyError,
+    chart_values,
+    check_drain,
+    helm_description,
+    rollout_status,
+    traffic_after_failure,
+)
 from fanout.records import DeployOutcome, DrainOutcome, RollbackOutcome, StepFailure
 
 
@@ -97,12 +104,12 @@ class HelmDeployOperator(_RegionStep):
             self.log.info("%s already runs %s (revision %s): no upgrade", self.region, release.digest, current.revision)
             return DeployOutcome(False, current.revision, current.revision).to_xcom()
         previous = next((h.revision for h in reversed(history) if h.status == "deployed"), None)
-        git_sha = context["params"]["git_sha"]
-        values = chart_values(self.fleet, self.region, release.digest, context["run_id"], git_sha)
+        sha, ref = release.git_sha or context["params"]["git_sha"], release.source_ref or ""
+        values = chart_values(self.fleet, str(self.region), release.digest, context["run_id"], sha, ref)
         try:
             done = helm.upgrade_install(
                 app.name, self.fleet.chart_ref, app.namespace, values, version=app.chart.version,
-                description=f"fanout run {context['run_id']} git {git_sha[:12]}",
+                description=helm_description(context["run_id"], sha, ref),
             )  # fmt: skip
         except HelmError as err:
             context["ti"].xcom_push(key="return_value", value=DeployOutcome(True, previous).to_xcom())

@@ -1,0 +1,1 @@
+"""The local fleet's git server: the repository a release fetches its commit from."""
