@@ -140,7 +140,6 @@ def test_bad_conf_is_refused_naming_the_field(dagbag, conf, field):
 
 def test_a_broken_fleet_file_is_an_import_error_naming_the_field(tmp_path, monkeypatch):
     data = yaml.safe_load(LOCAL.read_text())
-    data["app"]["source"] = str(REPO / "include/app")  # a copy in tmp: name the repository's app
     data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
     data["regions"][3]["pair"] = "westus9"
     broken = tmp_path / "broken.yaml"

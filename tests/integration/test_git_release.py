@@ -17,7 +17,7 @@ from release_checks import TrafficWatch, history, new_commit, snapshot, timed, v
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.git_source import GitRepository
 from fanout.adapters.registry import OciRegistry
-from fanout.airflow.hooks import cache_dir
+from fanout.cache import cache_dir
 from fanout.provenance import REVISION, SOURCE, build_labels
 
 pytestmark = pytest.mark.localfleet

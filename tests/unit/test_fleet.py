@@ -138,7 +138,6 @@ def run_cli(*args):
 
 
 def test_cli_refuses_a_broken_file_with_one_line_per_problem(tmp_path, local_data):
-    local_data["app"]["source"] = str(REPO / "include/app")  # a copy in tmp: name the repository's app
     local_data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
     local_data["regions"][3]["pair"] = "westus9"
     local_data["regions"][0]["endpoint"]["weight"] = 5000

@@ -29,7 +29,6 @@ SECRET = "s3cr3t-Pa55"
 def data_of(fleet: Path) -> dict[str, Any]:
     data = yaml.safe_load(fleet.read_text())
     # The copy lives in tmp: name the repository's app and chart (FANOUT_PROJECT_DIR, tests/conftest.py).
-    data["app"]["source"] = str(REPO / "include/app")
     data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
     return data
 
@@ -124,8 +123,9 @@ HOSTILE_FLEETS = {
     "cron out of range": (local(**{"consistency/schedule": "61 * * * *"}), "consistency.schedule"),
     "continuous check": (local(**{"consistency/schedule": "@continuous"}), "consistency.schedule"),
     # 10: unbounded strings
-    "source /etc": (local(**{"app/source": "/etc"}), "app.source"),
-    "source climbing out": (local(**{"app/source": "../../../../../../../../etc"}), "app.source"),
+    "source /etc": (local(**{"app/source": {"directory": "/etc"}}), "app.source.directory"),
+    "source climbing out": (local(**{"app/source": {"directory": "../../../../../../../../etc"}}), "app.source.directory"),
+    "git source climbing out": (local(**{"app/source/git/path": "../../etc"}), "app.source.git.path"),
     "chart in home": (local(**{"app/chart/path": "~/.ssh"}), "app.chart.path"),
     "oci with password": (
         local(**{"app/chart": {"oci": f"oci://user:{SECRET}@registry.example/charts/hello", "version": "1.0.0"}}),
