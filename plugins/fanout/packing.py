@@ -19,7 +19,7 @@ from dataclasses import dataclass
 # Steps of the search (bins considered): about a second on a loaded machine. Fleets whose
 # first-fit or best-fit plan already meets the lower bound never search; see
 # `python -m localfleet.bench_planner` for 200-region fleets.
-DEFAULT_BUDGET = 20_000
+DEFAULT_BUDGET = 10_000
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,9 @@ class Packing:
     proven: bool  # False only when the budget ran out before the search finished
 
 
-def quick_bound(items: Items, chosen: Sequence[int]) -> int:
-    """Bins needed at least, by count and by weight."""
-    return max(math.ceil(len(chosen) / items.size), math.ceil(sum(items.weight[i] for i in chosen) / items.capacity))
+def quick_bound(items: Items, count: int, weight: int) -> int:
+    """Bins needed at least for `count` items weighing `weight`, by count and by weight."""
+    return max(math.ceil(count / items.size), math.ceil(weight / items.capacity))
 
 
 def lower_bound(items: Items, chosen: Sequence[int]) -> int:
@@ -51,7 +51,7 @@ def lower_bound(items: Items, chosen: Sequence[int]) -> int:
         return 0
     cap = items.capacity
     weights = [items.weight[i] for i in chosen]
-    best = quick_bound(items, chosen)
+    best = quick_bound(items, len(weights), sum(weights))
     for alpha in {w for w in weights if 2 * w <= cap} | {0}:
         big = [w for w in weights if w > cap - alpha]  # nothing of size >= alpha fits beside these
         mid = [w for w in weights if cap / 2 < w <= cap - alpha]
@@ -112,14 +112,17 @@ class _Search:
 
         yield from walk(0, self.items.weight[first], set())
 
-    def pack(self, left: list[int], bins: int) -> list[tuple[int, ...]] | None:
+    def pack(self, left: list[int], bins: int, weight: int) -> list[tuple[int, ...]] | None:
+        """A packing of `left` (weighing `weight`) into `bins` bins, or None."""
         if not left:
             return []
         left_set = frozenset(left)
-        if self.failed.get(left_set, -1) >= bins or quick_bound(self.items, left) > bins:
+        if self.failed.get(left_set, -1) >= bins or quick_bound(self.items, len(left), weight) > bins:
             return None
         for chosen in self.bins_with(left[0], left, left_set):
-            rest = self.pack([i for i in left if i not in chosen], bins - 1)
+            taken = set(chosen)
+            used = sum(self.items.weight[i] for i in chosen)
+            rest = self.pack([i for i in left if i not in taken], bins - 1, weight - used)
             if rest is not None:
                 return [chosen, *rest]
         self.failed[left_set] = max(bins, self.failed.get(left_set, -1))
@@ -143,7 +146,7 @@ def fewest_bins(
     try:
         # Upwards from the bound: the first count that works is the fewest.
         for bins in range(bound, len(best)):
-            found = search.pack(left, bins)
+            found = search.pack(left, bins, sum(items.weight[i] for i in left))
             if found is not None:
                 return Packing(tuple(found), bound, proven=True)
     except _OutOfBudget:
