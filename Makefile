@@ -14,7 +14,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow \
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow bench-release \
 	airflow-up airflow-status airflow-env airflow-down
 
 venv: $(STAMP)
@@ -85,6 +85,15 @@ bench: venv system-packages binaries
 ## Worker slots busy while release runs wait, on a private real Airflow (prints figures).
 bench-airflow: venv system-packages binaries
 	@$(PY) -m localfleet.bench_airflow
+
+## Fanout's release vs a plain script on a private fleet + real Airflow; the 4-region fleet, then a
+## generated 12-region one (REPEAT=rounds per side), the DAG-file parse for 60 regions, the planner at 200.
+REPEAT ?= 2
+bench-release: venv system-packages binaries
+	@$(PY) -m localfleet.bench_release --repeat $(REPEAT)
+	@$(PY) -m localfleet.bench_release --repeat $(REPEAT) --regions 12
+	@$(PY) -m localfleet.bench_parse
+	@$(PY) -m localfleet.bench_planner
 
 ## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet.
 airflow-up: fleet-up

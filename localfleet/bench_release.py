@@ -60,61 +60,66 @@ def critical_path(tis: list[dict[str, Any]], upstream: dict[str, list[str]]) -> 
     return path[::-1]
 
 
-def breakdown(path: list[dict[str, Any]], run_start: float, startup: dict[str, float]) -> list[dict[str, Any]]:
-    """Per task of the path: gap (upstream end → start), startup (process start + DAG parse, from
-    `startup` by task id) and own work (the rest of start → end). Seconds."""
+def breakdown(
+    path: list[dict[str, Any]], run_start: float, startup: dict[str, tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """Per task of the path: gap (upstream end → start: scheduling and queueing), process start
+    and DAG parse (from `startup`: task id → (start-up, of which parse)), and own work (the rest
+    of start → end, deferred time included). Seconds."""
     rows, previous_end = [], run_start
     for ti in path:
         end = _t(ti["end_date"]) or previous_end
         start = _t(ti.get("start_date")) or end
-        boot = min(startup.get(ti["task_id"], 0.0), end - start)
+        boot, parse = startup.get(ti["task_id"], (0.0, 0.0))
+        boot = min(boot, end - start)
+        parse = min(parse, boot)
         rows.append({"task": ti["task_id"], "state": ti.get("state"), "gap": max(0.0, start - previous_end),
-                     "startup": boot, "work": end - start - boot})  # fmt: skip
+                     "process": boot - parse, "parse": parse, "work": end - start - boot})  # fmt: skip
         previous_end = end
     return rows
 
 
-def task_startup(log_file: Path, start: float | None) -> float:
-    """Seconds a task spent before its own code ran, summed over every start of its process (a
-    deferred task starts again to resume): from the process start (the task's start_date for the
-    first, the "DAG bundles loaded" line for later ones) to the first line after the DAG file was
-    parsed ("Filling up the DagBag …" is the last line before the parse)."""
-    total, segment, parsing = 0.0, start, False
+def task_startup(log_file: Path, start: float | None) -> tuple[float, float]:
+    """(start-up, of which DAG parse) seconds a task spent before its own code ran, summed over
+    every start of its process (a deferred task starts again to resume). A start runs from the
+    process start (the task's start_date for the first, its first log line for later ones) to
+    Airflow's "Worker startup parse complete" line, which also tells the parse time."""
+    startup = parse = 0.0
+    segment = start
     for line in log_file.read_text(errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except ValueError:
             continue
-        at, event = _t(entry.get("timestamp")), str(entry.get("event", ""))
+        at = _t(entry.get("timestamp"))
         if at is None:
             continue
-        if BUNDLES in event and segment is None:
-            segment = at
-        if segment is None:
-            continue
-        if parsing:
-            total += max(0.0, at - segment)
-            segment, parsing = None, False
-        elif PARSING in event:
-            parsing = True
-    return total
+        if entry.get("event") == PRE_EXECUTE and segment is None:
+            segment = at  # a later start of the process (resuming after a deferral)
+        elif entry.get("event") == PARSED and segment is not None:
+            startup += max(0.0, at - segment)
+            parse += float(entry.get("dag_file_parse_ms") or 0) / 1000
+            segment = None
+    return startup, parse
 
 
-# Airflow 3.3's task process logs these at INFO while it starts (airflow.dag_processing).
-BUNDLES, PARSING = "DAG bundles loaded", "Filling up the DagBag"
+# Airflow 3.3's task runner (airflow.sdk.execution_time.task_runner) logs these at INFO.
+PARSED, PRE_EXECUTE = "Worker startup parse complete", "::group::Pre Execute"
 
 
 def summary(seconds: list[float]) -> str:
     return f"min {min(seconds):6.1f} s  median {statistics.median(seconds):6.1f} s  (n={len(seconds)})"
 
 
+COLUMNS = (("gap", "sched gap"), ("process", "proc start"), ("parse", "DAG parse"), ("work", "own work"))
+
+
 def print_breakdown(rows: list[dict[str, Any]]) -> None:
-    print(f"    {'task on the critical path':<36} {'gap':>6} {'start+parse':>11} {'own work':>9}")
+    print(f"    {'task on the critical path':<36}" + "".join(f" {title:>10}" for _, title in COLUMNS))
     for r in rows:
-        print(f"    {r['task']:<36} {r['gap']:6.1f} {r['startup']:11.1f} {r['work']:9.1f}")
-    total = {k: sum(r[k] for r in rows) for k in ("gap", "startup", "work")}
+        print(f"    {r['task']:<36}" + "".join(f" {r[key]:10.1f}" for key, _ in COLUMNS))
     label = f"sum ({len(rows)} tasks)"
-    print(f"    {label:<36} {total['gap']:6.1f} {total['startup']:11.1f} {total['work']:9.1f}")
+    print(f"    {label:<36}" + "".join(f" {sum(r[key] for r in rows):10.1f}" for key, _ in COLUMNS))
 
 
 # ---- the fleet ---------------------------------------------------------------------------------------
@@ -202,7 +207,8 @@ class Bench:
         startup = {}
         for ti in tis:
             files = sorted((logs / f"task_id={ti['task_id']}").glob("attempt=*.log"))
-            startup[ti["task_id"]] = sum(task_startup(f, _t(ti.get("start_date"))) for f in files)
+            found = [task_startup(f, _t(ti.get("start_date"))) for f in files]
+            startup[ti["task_id"]] = (sum(s for s, _ in found), sum(p for _, p in found))
         return breakdown(critical_path(tis, upstream), _t(run.get("start_date")) or 0.0, startup)
 
     def plain_release(self, sha: str, waves: list[list[str]], image: str | None) -> tuple[float, str]:
