@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -188,7 +189,9 @@ class Bench:
         wall = time.monotonic() - started
         run_id = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
         if done.returncode != 0:
-            raise RuntimeError(f"fanout trigger exited {done.returncode}: {done.stderr[-2000:]}")
+            if run_id:  # where did it go wrong: the critical path of the failed run
+                print_breakdown(self.analyse(run_id))
+            raise RuntimeError(f"fanout trigger exited {done.returncode}: {done.stderr[-1500:]}")
         if not regions:
             built = self.api.xcom(self.dag_id, run_id, "build", "return_value") or {}
             self.digest = built.get("digest", self.digest)
@@ -286,10 +289,13 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     return results
 
 
-def _helm() -> str:
-    found = sorted(binaries.bin_dir().glob("helm-v4*/helm"))
-    if not found:
-        raise SystemExit("no Helm built yet: run `make binaries`")
+def _helm(wait: float = 900) -> str:
+    """The Helm the local fleet built (`make binaries`); waits while a build is still under way."""
+    deadline = time.monotonic() + wait
+    while not (found := sorted(binaries.bin_dir().glob("helm-v4*/helm"))):
+        if time.monotonic() > deadline:
+            raise RuntimeError("no Helm built: run `make binaries`")
+        time.sleep(5)
     return str(found[-1])
 
 
@@ -314,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--airflow-defaults", action="store_true", help="Airflow's default scheduler settings")
     parser.add_argument("--keep", action="store_true", help="leave the fleet and Airflow running afterwards")
     args = parser.parse_args(argv)
+    # A background job ignores Ctrl-C; stopping it with SIGTERM must still tear everything down.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     folder = Path(tempfile.mkdtemp(prefix="fanout-bench-release-"))
     say(f"private fleet and Airflow in {folder}")
     results = run(args, folder)
