@@ -282,6 +282,10 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         say(f"error: {err}")
         results["ok"] = False
     finally:
+        if not results.get("ok") and (stack.home / "logs").exists():
+            kept = Path(tempfile.mkdtemp(prefix="fanout-bench-release-logs-"))
+            shutil.copytree(stack.home / "logs", kept, dirs_exist_ok=True)
+            say(f"the Airflow task logs are kept in {kept}")
         if args.keep:
             say(f"kept everything in {folder}")
         else:
