@@ -170,7 +170,7 @@ def plan_waves(fleet: Fleet, targets: list[str] | None = None) -> Plan:
     index = {r: i for i, r in enumerate(remaining)}
     items = Items(
         weight=[rules.weight[r] for r in remaining],
-        partner=[index.get(rules.pair[r]) for r in remaining],  # type: ignore[arg-type]
+        partner=[index.get(rules.pair[r]) for r in remaining],
         capacity=rules.max_weight,
         size=rules.wave_size,
     )
@@ -187,7 +187,7 @@ def plan_waves(fleet: Fleet, targets: list[str] | None = None) -> Plan:
         app=fleet.app.name,
         waves=tuple(waves),
         skipped=tuple(n for n in names if n not in wanted),
-        fewest=_fewest(rules, packing.lower_bound, len(greedy), packing.proven, bool(canary)),
+        fewest=_fewest(rules, packing.lower_bound, len(greedy), packing.proven, bool(canary)) if remaining else "",
     )
 
 
