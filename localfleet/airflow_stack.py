@@ -117,6 +117,11 @@ class AirflowStack:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(s["worker_log_port"]),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(s["trigger_log_port"]),
+            # One machine runs the fleet, every task process and a one-worker api-server: under
+            # load a worker's call to the Execution API takes longer than the 5 s default and the
+            # task fails while still queued, and a task's DAG parse takes longer than 30 s.
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "30",
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
             **(TUNED if self.tuned else {}),
         }
 
