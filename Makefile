@@ -16,7 +16,7 @@ export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 # Where a fleet file's source and chart paths may point (besides the fleet file's folder and git work tree).
 export FANOUT_PROJECT_DIR ?= $(CURDIR)
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow bench-short-waits \
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow bench-short-waits bench-release \
 	airflow-up airflow-status airflow-env airflow-down
 
 venv: $(STAMP)
@@ -92,9 +92,18 @@ bench-airflow: venv system-packages binaries
 	@$(PY) -m localfleet.bench_airflow
 
 ## Waits whose trigger fires within seconds of the deferral, on a private real Airflow: resumed on a
-## worker (apache/airflow#72716 fails some) versus ended by the trigger (fanout.airflow.waiting).
+## worker (apache/airflow#72716 fails some) versus ended by the trigger (fanout.airflow.waits).
 bench-short-waits: venv system-packages
 	@$(PY) -m localfleet.short_waits
+
+## Fanout's release vs a plain script on a private fleet + real Airflow; the 4-region fleet, then a
+## generated 12-region one (REPEAT=rounds per side), the DAG-file parse for 60 regions, the planner at 200.
+REPEAT ?= 2
+bench-release: venv system-packages binaries
+	@$(PY) -m localfleet.bench_release --repeat $(REPEAT)
+	@$(PY) -m localfleet.bench_release --repeat $(REPEAT) --regions 12
+	@$(PY) -m localfleet.bench_parse
+	@$(PY) -m localfleet.bench_planner
 
 ## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet.
 airflow-up: fleet-up

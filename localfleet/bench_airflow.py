@@ -49,19 +49,19 @@ def timed(what: str) -> Iterator[dict[str, float]]:
     say(f"{what}: {took['s']:.1f} s")
 
 
-def wait_for_dag(api: AirflowApi, timeout: float = 600) -> None:
+def wait_for_dag(api: AirflowApi, dag_id: str = DAG_ID, timeout: float = 600) -> None:
     """Until the dag-processor has parsed the release DAG (and it is unpaused)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            dag = api.get_dag(DAG_ID)
+            dag = api.get_dag(dag_id)
         except TriggerError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(2)
             continue
         if dag.get("is_paused"):
-            api.unpause(DAG_ID)
+            api.unpause(dag_id)
         return
 
 

@@ -6,11 +6,13 @@ Rules, in the order they are checked:
 - a wave holds at most `rollout.max_regions_per_wave` regions;
 - a wave drains at most `rollout.max_drain_share` of the fleet's total endpoint weight;
 - at least `min_serving_regions` regions stay enabled while a wave is drained.
-After the canary, lighter regions go first (Azure's safe deployment order: pilot,
-light, heavy), ties broken by their order in the fleet file, so a plan is a pure
-function of its input. A region that fits no wave even on its own makes the plan
-impossible; any other set of regions can always be planned, one region per wave
-at worst, so first-fit never misses a plan that exists.
+Every wave costs a bake, so after the canary the plan has the fewest waves these rules allow.
+First-fit, lightest regions first (Azure's safe deployment order: pilot, light, heavy), often
+reaches that minimum, and then its plan is kept as it is; when it does not, an exact search
+(fanout.packing) finds a plan with fewer waves, whose waves go in the order of their lightest
+region — the order first-fit produces. Ties are broken by the order in the fleet file, so a
+plan is a pure function of its input. A region that fits no wave even on its own makes the
+plan impossible; any other set of regions can always be planned, one region per wave at worst.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fanout.fleet import Fleet
+from fanout.packing import Items, fewest_bins
 
 # Shares are compared as weights to avoid float edge cases: 0.3 * 1000 is not 300.0.
 _EPS = 1e-9
@@ -47,6 +50,7 @@ class Plan:
     app: str
     waves: tuple[Wave, ...]
     skipped: tuple[str, ...] = ()
+    fewest: str = field(default="", compare=False)  # why no plan has fewer waves
 
     @property
     def regions(self) -> list[str]:
@@ -68,6 +72,8 @@ class Plan:
                 f" {w.serving_left} region(s) keep serving"
             )
             lines.extend(f"      {reason}" for reason in w.deferred)
+        if self.fewest:
+            lines.append(f"  {self.fewest}")
         if self.skipped:
             lines.append(f"  not in this run: {', '.join(self.skipped)}")
         return "\n".join(lines)
@@ -83,6 +89,8 @@ class _Rules:
         self.max_weight = fleet.rollout.max_drain_share * self.total + _EPS
         self.max_regions = fleet.rollout.max_regions_per_wave
         self.min_serving = fleet.min_serving_regions
+        # min_serving_regions caps a wave's size just as max_regions_per_wave does.
+        self.wave_size = max(1, min(self.max_regions, self.size - self.min_serving))
 
     def why_not(self, wave: list[str], region: str) -> str | None:
         """Why `region` cannot join `wave`, or None if it can."""
@@ -158,6 +166,34 @@ def plan_waves(fleet: Fleet, targets: list[str] | None = None) -> Plan:
 
     order = {name: i for i, name in enumerate(names)}
     remaining = sorted((r for r in wanted if r not in canary), key=lambda r: (rules.weight[r], order[r]))
+    greedy = _first_fit(rules, remaining)
+    index = {r: i for i, r in enumerate(remaining)}
+    items = Items(
+        weight=[rules.weight[r] for r in remaining],
+        partner=[index.get(rules.pair[r]) for r in remaining],
+        capacity=rules.max_weight,
+        size=rules.wave_size,
+    )
+    packing = fewest_bins(items, range(len(remaining)), [tuple(index[r] for r in w) for w, _ in greedy])
+    if len(packing.bins) < len(greedy):
+        groups = sorted(
+            (sorted((remaining[i] for i in b), key=order.__getitem__) for b in packing.bins),
+            key=lambda w: min((rules.weight[r], order[r]) for r in w),
+        )
+        greedy = [(wave, _reasons(rules, wave, groups[n + 1 :], len(groups))) for n, wave in enumerate(groups)]
+    for wave, deferred in greedy:
+        waves.append(rules.wave(len(waves) + 1, sorted(wave, key=order.__getitem__), False, deferred))
+    return Plan(
+        app=fleet.app.name,
+        waves=tuple(waves),
+        skipped=tuple(n for n in names if n not in wanted),
+        fewest=_fewest(rules, packing.lower_bound, len(greedy), packing.proven, bool(canary)) if remaining else "",
+    )
+
+
+def _first_fit(rules: _Rules, remaining: list[str]) -> list[tuple[list[str], list[str]]]:
+    """Waves by first-fit over `remaining` (lightest first), each with why later regions wait."""
+    waves = []
     while remaining:
         wave: list[str] = []
         deferred: list[str] = []
@@ -168,5 +204,27 @@ def plan_waves(fleet: Fleet, targets: list[str] | None = None) -> Plan:
             else:
                 deferred.append(reason)
         remaining = [r for r in remaining if r not in wave]
-        waves.append(rules.wave(len(waves) + 1, sorted(wave, key=order.__getitem__), False, deferred))
-    return Plan(app=fleet.app.name, waves=tuple(waves), skipped=tuple(n for n in names if n not in wanted))
+        waves.append((wave, deferred))
+    return waves
+
+
+def _reasons(rules: _Rules, wave: list[str], later: list[list[str]], count: int) -> list[str]:
+    """Why each region of a later wave is not in `wave`."""
+    lightest = sorted((r for w in later for r in w), key=lambda r: rules.weight[r])
+    return [
+        rules.why_not(wave, r)
+        or f"{r} waits: it fits here too, but moving it would not save a wave ({count} is the fewest)"
+        for r in lightest
+    ]
+
+
+def _fewest(rules: _Rules, bound: int, waves: int, proven: bool, canary: bool) -> str:
+    after = " after the canary" if canary else ""
+    if waves <= bound:
+        return (
+            f"{waves} wave(s){after} is the fewest possible: a wave takes at most {rules.wave_size} region(s)"
+            f" and {rules.fleet.rollout.max_drain_share:.0%} of the weight, and pairs never share one"
+        )
+    if proven:
+        return f"{waves} wave(s){after} is the fewest possible (an exhaustive search found no plan with fewer)"
+    return f"{waves} wave(s){after}: the search for a plan with fewer stopped at its budget (at least {bound} needed)"

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fanout.fleet import load_fleet, parse_fleet
+from fanout.packing import Items, fewest_bins
 from fanout.planner import PlanError, plan_waves
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,6 +64,38 @@ def test_azure_example_keeps_pairs_apart():
     for wave in plan.waves:
         for region in wave.regions:
             assert fleet.region(region).pair not in wave.regions
+
+
+def test_azure_example_takes_four_waves_where_first_fit_took_five():
+    plan = plan_waves(load_fleet(REPO / "include/fleets/azure-example.yaml"))
+    assert [w.regions for w in plan.waves] == [
+        ("westcentralus",),
+        ("westeurope", "italynorth"),  # waves go in the order of their lightest region
+        ("eastus2", "northeurope"),
+        ("westus2", "centralus"),
+    ]
+    text = plan.explain()
+    assert "3 wave(s) after the canary is the fewest possible" in text
+    assert "centralus waits: its pair eastus2 is in this wave" in text
+
+
+def test_two_waves_where_first_fit_takes_three():
+    # First-fit puts r1+r2 (200) together and leaves r0 and r3 (150 each, pairs) alone: 3 waves.
+    # Two waves exist: r0+r1 and r2+r3 (or r0+r2 and r1+r3).
+    fleet = parse_fleet(fleet_data([150, 100, 100, 150], pairs=[(0, 3)], share=0.5))
+    plan = plan_waves(fleet)
+    assert len(plan.waves) == 2
+    assert all(w.drained_weight == 250 for w in plan.waves)
+    assert "2 wave(s) is the fewest possible" in plan.explain()
+
+
+def test_a_search_out_of_budget_keeps_the_plan_it_has_and_says_so():
+    # Two light partners: the bounds say one bin could do, only the search shows it cannot.
+    items = Items(weight=[10, 10], partner=[1, 0], capacity=100, size=2)
+    stopped = fewest_bins(items, range(2), [(0,), (1,)], budget=0)
+    assert (len(stopped.bins), stopped.proven, stopped.lower_bound) == (2, False, 1)
+    full = fewest_bins(items, range(2), [(0,), (1,)])
+    assert (len(full.bins), full.proven) == (2, True)
 
 
 def test_one_pair_with_a_30_percent_limit_is_impossible_and_says_why():
@@ -158,3 +191,42 @@ def test_every_rule_holds_on_random_fleets(case):
         assert fits(fleet, list(wave.regions)), f"wave {wave.number} breaks a rule: {wave}"
     assert plan == plan_waves(fleet, targets), "same input, same plan"
     assert plan.explain().count("\n  wave ") == len(plan.waves)
+
+
+def fewest_waves(fleet, regions):
+    """Brute force: the fewest valid waves for `regions`, over every way to group them."""
+    best = {0: 0}
+    full = (1 << len(regions)) - 1
+    for mask in range(1, full + 1):
+        low = mask & -mask
+        rest = mask ^ low
+        options = []
+        sub = rest
+        while True:  # every wave holding the lowest region of `mask`
+            wave = sub | low
+            if fits(fleet, [r for i, r in enumerate(regions) if wave >> i & 1]):
+                options.append(1 + best[mask ^ wave])
+            if sub == 0:
+                break
+            sub = (sub - 1) & rest
+        best[mask] = min(options, default=len(regions) + 1)
+    return best[full]
+
+
+@settings(max_examples=300, deadline=None)
+@given(random_fleets())
+def test_the_plan_has_the_fewest_waves_brute_force_finds(case):
+    fleet, targets = case
+    wanted = targets or fleet.region_names
+    try:
+        plan = plan_waves(fleet, targets)
+    except PlanError:
+        return  # when no plan exists is checked above
+    canary = [r for r in fleet.rollout.canary if r in wanted]
+    rest = [r for r in wanted if r not in canary]
+    assert len(plan.waves) == bool(canary) + fewest_waves(fleet, rest)
+    position = fleet.region_names.index
+    lightest = [
+        min((fleet.region(r).endpoint.weight, position(r)) for r in w.regions) for w in plan.waves[bool(canary) :]
+    ]
+    assert lightest == sorted(lightest), "waves go in the order of their lightest region"
