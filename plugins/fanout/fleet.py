@@ -131,6 +131,14 @@ class LocalRegion(_Strict):
     replication_lag_seconds: Seconds = 0
 
 
+class LocalSettings(_Strict):
+    """Only for the embedded local fleet: settings of its stand-ins that are not per region."""
+
+    token_lifetime_seconds: int = Field(
+        300, ge=30, description="how long a token of the local Entra ID stand-in (localfleet.tokens) is valid"
+    )
+
+
 class Region(_Strict):
     name: str = Field(pattern=REGION_NAME)
     pair: str | None = None
@@ -203,6 +211,7 @@ class Fleet(_Strict):
     min_serving_regions: int = Field(1, ge=1)
     consistency: Consistency = Field(default_factory=Consistency)
     azure: Azure = Field(default_factory=Azure)
+    local: LocalSettings = Field(default_factory=LocalSettings)
     # Set by load_fleet: relative paths in the file are relative to the file's folder.
     source_path: Path | None = Field(None, exclude=True)
 

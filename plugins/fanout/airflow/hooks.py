@@ -17,11 +17,12 @@ from airflow.sdk import BaseHook
 
 from fanout.adapters.acr import AcrReplica, AcrReplicas
 from fanout.adapters.acr_tasks import AcrTasksBuilder
-from fanout.adapters.aks import AksCluster, KubeconfigDir
+from fanout.adapters.aks import AksCluster, KubeconfigDir, Produced
 from fanout.adapters.azure_credentials import AzureAccess, access_from_connection
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.cluster import Cluster
 from fanout.adapters.helm import Helm
+from fanout.adapters.kube_exec import exec_kubeconfig, uses_exec
 from fanout.adapters.registry import OciRegistry
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManager
 from fanout.fleet import Fleet, Registry
@@ -179,22 +180,29 @@ class FleetHook(BaseHook):
             self.azure.credential, access.subscription, access.resource_group, access.cluster, **self._arm()
         )
 
-    def kubeconfig(self, region: str) -> tuple[str, str]:
-        """(kubeconfig path, context). For AKS a private 0600 file, refreshed before its token expires."""
+    def kubeconfig(self, region: str, valid_for: float = 30.0) -> tuple[str, str]:
+        """(kubeconfig path, context) whose credential lasts `valid_for` seconds more (plus a margin):
+        the next operation's timeout. For AKS and for exec-plugin logins a private 0600 file holding
+        a token, fetched again whenever the current one would expire sooner."""
         access = self.fleet.region(region).cluster
-        if access.kubeconfig is not None:
-            return str(self.fleet.resolve(access.kubeconfig.path)), access.kubeconfig.context
         if self._kubeconfigs is None:
             self._kubeconfigs = KubeconfigDir()
+        if access.kubeconfig is not None:
+            path, context = str(self.fleet.resolve(access.kubeconfig.path)), access.kubeconfig.context
+            if not uses_exec(path, context):
+                return path, context
+            return self._kubeconfigs.path_for(region, lambda _: exec_kubeconfig(path, context), valid_for)
 
-        def fetch() -> tuple[dict[str, Any], str]:
+        def fetch(needed: float) -> Produced:
             cluster = self.aks(region)
+            # A second credential from the connection starts with an empty token cache.
+            renew = None if self._access else (lambda: access_from_connection(self.fleet.azure.conn_id).credential)
             try:
-                return cluster.kubeconfig()
+                return cluster.credentials(needed, renew)
             finally:
                 cluster.close()
 
-        return self._kubeconfigs.path_for(region, fetch)
+        return self._kubeconfigs.path_for(region, fetch, valid_for)
 
     def rollout_trigger_kwargs(self, region: str) -> dict[str, Any]:
         """What RolloutTrigger needs to reach `region`'s cluster from the triggerer. For AKS it is
@@ -217,8 +225,12 @@ class FleetHook(BaseHook):
         return Cluster(*self.kubeconfig(region))
 
     def helm(self, region: str) -> Helm:
+        """Helm for `region`; before each command it asks for a credential outlasting the command."""
         kubeconfig, context = self.kubeconfig(region)
-        return Helm(helm_binary(), kubeconfig, context, timeout_seconds=self.fleet.gates.rollout_timeout_seconds)
+        return Helm(
+            helm_binary(), kubeconfig, context, timeout_seconds=self.fleet.gates.rollout_timeout_seconds,
+            credentials=lambda valid_for: self.kubeconfig(region, valid_for),
+        )  # fmt: skip
 
     def builder(self) -> BuildahBuilder | AcrTasksBuilder:
         reg = self.fleet.registry

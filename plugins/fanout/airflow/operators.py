@@ -35,6 +35,7 @@ from fanout.airflow.triggers import (
 )
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import PlanError, plan_waves
+from fanout.preflight import PreflightError, check_release_access
 from fanout.policy import (
     DIGEST,
     PolicyError,
@@ -193,6 +194,13 @@ class ValidateReleaseOperator(FanoutOperator):
             except HelmError as err:
                 raise AirflowFailException(f"app.values / app.chart ({region}): {err}") from None
         self.log.info("chart %s renders for every region of the plan", self.fleet.chart_ref)
+        if not params.get("dry_run"):  # a dry run needs no cluster
+            for region in plan.regions:
+                try:
+                    check_release_access(*self.hook.kubeconfig(region), app.namespace, region)
+                except (PreflightError, RuntimeError) as err:
+                    raise AirflowFailException(f"cluster access: {err}") from None
+            self.log.info("namespace %s exists and every release permission is granted in each region", app.namespace)
         if params.get("dry_run"):
             self.log.info("dry run: the plan above is all this run does")
         return {"waves": [list(w.regions) for w in plan.waves], "dry_run": bool(params.get("dry_run"))}
