@@ -35,7 +35,6 @@ from fanout.airflow.triggers import (
 )
 from fanout.fleet import Fleet, load_fleet
 from fanout.planner import PlanError, plan_waves
-from fanout.preflight import PreflightError, check_release_access
 from fanout.policy import (
     DIGEST,
     PolicyError,
@@ -46,6 +45,7 @@ from fanout.policy import (
     rollout_status,
     traffic_after_failure,
 )
+from fanout.preflight import PreflightError, check_release_access
 
 # Region steps that record a failure, in the order they run.
 STEPS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "gate_metric")
