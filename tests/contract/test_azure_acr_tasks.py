@@ -76,6 +76,8 @@ class Tasks:
         assert body.get("imageNames") == ["storefront/web:abc123"], body.get("imageNames")
         assert body.get("isPushEnabled") is True
         assert body.get("platform") == {"os": "Linux", "architecture": "amd64"}, body.get("platform")
+        # ABAC repository-permission registries: the run must log in to its registry as the caller.
+        assert body.get("credentials") == {"sourceRegistry": {"identity": "[caller]", "loginMode": "Default"}}, body
         assert self.uploaded is not None, "scheduled before the source was uploaded"
         self.request = body
         return Response(200, self.run("Queued"))

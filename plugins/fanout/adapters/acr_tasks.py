@@ -23,7 +23,12 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError
 from azure.mgmt.containerregistrytasks import ContainerRegistryTasksMgmtClient
-from azure.mgmt.containerregistrytasks.models import DockerBuildRequest, PlatformProperties
+from azure.mgmt.containerregistrytasks.models import (
+    Credentials,
+    DockerBuildRequest,
+    PlatformProperties,
+    SourceRegistryCredentials,
+)
 from azure.storage.blob import BlobClient
 
 from fanout.adapters.azure_credentials import AzureAdapterError, call, client_options, describe, scrub
@@ -169,6 +174,12 @@ class AcrTasksBuilder:
             source_location=source,
             platform=PlatformProperties(os=self.os.capitalize(), architecture=self.architecture or None),
             timeout=self.build_timeout_seconds,
+            # The run pushes as the caller (`az acr build --source-acr-auth-id [caller]`): on a
+            # registry in ABAC repository-permission mode the run's own default token has no
+            # repository rights, and the push fails. In the legacy mode the caller's AcrPush works too.
+            credentials=Credentials(
+                source_registry=SourceRegistryCredentials(identity="[caller]", login_mode="Default")
+            ),
         )
         run = call(
             self._where, f"scheduling a build of {image}", self._client.registries.schedule_run,
