@@ -35,9 +35,39 @@ def fleet_with(tmp_path, **values):
     return path
 
 
-def test_a_good_run_gets_its_plan(tmp_path):
+@pytest.fixture(autouse=True)
+def access_checks(monkeypatch):
+    """The clusters' side of validate (fanout.preflight, tested on the local fleet) faked: the
+    regions and namespace it was asked about, in order."""
+    asked: list[tuple[str, str]] = []
+
+    def check(kubeconfig: str, context: str, namespace: str, region: str) -> None:
+        asked.append((region, namespace))
+
+    monkeypatch.setattr("fanout.airflow.operators.check_release_access", check)
+    return asked
+
+
+def test_a_good_run_gets_its_plan(tmp_path, access_checks):
     out = run_validate(fleet_with(tmp_path), {"regions": ["eastus", "westus"]})
     assert out == {"waves": [["westus"], ["eastus"]], "dry_run": False}
+    assert access_checks == [("westus", "hello"), ("eastus", "hello")]
+
+
+def test_a_region_without_the_release_permissions_is_refused(tmp_path, monkeypatch):
+    from fanout.preflight import PreflightError
+
+    def refuse(kubeconfig: str, context: str, namespace: str, region: str) -> None:
+        raise PreflightError(f"{region}: the identity Fanout uses may not patch deployments.apps")
+
+    monkeypatch.setattr("fanout.airflow.operators.check_release_access", refuse)
+    with pytest.raises(AirflowFailException, match=r"cluster access: westus: .* may not patch deployments.apps"):
+        run_validate(fleet_with(tmp_path))
+
+
+def test_a_dry_run_asks_no_cluster(tmp_path, access_checks):
+    assert run_validate(fleet_with(tmp_path), {"dry_run": True})["dry_run"] is True
+    assert access_checks == []
 
 
 def test_chart_values_that_do_not_render_are_refused(tmp_path):

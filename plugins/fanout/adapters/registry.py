@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +23,29 @@ LOOPBACK = ("127.", "localhost", "[::1]")
 
 class RegistryError(RuntimeError):
     pass
+
+
+class RegistryUnusable(RegistryError):
+    """An answer no amount of waiting changes (no such replica, credential refused, host unknown):
+    a wait for the digest ends at once instead of at its deadline."""
+
+
+def unknown_host(err: BaseException) -> bool:
+    """Whether `err`, or anything it wraps, is a failed DNS lookup. Libraries wrap it differently:
+    urllib in `reason`, urllib3 as NameResolutionError inside MaxRetryError.reason inside requests'
+    ConnectionError.args, azure-core in `inner_exception` or as the cause."""
+    pending, seen = [err], set()
+    while pending:
+        cur = pending.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, socket.gaierror) or type(cur).__name__ == "NameResolutionError":
+            return True
+        linked = [cur.__cause__, cur.__context__, getattr(cur, "reason", None), getattr(cur, "inner_exception", None)]
+        linked += list(cur.args)
+        pending += [e for e in linked if isinstance(e, BaseException)]
+    return False
 
 
 @dataclass(frozen=True)
@@ -53,12 +77,21 @@ class OciRegistry:
             except urllib.error.HTTPError as err:
                 if err.code == 404:
                     return False
+                if err.code in (401, 403):
+                    raise RegistryUnusable(
+                        f"registry {self.endpoint}: HEAD manifest answered {err.code}: the registry refuses this client"
+                    ) from None
                 if err.code < 500 or pause is None:
                     raise RegistryError(f"registry {self.endpoint}: HEAD manifest answered {err.code}") from None
             except (urllib.error.URLError, OSError) as err:
+                if unknown_host(err):
+                    raise RegistryUnusable(f"registry {self.endpoint}: unknown host ({err})") from None
                 raise RegistryError(f"registry {self.endpoint} unreachable: {getattr(err, 'reason', err)}") from None
             time.sleep(pause)
         raise AssertionError("unreachable")
 
     async def has_manifest_async(self, repository: str, digest: str) -> bool:
         return await asyncio.to_thread(self.has_manifest, repository, digest)
+
+    def close(self) -> None:
+        """Nothing to release (one request per call); here so every registry client closes alike."""

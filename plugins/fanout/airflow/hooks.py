@@ -68,6 +68,8 @@ class FleetHook(BaseHook):
         self._verify = connection_verify
         self._azure_options = dict(azure_options or {})
         self._kubeconfigs: KubeconfigDir | None = None
+        self._replicas: AcrReplicas | None = None
+        self._opened: list[Any] = []  # every client handed out, closed by close()
 
     # -- Azure plumbing ----------------------------------------------------------
     @cached_property
@@ -85,22 +87,33 @@ class FleetHook(BaseHook):
         return options
 
     def close(self) -> None:
+        """Close every client this hook handed out and remove its kubeconfig files."""
+        for client in reversed(self._opened):
+            client.close()
+        self._opened.clear()
+        self._replicas = None
         if self._kubeconfigs is not None:
             self._kubeconfigs.close()
             self._kubeconfigs = None
+
+    def _keep(self, client: Any) -> Any:
+        self._opened.append(client)
+        return client
 
     # -- clients -------------------------------------------------------------------
     def traffic_manager(self) -> TrafficManager:
         tm = self.fleet.traffic_manager
         types = {r.endpoint.name: r.endpoint.type for r in self.fleet.regions}
         if tm.kind == "local":
-            return AzureTrafficManager(
+            return self._keep(AzureTrafficManager(
                 StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
                 endpoint_types=types, base_url=tm.base_url,
-            )  # fmt: skip
+            ))  # fmt: skip
         options = self._arm(tm.base_url)
-        return AzureTrafficManager(
-            self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
+        return self._keep(
+            AzureTrafficManager(
+                self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
+            )
         )
 
     def _acr(self) -> Registry:
@@ -110,10 +123,13 @@ class FleetHook(BaseHook):
             raise ValueError(f"{' and '.join(missing)}: required to reach ACR '{reg.name}' (replications, ACR Tasks)")
         return reg
 
-    @cached_property
+    @property
     def _acr_replicas(self) -> AcrReplicas:
-        reg = self._acr()
-        return AcrReplicas(self.azure.credential, reg.subscription, reg.resource_group, reg.name, **self._arm())
+        if self._replicas is None:
+            reg = self._acr()
+            replicas = AcrReplicas(self.azure.credential, reg.subscription, reg.resource_group, reg.name, **self._arm())
+            self._replicas = self._keep(replicas)
+        return self._replicas
 
     def registry_endpoint(self, region: str) -> str:
         """The host asked whether `region`'s replica serves a digest."""
@@ -127,7 +143,7 @@ class FleetHook(BaseHook):
         if reg.kind == "oci":
             return OciRegistry(reg.endpoint(region), insecure=reg.insecure)
         options = {k: v for k, v in self._azure_options.items() if k.startswith("retry_") or k == "timeout"}
-        return AcrReplica(
+        return self._keep(AcrReplica(
             self.azure.credential,
             self.registry_endpoint(region),
             region=region,
@@ -135,18 +151,20 @@ class FleetHook(BaseHook):
             audience=self.azure.acr_audience,
             connection_verify=self._verify,
             **options,
-        )
+        ))  # fmt: skip
 
     def replication_trigger_kwargs(self, region: str) -> dict[str, Any]:
         """What ReplicationTrigger needs to ask `region`'s replica from the triggerer: plain values,
         never a credential (the trigger reads the connection itself)."""
         reg = self.fleet.registry
         if reg.kind == "oci":
-            return {"endpoint": reg.endpoint(region), "insecure": reg.insecure}
+            return {"endpoint": reg.endpoint(region), "insecure": reg.insecure, "poll_seconds": 1.0}
         self._acr()
         return {
             "endpoint": self.registry_endpoint(region),
             "insecure": False,
+            # A manifest GET every 5 s; the replica's Ready status (ARM) every 30 s (acr.READY_RECHECK_SECONDS).
+            "poll_seconds": 5.0,
             "registry_kind": "acr",
             "conn_id": self.fleet.azure.conn_id,
             "acr": {
@@ -237,11 +255,11 @@ class FleetHook(BaseHook):
         if reg.kind == "oci":
             return BuildahBuilder(cache_dir() / "buildah", insecure=reg.insecure)
         self._acr()
-        return AcrTasksBuilder(
+        return self._keep(AcrTasksBuilder(
             self.azure.credential,
             reg.subscription,
             reg.resource_group,
             reg.name,
             progress=lambda line: self.log.info("ACR Tasks: %s", line),
             **self._arm(),
-        )
+        ))  # fmt: skip

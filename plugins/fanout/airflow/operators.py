@@ -94,7 +94,11 @@ class FanoutOperator(BaseOperator):
             raise AirflowSkipException(f"{self.region} is not in this run's regions {params.get('regions')}")
         if params.get("dry_run") and not self.runs_on_dry_run:
             raise AirflowSkipException("dry run: nothing is changed")
-        return self.run(context)
+        try:
+            return self.run(context)
+        finally:
+            if "hook" in self.__dict__:  # every client the task opened, closed (a deferral too)
+                self.hook.close()
 
     def run(self, context: Context) -> Any:
         raise NotImplementedError(f"{type(self).__name__} ({self.task_id}) has no implementation yet")
@@ -269,11 +273,12 @@ class WaitForReplicationOperator(FanoutOperator):
             repository=self.fleet.registry.repository,
             digest=digest,
             timeout_seconds=self.fleet.registry.replication_timeout_seconds,
-            poll_seconds=1.0,
         )
         return self.wait(context, trigger, "execute_complete")
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        if event["status"] == "failed":  # an error waiting cannot fix (ReplicationTrigger)
+            raise AirflowFailException(f"{self.region}: {event['detail']} (after {event['waited']:.0f} s)")
         if event["status"] != "ok":
             digest = self.release(context)["digest"]
             raise AirflowFailException(

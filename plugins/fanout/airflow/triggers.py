@@ -18,8 +18,13 @@ from fanout.adapters.acr_tasks import AcrTasksBuilder, RunState, run_log_link
 from fanout.adapters.azure_credentials import AzureAdapterError, scrub
 from fanout.adapters.builder import BuildError
 from fanout.adapters.cluster import Cluster, ClusterError
-from fanout.adapters.registry import OciRegistry, RegistryError
+from fanout.adapters.registry import OciRegistry, RegistryError, RegistryUnusable
 from fanout.policy import rollout_status
+
+
+class WaitFailed(Exception):
+    """Raised by `check()` when waiting longer cannot change the answer: the wait ends at once
+    with status "failed" instead of at its deadline with "timeout"."""
 
 
 class PollingTrigger(BaseTrigger):
@@ -63,7 +68,10 @@ class PollingTrigger(BaseTrigger):
         """Poll until done, timed out (the event payload) or `budget` seconds are used up (None)."""
         end = None if budget is None else time.monotonic() + budget
         while True:
-            done, self.last_detail = await self.check()
+            try:
+                done, self.last_detail = await self.check()
+            except WaitFailed as err:
+                return {"status": "failed", "detail": str(err), "waited": round(time.time() - self.started_at, 1)}
             waited = round(time.time() - self.started_at, 1)
             if done:
                 return {"status": "ok", "detail": self.last_detail, "waited": waited}
@@ -138,9 +146,16 @@ class ReplicationTrigger(PollingTrigger):
                 self._registry = OciRegistry(self.endpoint, self.insecure)
         return self._registry
 
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+        self._registry = None
+
     async def check(self) -> tuple[bool, str]:
         try:
             present = await self._client().has_manifest_async(self.repository, self.digest)
+        except RegistryUnusable as err:
+            raise WaitFailed(str(err)) from None
         except (RegistryError, ValueError) as err:
             return False, str(err)
         return present, ("present" if present else f"{self.endpoint} does not have it yet")
@@ -285,6 +300,18 @@ class AcrRunTrigger(PollingTrigger):
         if self._tasks is not None:
             self._tasks.close()
         self._tasks = None
+
+    async def on_kill(self) -> None:
+        """The task was marked failed or cleared while the build ran: cancel the run in ACR too."""
+        try:
+            tasks = await asyncio.to_thread(self._builder)
+            cancelled = await asyncio.to_thread(tasks.cancel, self.run_id)
+        except Exception as err:  # a kill must not fail; say why the run goes on
+            self.log.warning("ACR Tasks run %s: could not cancel it: %s", self.run_id, scrub(str(err)))
+            return
+        finally:
+            self.close()
+        self.log.info("ACR Tasks run %s: %s", self.run_id, "cancelled" if cancelled else "cancel refused")
 
     async def check(self) -> tuple[bool, str]:
         # In threads: reading the connection and the SDK calls are blocking I/O.
