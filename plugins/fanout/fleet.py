@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 DNS_LABEL = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 REGION_NAME = r"^[a-z][a-z0-9]{1,39}$"
@@ -76,10 +76,14 @@ class Registry(_Strict):
             raise ValueError("a registry of kind 'acr' needs 'name'")
         return self
 
+    # The registry host suffix of the fleet's cloud (`azure.cloud`); set by Fleet when it is built.
+    _acr_suffix: str = PrivateAttr("azurecr.io")
+
     @property
     def login_server(self) -> str:
-        """`<name>.azurecr.io` for ACR: answers from the replica nearest to the caller."""
-        return f"{self.name}.azurecr.io".lower()
+        """`<name>.azurecr.io` (`.us`, `.cn` in the sovereign clouds) for ACR: answers from the
+        replica nearest to the caller."""
+        return f"{self.name}.{self._acr_suffix}".lower()
 
     def pull_host(self, region: str) -> str:
         """The host a cluster in `region` pulls from. For ACR that is the login server:
@@ -92,7 +96,7 @@ class Registry(_Strict):
         if region in self.endpoints:
             return self.endpoints[region]
         if self.kind == "acr":
-            return f"{self.name}.{region}.geo.azurecr.io".lower()
+            return f"{self.name}.{region}.geo.{self._acr_suffix}".lower()
         raise KeyError(region)
 
 
@@ -189,10 +193,16 @@ class Gates(_Strict):
     metric: MetricGate | None = None
 
 
+# Registry host suffix per cloud, keyed like the Azure provider's `cloud_environment` extra.
+ACR_SUFFIX = {"AzurePublicCloud": "azurecr.io", "AzureUSGovernment": "azurecr.us", "AzureChinaCloud": "azurecr.cn"}
+
+
 class Azure(_Strict):
-    """How Fanout reaches Azure: the Airflow connection (type `azure`) every Azure client uses."""
+    """How Fanout reaches Azure: the Airflow connection (type `azure`) every Azure client uses,
+    and its cloud (the connection's `cloud_environment` must say the same)."""
 
     conn_id: str = Field("azure_default", min_length=1)
+    cloud: Literal["AzurePublicCloud", "AzureUSGovernment", "AzureChinaCloud"] = "AzurePublicCloud"
 
 
 class Consistency(_Strict):
@@ -214,6 +224,9 @@ class Fleet(_Strict):
     local: LocalSettings = Field(default_factory=LocalSettings)
     # Set by load_fleet: relative paths in the file are relative to the file's folder.
     source_path: Path | None = Field(None, exclude=True)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.registry._acr_suffix = ACR_SUFFIX[self.azure.cloud]
 
     def region(self, name: str) -> Region:
         for region in self.regions:

@@ -186,6 +186,7 @@ class AcrReplica:
         kwargs = client_options(
             base_url=None, connection_verify=connection_verify, retry_total=retry_total, timeout=timeout, **options
         )
+        kwargs.pop("credential_scopes")  # the data plane's token is for `audience`, not for ARM
         self._client = ContainerRegistryClient(f"https://{endpoint}", credential, audience=audience, **kwargs)
         # The client caches ACR refresh tokens; it is not documented as thread-safe.
         self._lock = threading.Lock()
@@ -263,10 +264,11 @@ def acr_replica_from_connection(conn_id: str, endpoint: str, acr: dict[str, str]
             acr["resource_group"],
             acr["registry"],
             base_url=None if access.cloud == "AzurePublicCloud" else access.arm_url,
+            cloud=access.cloud,
         )
-    # <registry>.<region>.geo.azurecr.io names its region; the region only matters with `acr` anyway.
+    # <registry>.<region>.geo.azurecr.<io|us|cn> names its region; the region only matters with `acr` anyway.
     labels = endpoint.split(":")[0].split(".")
-    region = (acr or {}).get("region") or (labels[1] if endpoint.endswith(".geo.azurecr.io") else "")
+    region = (acr or {}).get("region") or (labels[1] if ".geo.azurecr." in endpoint else "")
     return AcrReplica(
         access.credential, endpoint, region=region, replicas=replicas, audience=access.acr_audience, owns_replicas=True
     )

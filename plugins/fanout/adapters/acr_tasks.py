@@ -114,7 +114,9 @@ class AcrTasksBuilder:
         access = azure_credentials.access_from_connection(conn_id)
         if base_url is None and access.cloud != "AzurePublicCloud":
             base_url = access.arm_url
-        return cls(access.credential, subscription, resource_group, registry, base_url=base_url, **kwargs)
+        return cls(
+            access.credential, subscription, resource_group, registry, base_url=base_url, cloud=access.cloud, **kwargs
+        )
 
     @property
     def _where(self) -> str:

@@ -221,7 +221,7 @@ class AksKubeconfigs:
         access = access_from_connection(conn_id)
         base_url = None if access.cloud == "AzurePublicCloud" else access.arm_url
         return cls(
-            AksCluster(access.credential, subscription, resource_group, cluster, base_url=base_url),
+            AksCluster(access.credential, subscription, resource_group, cluster, base_url=base_url, cloud=access.cloud),
             renew=lambda: access_from_connection(conn_id).credential,
         )
 

@@ -18,7 +18,7 @@ from airflow.sdk import BaseHook
 from fanout.adapters.acr import AcrReplica, AcrReplicas
 from fanout.adapters.acr_tasks import AcrTasksBuilder
 from fanout.adapters.aks import AksCluster, KubeconfigDir, Produced
-from fanout.adapters.azure_credentials import AzureAccess, access_from_connection
+from fanout.adapters.azure_credentials import AzureAccess, access_from_connection, arm_scope
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.cluster import Cluster
 from fanout.adapters.helm import Helm
@@ -75,13 +75,20 @@ class FleetHook(BaseHook):
     @cached_property
     def azure(self) -> AzureAccess:
         """The fleet's Azure credential, read once from its Airflow connection."""
-        return self._access or access_from_connection(self.fleet.azure.conn_id)
+        access = self._access or access_from_connection(self.fleet.azure.conn_id)
+        if access.cloud != self.fleet.azure.cloud:
+            raise ValueError(
+                f"azure.cloud: the fleet says {self.fleet.azure.cloud} but connection '{self.fleet.azure.conn_id}' "
+                f"is for {access.cloud} (its cloud_environment); they must agree"
+            )
+        return access
 
     def _arm(self, base_url: str | None = None) -> dict[str, Any]:
+        """Options for every ARM client: endpoint, token scope and retries of the fleet's cloud."""
         url = base_url or self._arm_url
         if url is None and self.azure.cloud != "AzurePublicCloud":
             url = self.azure.arm_url
-        options: dict[str, Any] = {**self._azure_options, "base_url": url}
+        options: dict[str, Any] = {**self._azure_options, "base_url": url, "cloud": self.azure.cloud}
         if self._verify is not None:
             options["connection_verify"] = self._verify
         return options
@@ -110,6 +117,7 @@ class FleetHook(BaseHook):
                 endpoint_types=types, base_url=tm.base_url,
             ))  # fmt: skip
         options = self._arm(tm.base_url)
+        options["credential_scopes"] = [arm_scope(options.pop("cloud"))]
         return self._keep(
             AzureTrafficManager(
                 self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options

@@ -122,7 +122,7 @@ class ReplicationTrigger(PollingTrigger):
     ):  # fmt: skip
         super().__init__(**kwargs)
         self.endpoint, self.insecure, self.repository, self.digest = endpoint, insecure, repository, digest
-        acr_host = endpoint.split(":")[0].lower().endswith(".azurecr.io")
+        acr_host = endpoint.split(":")[0].lower().endswith((".azurecr.io", ".azurecr.us", ".azurecr.cn"))
         self.registry_kind = registry_kind or ("acr" if acr_host else "oci")
         self.conn_id = conn_id or ("azure_default" if self.registry_kind == "acr" else None)
         self.acr = acr
