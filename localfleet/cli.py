@@ -175,6 +175,9 @@ def apply_fault(fleet: Fleet, state: Path, knob: str, region: str | None, value:
             kube.set_pods_ready(_kregion(fleet, region), state, ready=clear, progress=lambda _: None)
         faults.set_region_flag(state, knob.replace("-", "_"), region, not clear)
         return f"{region}: {knob} {'cleared' if clear else 'on'}"
+    if knob == "token-lifetime":
+        faults.update_faults(state, token_lifetime=None if clear else float(value))
+        return "tokens live as the fleet file says" if clear else f"new tokens live {value} s"
     if knob == "tm-errors":
         if clear:
             faults.update_faults(state, tm_errors=None)
@@ -242,13 +245,20 @@ def print_table(rows: list[dict[str, str]], out: Callable[[str], None] = print) 
         out("  ".join(row[k].ljust(w) for k, w in widths.items()).rstrip())
 
 
-KNOBS = ("region-down", "replica-lag", "replica-stuck", "rollout-unhealthy", "edge-unhealthy", "tm-errors", "clear-all")
+KNOBS = (
+    "region-down", "replica-lag", "replica-stuck", "rollout-unhealthy", "edge-unhealthy", "tm-errors",
+    "token-lifetime", "clear-all",
+)  # fmt: skip
 
 
 def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     state = state_dir()
     if args.knob == "clear-all":
         return clear_all(fleet, state)
+    if args.knob == "token-lifetime":
+        if not args.clear and not (args.region or "").isdigit():
+            parser.error("token-lifetime takes the seconds new tokens live, e.g. token-lifetime 60")
+        return [apply_fault(fleet, state, args.knob, None, args.region, args.clear)]
     if args.knob == "tm-errors":
         if not args.clear and not re.fullmatch(r"(429|5\d\d)(x\d+)?", args.region or ""):
             parser.error("tm-errors takes STATUSxCOUNT, e.g. 429x3 or 500x10")

@@ -8,6 +8,8 @@ request. The local fleet does the same, only sooner (`local.token_lifetime_secon
     POST /authenticate   the API servers' token webhook (`--authentication-token-webhook-config-file`):
                          a TokenReview, answered authenticated only while the token has not expired
 
+Fault knob: `token_lifetime` (seconds) in faults.json shortens the tokens minted while it is set.
+
 Tokens are `lft1.<expiry>.<user>.<hmac>`, signed with a key kept in the state folder, so the service
 keeps no table and a restart keeps every token valid until it expires. Why a webhook and not the
 TokenRequest API: kube-apiserver refuses a TokenRequest shorter than 10 minutes
@@ -34,7 +36,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 from urllib.request import Request, urlopen
 
-from localfleet import procs
+from localfleet import faults, procs
 
 PROC = "tokens"
 # The one identity Fanout uses on every local cluster; the RoleBinding names it (on AKS: the object ID).
@@ -89,6 +91,11 @@ class TokenServer(ThreadingHTTPServer):
     key: bytes
     client_secret: str
     lifetime: float
+    state_dir: Path
+
+    def current_lifetime(self) -> float:
+        """The fleet's lifetime, unless the `token_lifetime` fault knob says otherwise for now."""
+        return float(faults.read_faults(self.state_dir).get("token_lifetime") or self.lifetime)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -115,12 +122,12 @@ class Handler(BaseHTTPRequestHandler):
             if not ok:
                 self._reply(401, {"error": "invalid_client"})
                 return
-            token, expires = mint(self.server.key, USERNAME, self.server.lifetime)
+            lifetime = self.server.current_lifetime()
+            token, expires = mint(self.server.key, USERNAME, lifetime)
             self._reply(
                 200,
-                {"access_token": token, "token_type": "Bearer", "expires_in": int(self.server.lifetime),
-                 "expires_on": expires},
-            )  # fmt: skip
+                {"access_token": token, "token_type": "Bearer", "expires_in": int(lifetime), "expires_on": expires},
+            )
         elif self.path == "/authenticate":
             try:
                 review = json.loads(raw)
@@ -145,6 +152,7 @@ def serve(state_dir: Path, port: int, lifetime: float) -> None:
     server.key = (token_dir(state_dir) / "signing.key").read_bytes()
     server.client_secret = secret_file(state_dir).read_text()
     server.lifetime = lifetime
+    server.state_dir = Path(state_dir)
     server.serve_forever()
 
 

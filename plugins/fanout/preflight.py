@@ -93,6 +93,12 @@ def check_release_access(kubeconfig: str, context: str, namespace: str, region: 
         raise PreflightError(f"{region}: cluster unreachable: {type(err).__name__}: {err}") from None
     finally:
         api.close()
+    if missing and len(missing) == sum(len(verbs) for *_, verbs in RELEASE_PERMISSIONS):
+        raise PreflightError(
+            f"{region}: the identity Fanout uses has no permission in namespace '{namespace}': the namespace does "
+            "not exist or nothing is bound to it there (a namespaced identity cannot tell which); create it once "
+            f"as a cluster admin (kubectl create namespace {namespace}) and bind the release Role in it"
+        )
     if missing:
         raise PreflightError(
             f"{region}: the identity Fanout uses may not {', '.join(missing)} in namespace '{namespace}'; "

@@ -44,7 +44,7 @@ def access_checks(monkeypatch):
     def check(kubeconfig: str, context: str, namespace: str, region: str) -> None:
         asked.append((region, namespace))
 
-    monkeypatch.setattr("fanout.airflow.operators.check_release_access", check)
+    monkeypatch.setattr("fanout.airflow.hooks.check_release_access", check)
     return asked
 
 
@@ -60,8 +60,8 @@ def test_a_region_without_the_release_permissions_is_refused(tmp_path, monkeypat
     def refuse(kubeconfig: str, context: str, namespace: str, region: str) -> None:
         raise PreflightError(f"{region}: the identity Fanout uses may not patch deployments.apps")
 
-    monkeypatch.setattr("fanout.airflow.operators.check_release_access", refuse)
-    with pytest.raises(AirflowFailException, match=r"cluster access: westus: .* may not patch deployments.apps"):
+    monkeypatch.setattr("fanout.airflow.hooks.check_release_access", refuse)
+    with pytest.raises(AirflowFailException, match=r"preflight: westus: .* may not patch deployments.apps"):
         run_validate(fleet_with(tmp_path))
 
 

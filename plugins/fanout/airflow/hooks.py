@@ -18,14 +18,15 @@ from airflow.sdk import BaseHook
 from fanout.adapters.acr import AcrReplica, AcrReplicas
 from fanout.adapters.acr_tasks import AcrTasksBuilder
 from fanout.adapters.aks import AksCluster, KubeconfigDir, Produced
-from fanout.adapters.azure_credentials import AzureAccess, access_from_connection, arm_scope
+from fanout.adapters.azure_credentials import AzureAccess, AzureAdapterError, access_from_connection, arm_scope
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.cluster import Cluster
 from fanout.adapters.helm import Helm
 from fanout.adapters.kube_exec import exec_kubeconfig, uses_exec
-from fanout.adapters.registry import OciRegistry
+from fanout.adapters.registry import OciRegistry, RegistryError
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManager
 from fanout.fleet import Fleet, Registry
+from fanout.preflight import check_release_access
 
 
 def cache_dir() -> Path:
@@ -229,6 +230,20 @@ class FleetHook(BaseHook):
                 cluster.close()
 
         return self._kubeconfigs.path_for(region, fetch, valid_for)
+
+    def preflight(self, regions: list[str]) -> None:
+        """Before a release changes anything: each region's namespace exists and Fanout's identity may
+        do there what a release does (fanout.preflight); with `replica_check: regional-endpoint`, each
+        region's ACR replica exists with its regional endpoint on. Raises naming region and cause."""
+        for region in regions:
+            check_release_access(*self.kubeconfig(region), self.fleet.app.namespace, region)
+        reg = self.fleet.registry
+        if reg.kind == "acr" and reg.replica_check == "regional-endpoint":
+            unnamed = [r for r in regions if r not in reg.endpoints]  # explicit endpoints are the fleet's call
+            try:
+                self._acr_replicas.require_regional_endpoints(unnamed)
+            except AzureAdapterError as err:
+                raise RegistryError(str(err)) from None
 
     def rollout_trigger_kwargs(self, region: str) -> dict[str, Any]:
         """What RolloutTrigger needs to reach `region`'s cluster from the triggerer. For AKS it is

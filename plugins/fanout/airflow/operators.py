@@ -45,7 +45,6 @@ from fanout.policy import (
     rollout_status,
     traffic_after_failure,
 )
-from fanout.preflight import PreflightError, check_release_access
 
 # Region steps that record a failure, in the order they run.
 STEPS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "gate_metric")
@@ -198,13 +197,12 @@ class ValidateReleaseOperator(FanoutOperator):
             except HelmError as err:
                 raise AirflowFailException(f"app.values / app.chart ({region}): {err}") from None
         self.log.info("chart %s renders for every region of the plan", self.fleet.chart_ref)
-        if not params.get("dry_run"):  # a dry run needs no cluster
-            for region in plan.regions:
-                try:
-                    check_release_access(*self.hook.kubeconfig(region), app.namespace, region)
-                except (PreflightError, RuntimeError) as err:
-                    raise AirflowFailException(f"cluster access: {err}") from None
-            self.log.info("namespace %s exists and every release permission is granted in each region", app.namespace)
+        if not params.get("dry_run"):  # a dry run needs neither a cluster nor Azure
+            try:
+                self.hook.preflight(list(plan.regions))
+            except (RuntimeError, ValueError) as err:  # PreflightError, RegistryError, AzureAdapterError, …
+                raise AirflowFailException(f"preflight: {err}") from None
+            self.log.info("namespace %s and every release permission are there in each region", app.namespace)
         if params.get("dry_run"):
             self.log.info("dry run: the plan above is all this run does")
         return {"waves": [list(w.regions) for w in plan.waves], "dry_run": bool(params.get("dry_run"))}
