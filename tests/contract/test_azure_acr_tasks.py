@@ -41,8 +41,8 @@ def context(tmp_path):
 class Tasks:
     """ACR Tasks as the server plays it: one upload, one run whose status follows `statuses`."""
 
-    def __init__(self, server, statuses=("Queued", "Running", "Succeeded"), error=None):
-        self.server, self.statuses, self.error = server, deque(statuses), error
+    def __init__(self, server, statuses=("Queued", "Running", "Succeeded"), error=None, abac=False):
+        self.server, self.statuses, self.error, self.abac = server, deque(statuses), error, abac
         self.uploaded: bytes | None = None
         self.request: dict | None = None
         self.cancelled = False
@@ -54,6 +54,9 @@ class Tasks:
         server.route("POST", f"{ARM}/runs/ca1/listLogSasUrl", self.log_url, **arm)
         server.route("GET", LOG_BLOB, self.get_log)
         server.route("POST", f"{ARM}/runs/ca1/cancel", self.cancel, **arm)
+        mode = "AbacRepositoryPermissions" if abac else "LegacyRegistryPermissions"
+        registry = {"id": ARM, "name": REG, "location": "eastus2", "properties": {"roleAssignmentMode": mode}}
+        server.route("GET", ARM, Response(200, registry), api_version="2025-11-01", token=TOKEN)
 
     def upload_url(self, req: Request, _m) -> Response:
         assert not req.body, "listBuildSourceUploadUrl takes no body"
@@ -77,7 +80,8 @@ class Tasks:
         assert body.get("isPushEnabled") is True
         assert body.get("platform") == {"os": "Linux", "architecture": "amd64"}, body.get("platform")
         # ABAC repository-permission registries: the run must log in to its registry as the caller.
-        assert body.get("credentials") == {"sourceRegistry": {"identity": "[caller]", "loginMode": "Default"}}, body
+        caller = {"sourceRegistry": {"identity": "[caller]", "loginMode": "Default"}}
+        assert body.get("credentials") == (caller if self.abac else None), body.get("credentials")
         assert self.uploaded is not None, "scheduled before the source was uploaded"
         self.request = body
         return Response(200, self.run("Queued"))
@@ -164,6 +168,13 @@ def test_expired_sas_upload_fails_without_leaking_the_signature(server, ca, cont
         builder(server, ca).build_and_push(context, "storefront/web:abc123")
     assert SIG not in str(caught.value) and "c2lnbmF0" not in str(caught.value)
     assert not server.calls("POST", f"{ARM}/scheduleRun"), "nothing is scheduled after a failed upload"
+
+
+def test_on_an_abac_registry_the_run_pushes_as_the_caller(server, ca, context):
+    tasks = Tasks(server, abac=True)
+    assert builder(server, ca, push_as_caller=lambda: True).build_and_push(context, "storefront/web:abc123") == DIGEST
+    server.assert_clean()
+    assert tasks.request["credentials"]["sourceRegistry"]["identity"] == "[caller]"
 
 
 def test_throttled_schedule_run_is_retried_after_retry_after(server, ca, context):
@@ -356,7 +367,7 @@ def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(server
     from fanout.airflow.operators import BuildImageOperator
     from fanout.fleet import load_fleet
 
-    tasks = Tasks(server)
+    tasks = Tasks(server, abac=True)  # the hook reads the registry's mode: the run pushes as the caller
     fleet_file = Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml"
     op = BuildImageOperator(task_id="build", fleet_path=str(fleet_file))
     op.__dict__["hook"] = FleetHook(

@@ -91,6 +91,12 @@ class AcrReplicas:
     def close(self) -> None:
         self._client.close()
 
+    def abac_mode(self) -> bool:
+        """Whether the registry is in "RBAC Registry + ABAC Repository Permissions" mode."""
+        where = f"registry '{self.registry}'"
+        registry = call(where, "reading the registry", self._client.registries.get, self.resource_group, self.registry)
+        return _str(getattr(registry, "role_assignment_mode", None)) == "AbacRepositoryPermissions"
+
     def replicas(self) -> dict[str, ReplicaState]:
         """Every replica by region (the home region is one of them)."""
         items = call(

@@ -87,12 +87,15 @@ class AcrTasksBuilder:
         build_timeout_seconds: int = 3600,
         poll_seconds: float = 5.0,
         progress: Callable[[str], None] | None = None,
+        push_as_caller: Callable[[], bool] | None = None,
         **options: Any,
     ) -> None:
         self.subscription, self.resource_group, self.registry = subscription, resource_group, registry
         self.dockerfile, self.build_timeout_seconds, self.poll_seconds = dockerfile, build_timeout_seconds, poll_seconds
         self.os, _, self.architecture = platform.partition("/")
         self.progress = progress or (lambda line: None)
+        # Asked when a build starts: is the registry in ABAC repository-permission mode?
+        self.push_as_caller = push_as_caller or (lambda: False)
         self._verify = connection_verify
         self._options = options
         self._client = ContainerRegistryTasksMgmtClient(
@@ -176,13 +179,14 @@ class AcrTasksBuilder:
             source_location=source,
             platform=PlatformProperties(os=self.os.capitalize(), architecture=self.architecture or None),
             timeout=self.build_timeout_seconds,
-            # The run pushes as the caller (`az acr build --source-acr-auth-id [caller]`): on a
-            # registry in ABAC repository-permission mode the run's own default token has no
-            # repository rights, and the push fails. In the legacy mode the caller's AcrPush works too.
-            credentials=Credentials(
-                source_registry=SourceRegistryCredentials(identity="[caller]", login_mode="Default")
-            ),
         )
+        if self.push_as_caller():
+            # `az acr build --source-acr-auth-id [caller]`: in ABAC repository-permission mode the
+            # run's own registry token has no repository rights and its push is refused, so the run
+            # logs in as the caller (who then needs Repository Writer on the app's repository). In
+            # the legacy mode the run's own token pushes, and the caller needs no push right.
+            caller = SourceRegistryCredentials(identity="[caller]", login_mode="Default")
+            request.credentials = Credentials(source_registry=caller)
         run = call(
             self._where, f"scheduling a build of {image}", self._client.registries.schedule_run,
             self.resource_group, self.registry, request,

@@ -284,5 +284,6 @@ class FleetHook(BaseHook):
             reg.resource_group,
             reg.name,
             progress=lambda line: self.log.info("ACR Tasks: %s", line),
+            push_as_caller=lambda: self._acr_replicas.abac_mode(),
             **self._arm(),
         ))  # fmt: skip
