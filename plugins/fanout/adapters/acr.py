@@ -34,9 +34,10 @@ from fanout.adapters.azure_credentials import CLOUDS, AzureAdapterError, call, c
 from fanout.adapters.registry import RegistryError, RegistryUnusable, unknown_host
 
 READY = "Ready"
-# Replica readiness is an ARM read, and ARM limits reads per subscription (order of 1,000 per
-# 5 minutes per principal); a replica's status changes in minutes. So a wait asks ARM about every
-# 30 s and the registry (the manifest GET, not an ARM call) every few seconds.
+# Replica readiness is an ARM read, and ARM throttles reads per subscription and principal (the
+# classic limit: 12,000 an hour); a replica's status changes in minutes. So a wait asks ARM about
+# every 30 s (2 reads a minute per region: 60 regions stay near 7,200 an hour) and the registry
+# (the manifest GET, not an ARM call) every few seconds.
 READY_RECHECK_SECONDS = 30.0
 
 
