@@ -330,6 +330,14 @@ def cross_check(fleet: Fleet) -> list[str]:
         problems.append(f"regions[].capacity_share: shares add up to {total_share:.2f}, more than 1")
     if fleet.traffic_manager.kind == "local" and not fleet.traffic_manager.base_url:
         problems.append("traffic_manager.base_url: required when kind is 'local'")
+    # Fanout asks for a token outliving each Helm command: its timeout plus a 60 s margin
+    # (fanout.adapters.aks.MARGIN_SECONDS). A token that cannot live that long fails every upgrade.
+    needed = fleet.gates.rollout_timeout_seconds + 60
+    if fleet.traffic_manager.kind == "local" and fleet.local.token_lifetime_seconds < needed:
+        problems.append(
+            f"local.token_lifetime_seconds: {fleet.local.token_lifetime_seconds} is less than "
+            f"gates.rollout_timeout_seconds + 60 = {needed}: no token would outlive a Helm command"
+        )
     for i, region in enumerate(fleet.regions):
         if fleet.traffic_manager.kind == "azure" and region.local is not None:
             problems.append(f"regions[{i}].local: only for a fleet whose traffic_manager.kind is 'local'")

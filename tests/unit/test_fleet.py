@@ -161,3 +161,13 @@ def test_clusters_pull_acr_images_from_the_login_server():
     assert acr.endpoint("westeurope") == "contosoprod.westeurope.geo.azurecr.io"  # what the wait checks
     oci = load_fleet(LOCAL).registry
     assert oci.pull_host("westus") == oci.endpoint("westus") == "127.0.0.1:5102"
+
+
+def test_a_local_token_that_cannot_outlive_a_helm_command_is_refused(local_data):
+    local_data["local"] = {"token_lifetime_seconds": 200}  # the local fleet's Helm timeout is 180 s
+    with pytest.raises(FleetError) as err:
+        parse_fleet(local_data, LOCAL)
+    assert err.value.problems == [
+        f"{LOCAL}: local.token_lifetime_seconds: 200 is less than gates.rollout_timeout_seconds + 60 = 240: "
+        "no token would outlive a Helm command"
+    ]
