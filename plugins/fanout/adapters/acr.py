@@ -187,9 +187,7 @@ class AcrReplica:
         **options: Any,
     ) -> None:
         self.endpoint, self.region, self._replicas, self._owns_replicas = endpoint, region, replicas, owns_replicas
-        # monotonic times of the last ARM read, and of the last one that found the replica Ready
-        self._arm_read: float | None = None
-        self._ready_checked: float | None = None
+        self._arm_answer: tuple[float, bool] | None = None  # (monotonic time, Ready?) of the last ARM read
         kwargs = client_options(
             base_url=None, connection_verify=connection_verify, retry_total=retry_total, timeout=timeout, **options
         )
@@ -204,35 +202,29 @@ class AcrReplica:
             self._replicas.close()
 
     def _replica_ready(self) -> bool:
-        """Whether the region's replica is Ready, asking ARM at most every READY_RECHECK_SECONDS."""
+        """Whether the region's replica is Ready, as ARM said at most READY_RECHECK_SECONDS ago."""
         now = time.monotonic()
-        if self._ready_checked is not None and now - self._ready_checked < READY_RECHECK_SECONDS:
-            return True
+        if self._arm_answer is not None and now - self._arm_answer[0] < READY_RECHECK_SECONDS:
+            return self._arm_answer[1]
         try:
             self._replicas.require_ready(self.region)
+            ready = True
         except RegistryUnusable:
             raise
         except RegistryError:
-            self._ready_checked = None
-            return False
+            ready = False  # not Ready yet
         except AzureAdapterError as err:
             if err.status_code in (401, 403):
                 raise RegistryUnusable(str(err)) from None
             raise RegistryError(str(err)) from None
-        finally:
-            self._arm_read = now
-        self._ready_checked = now
-        return True
+        self._arm_answer = (now, ready)
+        return ready
 
     def has_manifest(self, repository: str, digest: str) -> bool:
         """True once this replica serves `repository@digest` with content matching the digest.
         RegistryUnusable when waiting cannot help: no replica, a refused credential, an unknown host."""
-        if self._replicas is not None:
-            recent = self._arm_read is not None and time.monotonic() - self._arm_read < READY_RECHECK_SECONDS
-            if self._ready_checked is None and recent:
-                return False  # not Ready at the last ARM read: ask ARM again later, not at every poll
-            if not self._replica_ready():
-                return False
+        if self._replicas is not None and not self._replica_ready():
+            return False
         fatal = False
         try:
             with self._lock:
@@ -242,10 +234,9 @@ class AcrReplica:
         except DigestValidationError:
             cause = "the manifest it returned does not hash to the digest asked for"
         except (AzureError, OSError, ValueError) as err:
-            cause = describe(err)[0]
+            cause, dns = describe(err)[0], unknown_host(err)
             refused = isinstance(err, (ClientAuthenticationError, HttpResponseError)) and err.status_code in (401, 403)
-            fatal = refused or unknown_host(err)
-            cause = f"unknown host: {cause}" if unknown_host(err) else cause
+            fatal, cause = refused or dns, f"unknown host: {cause}" if dns else cause
         else:
             return result.digest == digest
         # Raised outside the except block: the SDK error holds the request, Authorization included.
