@@ -278,8 +278,9 @@ def _token_webhook_flags(d: Path) -> list[str]:
     webhook = d / "token-webhook.kubeconfig"
     if not webhook.exists():
         return []
-    # A success or a refusal is cached this long: a token stays usable at most 2 s past its expiry.
-    return [f"--authentication-token-webhook-config-file={webhook}", "--authentication-token-webhook-cache-ttl=2s"]
+    # The API server caches a successful token check for 10 s whatever this says (its fixed
+    # TokenSuccessCacheTTL), so a token stays usable at most 10 s past its expiry, as on AKS.
+    return [f"--authentication-token-webhook-config-file={webhook}", "--authentication-token-webhook-cache-ttl=10s"]
 
 
 def _controller_argv(binary: Path, component: str, d: Path, port: int, region: Region) -> list[str]:

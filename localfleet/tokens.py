@@ -33,7 +33,7 @@ import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 from urllib.request import Request, urlopen
 
 from localfleet import faults, procs
@@ -114,7 +114,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-        if self.path == "/token":
+        path = urlsplit(self.path).path  # the API server adds ?timeout=…
+        if path == "/token":
             form = dict(parse_qsl(raw))
             ok = form.get("client_id") == CLIENT_ID and hmac.compare_digest(
                 form.get("client_secret", ""), self.server.client_secret
@@ -128,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
                 200,
                 {"access_token": token, "token_type": "Bearer", "expires_in": int(lifetime), "expires_on": expires},
             )
-        elif self.path == "/authenticate":
+        elif path == "/authenticate":
             try:
                 review = json.loads(raw)
                 token = review["spec"]["token"]
