@@ -37,30 +37,29 @@ def fleet_with(tmp_path, **values):
 
 @pytest.fixture(autouse=True)
 def access_checks(monkeypatch):
-    """The clusters' side of validate (fanout.preflight, tested on the local fleet) faked: the
-    regions and namespace it was asked about, in order."""
-    asked: list[tuple[str, str]] = []
+    """The clusters' and Azure's side of validate (FleetHook.preflight, tested on the local fleet and
+    the contract server) faked: the regions it was asked about."""
+    from fanout.airflow.hooks import FleetHook
 
-    def check(kubeconfig: str, context: str, namespace: str, region: str) -> None:
-        asked.append((region, namespace))
-
-    monkeypatch.setattr("fanout.airflow.hooks.check_release_access", check)
+    asked: list[str] = []
+    monkeypatch.setattr(FleetHook, "preflight", lambda self, regions: asked.extend(regions))
     return asked
 
 
 def test_a_good_run_gets_its_plan(tmp_path, access_checks):
     out = run_validate(fleet_with(tmp_path), {"regions": ["eastus", "westus"]})
     assert out == {"waves": [["westus"], ["eastus"]], "dry_run": False}
-    assert access_checks == [("westus", "hello"), ("eastus", "hello")]
+    assert access_checks == ["westus", "eastus"]
 
 
 def test_a_region_without_the_release_permissions_is_refused(tmp_path, monkeypatch):
+    from fanout.airflow.hooks import FleetHook
     from fanout.preflight import PreflightError
 
-    def refuse(kubeconfig: str, context: str, namespace: str, region: str) -> None:
-        raise PreflightError(f"{region}: the identity Fanout uses may not patch deployments.apps")
+    def refuse(self, regions: list[str]) -> None:
+        raise PreflightError(f"{regions[0]}: the identity Fanout uses may not patch deployments.apps")
 
-    monkeypatch.setattr("fanout.airflow.hooks.check_release_access", refuse)
+    monkeypatch.setattr(FleetHook, "preflight", refuse)
     with pytest.raises(AirflowFailException, match=r"preflight: westus: .* may not patch deployments.apps"):
         run_validate(fleet_with(tmp_path))
 
