@@ -328,6 +328,22 @@ def test_trigger_past_its_deadline_cancels_the_run(server, ca, connection):
     server.assert_clean()
 
 
+def test_killing_the_deferred_build_cancels_the_run(server, ca, connection):
+    """Marking the task failed (or clearing it) while the trigger follows the run: Airflow calls the
+    trigger's on_kill, which cancels the run in ACR instead of leaving it to build and push."""
+    from fanout.airflow.triggers import AcrRunTrigger
+
+    tasks = Tasks(server, statuses=("Running",))
+    trigger = AcrRunTrigger(
+        run_id="ca1", conn_id="azure_fanout", subscription=SUB, resource_group=RG, registry=REG,
+        base_url=server.url, connection_verify=ca, timeout_seconds=3600, poll_seconds=0.05,
+    )  # fmt: skip
+    asyncio.run(trigger.on_kill())
+    assert tasks.cancelled and len(server.calls("POST", f"{ARM}/runs/ca1/cancel")) == 1
+    assert trigger._tasks is None, "its client is closed"
+    server.assert_clean()
+
+
 def test_trigger_that_cannot_cancel_says_so(server, ca, connection):
     Tasks(server, statuses=("Running",))
     server.fail_next("POST", f"{ARM}/runs/ca1/cancel", arm_error(409, "Conflict", "run is finishing"))
