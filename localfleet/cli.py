@@ -8,6 +8,7 @@ exactly what `up` started and nothing else.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -16,9 +17,12 @@ from pathlib import Path
 
 from fanout.cache import cache_dir
 from fanout.fleet import Fleet, FleetError, load_fleet
-from localfleet import edge, faults, kube, procs, registry, replicator
+from fanout.preflight import RELEASE_PERMISSIONS
+from localfleet import edge, faults, kube, procs, registry, replicator, tokens
 from localfleet.binaries import ensure_binaries
 from localfleet.git import repo as git_repo
+from localfleet.kube_files import admin_kubeconfig_beside, region_dir, serving_ca, write_private
+from localfleet.kube_files import kubeconfig as kubeconfig_dict
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FLEET = REPO / "include" / "fleets" / "local.yaml"
@@ -43,6 +47,35 @@ def kubeconfig_path(fleet: Fleet) -> Path:
     if access is None:
         raise FleetError(["regions[0].cluster: the local fleet reaches its clusters through a kubeconfig"])
     return fleet.resolve(access.path)
+
+
+def admin_kubeconfig_path(fleet: Fleet) -> Path:
+    """The fleet's own admin kubeconfig (setup, faults, tests' independent reads); Fanout never uses it."""
+    return admin_kubeconfig_beside(kubeconfig_path(fleet))
+
+
+def _token_url(state: Path) -> str:
+    """The token service's URL; its port is picked once and kept, as the kubeconfigs name it."""
+    saved = tokens.token_dir(state) / "port"
+    if not saved.exists():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(str(procs.free_port()))
+    return f"http://127.0.0.1:{int(saved.read_text())}"
+
+
+def write_fanout_kubeconfig(fleet: Fleet, state: Path, url: str) -> Path:
+    """The kubeconfig the fleet file names: one context per region, whose user is Fanout's
+    namespace-bound identity with an exec plugin fetching short-lived tokens — no admin token."""
+    regions = _regions(fleet)
+    entries = [(r.name, r.server, serving_ca(region_dir(state, r.name)), "") for r in regions]
+    cfg = kubeconfig_dict(entries, regions[0].name)
+    user = tokens.exec_user(url, state, f"{REPO / 'plugins'}:{REPO}")
+    cfg["users"] = [{"name": "fanout", "user": user}]
+    for context in cfg["contexts"]:
+        context["context"].update(user="fanout", namespace=fleet.app.namespace)
+    path = kubeconfig_path(fleet)
+    write_private(path, json.dumps(cfg, indent=2) + "\n")
+    return path
 
 
 def _check_local(fleet: Fleet) -> None:
@@ -72,9 +105,19 @@ def up(
 
     registry.ensure_debian_packages(["docker-registry", "skopeo", "buildah", "git"])
     ensure_binaries(progress)
+    url = _token_url(state)
+    tokens.start(state, int(url.rsplit(":", 1)[1]), fleet.local.token_lifetime_seconds, f"{REPO / 'plugins'}:{REPO}")
+    step(f"token service up at {url} (tokens live {fleet.local.token_lifetime_seconds} s)")
     step("control planes: etcd, then one region at a time")
     ports = dict(zip(("etcd_client_port", "etcd_peer_port"), etcd_ports, strict=True)) if etcd_ports else {}
-    kube.start_fleet(_regions(fleet), state, kubeconfig_path(fleet), progress=progress, **ports)
+    kube.start_fleet(
+        _regions(fleet), state, admin_kubeconfig_path(fleet), progress=progress, token_webhook=url, **ports
+    )
+    # What a cluster admin does once per cluster; Fanout itself may not create namespaces.
+    for region in _regions(fleet):
+        kube.grant_namespace(region, state, fleet.app.namespace, tokens.USERNAME, list(RELEASE_PERMISSIONS))
+    write_fanout_kubeconfig(fleet, state, url)
+    step(f"namespace {fleet.app.namespace} and Fanout's Role in every region")
     for region in fleet.region_names:
         registry.start_registry(fleet, region, state)
     step(f"registries up: {', '.join(fleet.registry.endpoint(r) for r in fleet.region_names)}")
@@ -100,6 +143,7 @@ def down(fleet: Fleet, state: Path | None = None, progress: Progress = print) ->
         registry.stop_registry(fleet, region, state)
     replicator.stop_replicator(state)
     kube.stop_all(state)
+    tokens.stop(state)
     left = kube.all_pids(state)
     progress("fleet down" + (f"; still running: {left}" if left else ""))
 
@@ -136,6 +180,9 @@ def apply_fault(fleet: Fleet, state: Path, knob: str, region: str | None, value:
             kube.set_pods_ready(_kregion(fleet, region), state, ready=clear, progress=lambda _: None)
         faults.set_region_flag(state, knob.replace("-", "_"), region, not clear)
         return f"{region}: {knob} {'cleared' if clear else 'on'}"
+    if knob == "token-lifetime":
+        faults.update_faults(state, token_lifetime=None if clear else float(value))
+        return "tokens live as the fleet file says" if clear else f"new tokens live {value} s"
     if knob == "tm-errors":
         if clear:
             faults.update_faults(state, tm_errors=None)
@@ -203,13 +250,20 @@ def print_table(rows: list[dict[str, str]], out: Callable[[str], None] = print) 
         out("  ".join(row[k].ljust(w) for k, w in widths.items()).rstrip())
 
 
-KNOBS = ("region-down", "replica-lag", "replica-stuck", "rollout-unhealthy", "edge-unhealthy", "tm-errors", "clear-all")
+KNOBS = (
+    "region-down", "replica-lag", "replica-stuck", "rollout-unhealthy", "edge-unhealthy", "tm-errors",
+    "token-lifetime", "clear-all",
+)  # fmt: skip
 
 
 def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     state = state_dir()
     if args.knob == "clear-all":
         return clear_all(fleet, state)
+    if args.knob == "token-lifetime":
+        if not args.clear and not (args.region or "").isdigit():
+            parser.error("token-lifetime takes the seconds new tokens live, e.g. token-lifetime 60")
+        return [apply_fault(fleet, state, args.knob, None, args.region, args.clear)]
     if args.knob == "tm-errors":
         if not args.clear and not re.fullmatch(r"(429|5\d\d)(x\d+)?", args.region or ""):
             parser.error("tm-errors takes STATUSxCOUNT, e.g. 429x3 or 500x10")

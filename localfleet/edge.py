@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from fanout.fleet import Fleet, load_fleet
 from localfleet import procs
 from localfleet.faults import read_faults
+from localfleet.kube_files import admin_kubeconfig_beside
 
 log = logging.getLogger("localfleet.edge")
 CACHE_SECONDS = 1.0
@@ -202,7 +203,8 @@ def edge_for(fleet: Fleet, region: str, state_dir: str | Path) -> Edge:
     access = fleet.region(region).cluster.kubeconfig
     if access is None:
         raise ValueError(f"region {region}: the local edge needs cluster.kubeconfig, not AKS access")
-    reader = KubeReader(fleet.resolve(access.path), access.context)
+    # The edge stands in for the cluster's load balancer: fleet infrastructure, so the admin's view.
+    reader = KubeReader(admin_kubeconfig_beside(fleet.resolve(access.path)), access.context)
     return Edge(region, fleet.app.name, fleet.app.namespace, reader, state_dir)
 
 

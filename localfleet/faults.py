@@ -7,7 +7,8 @@ once never lose each other's keys.
 
 Knobs: "replica_lag" {region: seconds}, "replica_stuck" [regions], "edge_unhealthy"
 [regions], "tm_errors" {"status", "remaining"}, "region_down" [regions],
-"rollout_unhealthy" [regions].
+"rollout_unhealthy" [regions],
+"token_lifetime" seconds (tokens the local Entra ID stand-in mints while it is set live that long).
 """
 
 from __future__ import annotations

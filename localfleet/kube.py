@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from localfleet import procs
+from localfleet import kube_files, procs
 from localfleet.binaries import Progress, ensure_binaries
 from localfleet.kube_files import (
     LOOPBACK,
@@ -51,6 +51,7 @@ from localfleet.kube_files import (
     schedulable_nodes,
     serving_ca,
     write_private,
+    write_token_webhook,
 )
 from localfleet.kube_files import (
     admin_kubeconfig as admin_kubeconfig,  # public here before kube_files split off
@@ -263,6 +264,7 @@ def _apiserver_argv(binary: Path, etcd_url: str, d: Path, region: Region) -> lis
         f"--service-account-signing-key-file={d / 'pki' / 'sa.key'}",
         f"--token-auth-file={d / 'token.csv'}",
         "--authorization-mode=RBAC",
+        *_token_webhook_flags(d),
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=true",
         "--profiling=false",
@@ -270,6 +272,15 @@ def _apiserver_argv(binary: Path, etcd_url: str, d: Path, region: Region) -> lis
         # the advertise address for the `kubernetes` Service.
         "--endpoint-reconciler-type=lease",
     ]
+
+
+def _token_webhook_flags(d: Path) -> list[str]:
+    webhook = d / "token-webhook.kubeconfig"
+    if not webhook.exists():
+        return []
+    # The API server caches a successful token check for 10 s whatever this says (its fixed
+    # TokenSuccessCacheTTL), so a token stays usable at most 10 s past its expiry, as on AKS.
+    return [f"--authentication-token-webhook-config-file={webhook}", "--authentication-token-webhook-cache-ttl=10s"]
 
 
 def _controller_argv(binary: Path, component: str, d: Path, port: int, region: Region) -> list[str]:
@@ -451,6 +462,13 @@ def region_health(region: Region, state_dir: Path) -> RegionHealth:
         return RegionHealth(region.name, False, 0, 0, str(exc))
 
 
+def grant_namespace(
+    region: Region, state_dir: Path, namespace: str, user: str, rules: list[tuple[str, str, tuple[str, ...]]]
+) -> None:
+    """Create `namespace` in the region and bind `user` to a Role with `rules` there (as the admin)."""
+    kube_files.grant_namespace(region.server, region_dir(state_dir, region.name), namespace, user, rules)
+
+
 def _region_names(state_dir: Path) -> list[str]:
     regions = Path(state_dir) / "regions"
     return sorted(p.name for p in regions.iterdir() if p.is_dir()) if regions.is_dir() else []
@@ -497,9 +515,14 @@ def start_fleet(
     nodes: int = 2,
     timeout: float = 120.0,
     progress: Progress = print,
+    token_webhook: str | None = None,
 ) -> Path:
-    """etcd, then every region one at a time, then the merged kubeconfig."""
+    """etcd, then every region one at a time, then the merged admin kubeconfig. `token_webhook`
+    (a localfleet.tokens URL) makes each apiserver accept that service's short-lived tokens."""
     binaries = ensure_binaries(progress)
+    if token_webhook:
+        for region in regions:
+            write_token_webhook(region_dir(state_dir, region.name), token_webhook)
     url = start_etcd(state_dir, etcd_client_port, etcd_peer_port, binaries=binaries, progress=progress)
     # One at a time: an apiserver burns 10–30 s of CPU while starting, and
     # several at once on two cores only makes each one slower.

@@ -48,6 +48,11 @@ def etcd_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "etcd"
 
 
+def admin_kubeconfig_beside(fanout_kubeconfig: Path) -> Path:
+    """The merged admin kubeconfig of a local fleet, kept beside the one Fanout uses."""
+    return Path(fanout_kubeconfig).with_name("admin.kubeconfig")
+
+
 def admin_kubeconfig(state_dir: Path, name: str) -> Path:
     return region_dir(state_dir, name) / "admin.kubeconfig"
 
@@ -180,6 +185,7 @@ def http(
     method: str = "GET",
     body: dict | None = None,
     timeout: float = 5.0,
+    content_type: str = "application/json",
 ) -> tuple[int, bytes]:
     """(status, body); status 0 means the server could not be reached."""
     headers = {"Accept": "application/json"}
@@ -188,7 +194,7 @@ def http(
     data = None
     if body is not None:
         data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = content_type
     req = urllib.request.Request(url, data=data, headers=headers, method=method)
     # Proxies are bypassed on purpose: every target is on loopback.
     handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
@@ -289,3 +295,57 @@ def schedulable_nodes(server: str, d: Path) -> tuple[int, int]:
         return 0, 0
     items = body.get("items", [])
     return sum(_node_schedulable(n) for n in items), len(items)
+
+
+# ---------------------------------------------------------------------- identities
+
+
+def write_token_webhook(d: Path, url: str) -> Path:
+    """The apiserver's token webhook config (kubeconfig format): tokens it does not know itself
+    (anything but the admin's) are checked by the local token service, localfleet.tokens."""
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "tokens", "cluster": {"server": f"{url}/authenticate"}}],
+        "users": [{"name": "apiserver", "user": {}}],
+        "contexts": [{"name": "tokens", "context": {"cluster": "tokens", "user": "apiserver"}}],
+        "current-context": "tokens",
+    }
+    path = d / "token-webhook.kubeconfig"
+    write_private(path, json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+def apply(server: str, d: Path, path: str, obj: dict) -> None:
+    """Server-side apply `obj` at `path` as the admin: creates or updates, idempotent."""
+    status, body = http(
+        f"{server}{path}?fieldManager=localfleet&force=true", token=admin_token(d), ca=serving_ca(d),
+        method="PATCH", body=obj, content_type="application/apply-patch+yaml",
+    )  # fmt: skip
+    if status not in (200, 201):
+        raise KubeError(f"applying {obj['kind']} {obj['metadata']['name']} failed ({status}): {body[:300]!r}")
+
+
+def grant_namespace(
+    server: str, d: Path, namespace: str, user: str, rules: list[tuple[str, str, tuple[str, ...]]]
+) -> None:
+    """What a cluster admin does once per cluster: create the app's namespace and bind `user` to a
+    Role holding `rules` (group, resource, verbs) there, and nothing cluster-wide."""
+    apply(server, d, f"/api/v1/namespaces/{namespace}", {"apiVersion": "v1", "kind": "Namespace",
+                                                         "metadata": {"name": namespace}})  # fmt: skip
+    rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "fanout-release", "namespace": namespace},
+        "rules": [{"apiGroups": [g], "resources": [r], "verbs": list(v)} for g, r, v in rules],
+    }
+    apply(server, d, f"{rbac}/roles/fanout-release", role)
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "fanout-release", "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "fanout-release"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    apply(server, d, f"{rbac}/rolebindings/fanout-release", binding)

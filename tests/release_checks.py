@@ -28,6 +28,7 @@ from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
 from fanout.fleet import Fleet, load_fleet
 from fanout.policy import EndpointState
 from localfleet.git import repo as git_repo
+from localfleet.kube_files import admin_kubeconfig_beside
 
 REPO = Path(__file__).resolve().parents[1]
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -80,9 +81,13 @@ def healthy(fleet: Fleet, region: str) -> bool:
     return edge(fleet, region, "/healthz")[0] == 200
 
 
+def admin_kubeconfig(fleet: Fleet) -> str:
+    """Tests read the clusters as the fleet's admin, independently of Fanout's own identity."""
+    return str(admin_kubeconfig_beside(fleet.resolve(fleet.regions[0].cluster.kubeconfig.path)))
+
+
 def helm(fleet: Fleet, region: str) -> Helm:
-    access = fleet.region(region).cluster.kubeconfig
-    return Helm(helm_binary(), str(fleet.resolve(access.path)), access.context, timeout_seconds=60)
+    return Helm(helm_binary(), admin_kubeconfig(fleet), region, timeout_seconds=60)
 
 
 def history(fleet: Fleet, region: str) -> list[HelmRelease]:
@@ -96,10 +101,7 @@ def revision(fleet: Fleet, region: str) -> int:
 
 
 def annotations(fleet: Fleet, region: str) -> dict[str, str]:
-    access = fleet.region(region).cluster.kubeconfig
-    deployment = Cluster(str(fleet.resolve(access.path)), access.context).deployment(
-        fleet.app.namespace, fleet.app.name
-    )
+    deployment = Cluster(admin_kubeconfig(fleet), region).deployment(fleet.app.namespace, fleet.app.name)
     return (deployment or {}).get("metadata", {}).get("annotations") or {}
 
 

@@ -9,7 +9,16 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fanout import fleet_checks as checks
 from fanout.fleet_file import FleetFileError, fleet_data, read_fleet_file, read_fleet_text
@@ -173,10 +182,14 @@ class Registry(_Strict):
             raise ValueError("a registry of kind 'acr' needs 'name'")
         return self
 
+    # The registry host suffix of the fleet's cloud (`azure.cloud`); set by Fleet when it is built.
+    _acr_suffix: str = PrivateAttr("azurecr.io")
+
     @property
     def login_server(self) -> str:
-        """`<name>.azurecr.io` for ACR: answers from the replica nearest to the caller."""
-        return f"{self.name}.azurecr.io".lower()
+        """`<name>.azurecr.io` (`.us`, `.cn` in the sovereign clouds) for ACR: answers from the
+        replica nearest to the caller."""
+        return f"{self.name}.{self._acr_suffix}".lower()
 
     def pull_host(self, region: str) -> str:
         """The host a cluster in `region` pulls from. For ACR that is the login server:
@@ -189,7 +202,7 @@ class Registry(_Strict):
         if region in self.endpoints:
             return self.endpoints[region]
         if self.kind == "acr":
-            return f"{self.name}.{region}.geo.azurecr.io".lower()
+            return f"{self.name}.{region}.geo.{self._acr_suffix}".lower()
         raise KeyError(region)
 
 
@@ -226,6 +239,14 @@ class LocalRegion(_Strict):
 
     apiserver_port: int = Field(ge=1024, le=65535)
     replication_lag_seconds: int = Field(0, ge=0, le=3600)
+
+
+class LocalSettings(_Strict):
+    """Only for the embedded local fleet: settings of its stand-ins that are not per region."""
+
+    token_lifetime_seconds: int = Field(
+        300, ge=30, description="how long a token of the local Entra ID stand-in (localfleet.tokens) is valid"
+    )
 
 
 class Region(_Strict):
@@ -278,10 +299,16 @@ class Gates(_Strict):
     metric: MetricGate | None = None
 
 
+# Registry host suffix per cloud, keyed like the Azure provider's `cloud_environment` extra.
+ACR_SUFFIX = {"AzurePublicCloud": "azurecr.io", "AzureUSGovernment": "azurecr.us", "AzureChinaCloud": "azurecr.cn"}
+
+
 class Azure(_Strict):
-    """How Fanout reaches Azure: the Airflow connection (type `azure`) every Azure client uses."""
+    """How Fanout reaches Azure: the Airflow connection (type `azure`) every Azure client uses,
+    and its cloud (the connection's `cloud_environment` must say the same)."""
 
     conn_id: str = Field("azure_default", pattern=r"^[\w.-]+$", max_length=250)
+    cloud: Literal["AzurePublicCloud", "AzureUSGovernment", "AzureChinaCloud"] = "AzurePublicCloud"
 
 
 class Consistency(_Strict):
@@ -300,8 +327,12 @@ class Fleet(_Strict):
     min_serving_regions: int = Field(1, ge=1, le=100)
     consistency: Consistency = Field(default_factory=Consistency)
     azure: Azure = Field(default_factory=Azure)
+    local: LocalSettings = Field(default_factory=LocalSettings)
     # Set by load_fleet: relative paths in the file are relative to the file's folder.
     source_path: Path | None = Field(None, exclude=True)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.registry._acr_suffix = ACR_SUFFIX[self.azure.cloud]
 
     def region(self, name: str) -> Region:
         for region in self.regions:
@@ -409,6 +440,14 @@ def cross_check(fleet: Fleet) -> list[str]:
     if total_share > 1.000001:
         problems.append(f"regions[].capacity_share: shares add up to {total_share:.2f}, more than 1")
     problems += _endpoint_problems(fleet)
+    # Fanout asks for a token outliving each Helm command: its timeout plus a 60 s margin
+    # (fanout.adapters.aks.MARGIN_SECONDS). A token that cannot live that long fails every upgrade.
+    needed = fleet.gates.rollout_timeout_seconds + 60
+    if fleet.traffic_manager.kind == "local" and fleet.local.token_lifetime_seconds < needed:
+        problems.append(
+            f"local.token_lifetime_seconds: {fleet.local.token_lifetime_seconds} is less than "
+            f"gates.rollout_timeout_seconds + 60 = {needed}: no token would outlive a Helm command"
+        )
     for i, region in enumerate(fleet.regions):
         if fleet.traffic_manager.kind == "azure" and region.local is not None:
             problems.append(f"regions[{i}].local: only for a fleet whose traffic_manager.kind is 'local'")

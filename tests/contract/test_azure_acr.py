@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
+from pathlib import Path
 
 import pytest
 
-from fanout.adapters.acr import AcrReplica, AcrReplicas, ReplicaNotFound
-from fanout.adapters.registry import RegistryError
+from fanout.adapters.acr import READY_RECHECK_SECONDS, AcrReplica, AcrReplicas, ReplicaNotFound
+from fanout.adapters.registry import RegistryError, RegistryUnusable
 from tests.contract.azure_server import ACR_SCOPE, ARM_SCOPE, FakeCredential, Request, Response, arm_error, jwt_like
 
 SUB, RG, REG = "6f1c1d6e-0c3a-4d8e-9a57-2f5e8d1c0a01", "rg-storefront-global", "contosoprod"
@@ -239,3 +241,72 @@ def test_image_labels_of_a_missing_tag_are_none(server, credential, ca):
     serve_acr(server, manifests={})
     assert make_replica(server, credential, ca, with_replicas=False).image_labels(REPO, COMMIT) is None
     server.assert_clean()
+
+
+# -- what a wait may and may not wait out --------------------------------------------------------
+
+
+def replication_trigger(server, credential, ca, monkeypatch, **kwargs):
+    """A ReplicationTrigger for the example fleet's westeurope whose replica client is this test's."""
+    from fanout.airflow.hooks import FleetHook
+    from fanout.airflow.triggers import ReplicationTrigger
+    from tests.fakes import snapshot_of
+
+    monkeypatch.setattr(FleetHook, "registry", lambda self, region: make_replica(server, credential, ca))
+    example = Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml"
+    return ReplicationTrigger(
+        fleet=snapshot_of(example).to_xcom(), region="westeurope", digest=DIGEST, timeout_seconds=30,
+        poll_seconds=0.2, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fault", "why"),
+    [
+        ("no-replica", r"no replica in westeurope"),
+        ("registry-401", r"HTTP 401"),
+        ("registry-403", r"HTTP 403"),
+        ("arm-403", r"listing replications failed: HTTP 403 AuthorizationFailed"),
+    ],
+)
+def test_a_wait_ends_at_once_on_what_waiting_cannot_fix(server, credential, ca, monkeypatch, fault, why):
+    serve_acr(server, replicas=("eastus2",) if fault == "no-replica" else ("eastus2", "westeurope"))
+    if fault.startswith("registry-"):
+        status = int(fault[-3:])
+        server.fail_next("GET", MANIFEST_PATH, *[Response(status, {"errors": [{"code": "DENIED"}]})] * 3)
+    if fault == "arm-403":
+        server.fail_next("GET", REPLICATIONS, arm_error(403, "AuthorizationFailed", "no read on replications"))
+    event = replication_trigger(server, credential, ca, monkeypatch).poll_inline(20)
+    assert event is not None and event["status"] == "failed", event
+    assert event["waited"] < 5, "ended at once, not at the 30 s deadline"
+    assert re.search(why, event["detail"]), event["detail"]
+
+
+def test_an_unknown_registry_host_ends_the_wait_at_once(server, credential, ca):
+    replica_ = AcrReplica(credential, "contosoprod.westeurope.geo.azurecr.invalid", region="westeurope", **FAST)
+    with pytest.raises(RegistryUnusable, match="unknown host"):
+        replica_.has_manifest(REPO, DIGEST)
+
+
+def test_not_there_yet_keeps_waiting_and_arm_is_asked_every_30_s(server, credential, ca, monkeypatch):
+    serve_acr(server, manifests={})
+    event = replication_trigger(server, credential, ca, monkeypatch, started_at=time.time()).poll_inline(2)
+    assert event is None, "manifest unknown: still waiting"
+    manifests, arm = len(server.calls("GET", MANIFEST_PATH)), len(server.calls("GET", REPLICATIONS))
+    assert manifests >= 4, f"{manifests} manifest polls in 2 s"
+    assert arm == 1, f"{arm} ARM reads in 2 s: readiness is asked about every {READY_RECHECK_SECONDS:.0f} s"
+
+
+def test_regional_endpoints_switched_off_are_refused_naming_the_way_out(server, credential, ca):
+    off = replica("westeurope")
+    off["properties"]["regionEndpointEnabled"] = False
+    server.route(
+        "GET", REPLICATIONS, Response(200, {"value": [replica("eastus2"), off]}),
+        api_version="2025-11-01", token=FakeCredential.token_for(ARM_SCOPE),
+    )  # fmt: skip
+    replicas = AcrReplicas(credential, SUB, RG, REG, base_url=server.url, connection_verify=ca, **FAST)
+    replicas.require_regional_endpoints(["eastus2"])
+    with pytest.raises(RegistryUnusable, match=r"replica in westeurope is off.*replica_check: replica-status"):
+        replicas.require_regional_endpoints(["eastus2", "westeurope"])
+    with pytest.raises(ReplicaNotFound, match="no replica in italynorth"):
+        replicas.require_regional_endpoints(["italynorth"])

@@ -53,8 +53,10 @@ def context(tmp_path):
 class Tasks:
     """ACR Tasks as the server plays it: one upload, one run whose status follows `statuses`."""
 
-    def __init__(self, server, statuses=("Queued", "Running", "Succeeded"), error=None, image="storefront/web:abc123"):
-        self.server, self.statuses, self.error, self.image = server, deque(statuses), error, image
+    def __init__(
+        self, server, statuses=("Queued", "Running", "Succeeded"), error=None, image="storefront/web:abc123", abac=False
+    ):
+        self.server, self.statuses, self.error, self.image, self.abac = server, deque(statuses), error, image, abac
         self.labels: dict[str, str] | None = None
         self.uploaded: bytes | None = None
         self.request: dict | None = None
@@ -67,6 +69,9 @@ class Tasks:
         server.route("POST", f"{ARM}/runs/ca1/listLogSasUrl", self.log_url, **arm)
         server.route("GET", LOG_BLOB, self.get_log)
         server.route("POST", f"{ARM}/runs/ca1/cancel", self.cancel, **arm)
+        mode = "AbacRepositoryPermissions" if abac else "LegacyRegistryPermissions"
+        registry = {"id": ARM, "name": REG, "location": "eastus2", "properties": {"roleAssignmentMode": mode}}
+        server.route("GET", ARM, Response(200, registry), api_version="2025-11-01", token=TOKEN)
 
     def upload_url(self, req: Request, _m) -> Response:
         assert not req.body, "listBuildSourceUploadUrl takes no body"
@@ -86,6 +91,9 @@ class Tasks:
         assert body.get("type") == "EncodedTaskRunRequest", f"type {body.get('type')}"
         assert body.get("sourceLocation") == "source/202611280000/0a1b2c.tar.gz", "the relativePath, not the SAS URL"
         assert body.get("platform") == {"os": "Linux", "architecture": "amd64"}, body.get("platform")
+        # ABAC repository-permission registries: the run must log in to its registry as the caller.
+        caller = {"sourceRegistry": {"identity": "[caller]", "loginMode": "Default"}}
+        assert body.get("credentials") == (caller if self.abac else None), body.get("credentials")
         assert self.uploaded is not None, "scheduled before the source was uploaded"
         # The task ACR runs: one build step (tag, Containerfile, labels, the uploaded context), one push.
         task = yaml.safe_load(base64.b64decode(body["encodedTaskContent"]))
@@ -184,6 +192,13 @@ def test_expired_sas_upload_fails_without_leaking_the_signature(server, ca, cont
         builder(server, ca).build_and_push(context, "storefront/web:abc123")
     assert SIG not in str(caught.value) and "c2lnbmF0" not in str(caught.value)
     assert not server.calls("POST", f"{ARM}/scheduleRun"), "nothing is scheduled after a failed upload"
+
+
+def test_on_an_abac_registry_the_run_pushes_as_the_caller(server, ca, context):
+    tasks = Tasks(server, abac=True)
+    assert builder(server, ca, push_as_caller=lambda: True).build_and_push(context, "storefront/web:abc123") == DIGEST
+    server.assert_clean()
+    assert tasks.request["credentials"]["sourceRegistry"]["identity"] == "[caller]"
 
 
 def test_throttled_schedule_run_is_retried_after_retry_after(server, ca, context):
@@ -335,6 +350,22 @@ def test_trigger_past_its_deadline_cancels_the_run(server, ca, connection):
     server.assert_clean()
 
 
+def test_killing_the_deferred_build_cancels_the_run(server, ca, connection):
+    """Marking the task failed (or clearing it) while the trigger follows the run: Airflow calls the
+    trigger's on_kill, which cancels the run in ACR instead of leaving it to build and push."""
+    from fanout.airflow.triggers import AcrRunTrigger
+
+    tasks = Tasks(server, statuses=("Running",))
+    trigger = AcrRunTrigger(
+        run_id="ca1", conn_id="azure_fanout", subscription=SUB, resource_group=RG, registry=REG,
+        base_url=server.url, connection_verify=ca, timeout_seconds=3600, poll_seconds=0.05,
+    )  # fmt: skip
+    asyncio.run(trigger.on_kill())
+    assert tasks.cancelled and len(server.calls("POST", f"{ARM}/runs/ca1/cancel")) == 1
+    assert trigger._tasks is None, "its client is closed"
+    server.assert_clean()
+
+
 def test_trigger_that_cannot_cancel_says_so(server, ca, connection):
     Tasks(server, statuses=("Running",))
     server.fail_next("POST", f"{ARM}/runs/ca1/cancel", arm_error(409, "Conflict", "run is finishing"))
@@ -412,7 +443,7 @@ def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(
 
     caplog.set_level(logging.DEBUG)
     fleet_path, sha, url = private_repo
-    tasks = Tasks(server, image=f"storefront/web:{sha}")
+    tasks = Tasks(server, image=f"storefront/web:{sha}", abac=True)  # the run pushes as the caller
     op = BuildImageOperator(task_id="build", fleet_path=str(fleet_path))
     op._hook = hook = FleetHook(
         load_fleet(str(fleet_path)), access=AzureAccess(FakeCredential()), arm_url=server.url, connection_verify=ca,

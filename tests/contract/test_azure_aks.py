@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from azure.core.credentials import AccessToken
 
+from fanout.adapters import aks as aks_module
 from fanout.adapters.aks import AksCluster, AksKubeconfigs, KubeconfigDir, temporary_kubeconfig
 from fanout.adapters.azure_credentials import AzureAdapterError
 from tests.contract.azure_server import AKS_SCOPE, ARM_SCOPE, FakeCredential, Request, Response, arm_error
@@ -111,13 +113,71 @@ def test_kubeconfig_file_is_private_and_removed_after_use(server, credential, ca
     assert not file.exists() and not file.parent.exists()
 
 
-def test_kubeconfig_dir_refreshes_old_files_and_cleans_up_when_collected(server, credential, ca):
+class CachingCredential:
+    """Tokens that expire, handed out as azure-identity does: the cached token until its last
+    five minutes (GetTokenMixin), whatever the caller needs. The clock is the test's."""
+
+    def __init__(self, clock: list[float], lifetime: float = 3600) -> None:
+        self.clock, self.lifetime, self.issued = clock, lifetime, 0
+        self._cached: AccessToken | None = None
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        if scopes[0] != AKS_SCOPE:  # ARM: what the contract server accepts
+            return FakeCredential().get_token(*scopes)
+        if self._cached is None or self._cached.expires_on - self.clock[0] < 300:
+            self.issued += 1
+            self._cached = AccessToken(f"tok-{id(self)}-{self.issued}", int(self.clock[0] + self.lifetime))
+        return self._cached
+
+
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(aks_module.time, "time", lambda: now[0])
+    return now
+
+
+def _token(path: str) -> str:
+    return yaml.safe_load(Path(path).read_text())["users"][0]["user"]["token"]
+
+
+def test_a_token_is_replaced_when_it_would_not_outlive_the_operation(server, ca, clock):
+    serve_credentials(server, KUBELOGIN)
+    credential = CachingCredential(clock)
+    aks = AksCluster(credential, SUB, RG, CLUSTER, base_url=server.url, connection_verify=ca, **FAST)
+    renewed: list[CachingCredential] = []
+
+    def renew() -> CachingCredential:
+        renewed.append(CachingCredential(clock))
+        return renewed[-1]
+
+    folder = KubeconfigDir()
+    produce = lambda needed: aks.credentials(needed, renew)  # noqa: E731
+    first, _ = folder.path_for("neu", produce, valid_for=600)
+    clock[0] += 2000  # 1600 s left: enough for a 600 s Helm upgrade plus the margin
+    assert folder.path_for("neu", produce, valid_for=600)[0] == first
+    assert len(server.calls("POST", CREDS)) == 1 and not renewed
+    clock[0] += 1000  # 600 s left: less than 600 s + margin; the cached token has more than 5 min left
+    second, _ = folder.path_for("neu", produce, valid_for=600)
+    assert len(server.calls("POST", CREDS)) == 2
+    assert len(renewed) == 1, "the cached credential would hand out the same short token: a new one asked"
+    assert _token(second) != f"tok-{id(credential)}-1"
+    assert _token(second) == f"tok-{id(renewed[0])}-1"
+
+
+def test_a_token_that_cannot_outlive_the_operation_is_refused_before_it_starts(server, ca, clock):
+    serve_credentials(server, KUBELOGIN)
+    credential = CachingCredential(clock, lifetime=900)  # shorter than a 1800 s Helm timeout
+    aks = AksCluster(credential, SUB, RG, CLUSTER, base_url=server.url, connection_verify=ca, **FAST)
+    with pytest.raises(AzureAdapterError, match=r"valid for 900 s more, less than the 1860 s"):
+        KubeconfigDir().path_for("neu", lambda needed: aks.credentials(needed), valid_for=1800)
+
+
+def test_kubeconfig_dir_cleans_up_when_collected(server, credential, ca):
     serve_credentials(server, KUBELOGIN)
     aks = cluster(server, credential, ca)
-    folder = KubeconfigDir(max_age_seconds=0)
-    first, _ = folder.path_for("neu", aks.kubeconfig)
-    folder.path_for("neu", aks.kubeconfig)
-    assert len(server.calls("POST", CREDS)) == 2  # older than max_age: fetched again
+    folder = KubeconfigDir()
+    first, _ = folder.path_for("neu", aks.credentials)
     path = folder.path
     del folder
     assert not path.exists(), "the folder goes with its owner"

@@ -43,7 +43,18 @@ def fleet_with(tmp_path, **values):
     return path
 
 
-def test_a_good_run_gets_its_plan_and_records_the_fleet_it_decided_from(tmp_path):
+@pytest.fixture(autouse=True)
+def access_checks(monkeypatch):
+    """The clusters' and Azure's side of validate (FleetHook.preflight, tested on the local fleet and
+    the contract server) faked: the regions it was asked about."""
+    from fanout.airflow.hooks import FleetHook
+
+    asked: list[str] = []
+    monkeypatch.setattr(FleetHook, "preflight", lambda self, regions: asked.extend(regions))
+    return asked
+
+
+def test_a_good_run_gets_its_plan_and_records_the_fleet_it_decided_from(tmp_path, access_checks):
     ti = FakeTI()
     path = fleet_with(tmp_path)
     out = run_validate(path, {"regions": ["eastus", "westus"]}, ti)
@@ -51,6 +62,24 @@ def test_a_good_run_gets_its_plan_and_records_the_fleet_it_decided_from(tmp_path
     snapshot = ti.xcoms[("validate", "snapshot")]
     assert snapshot["text"] == path.read_text()
     assert snapshot["waves"] == [list(w.regions) for w in plan_waves(load_fleet(path)).waves], "the whole graph's"
+    assert access_checks == ["westus", "eastus"]
+
+
+def test_a_region_without_the_release_permissions_is_refused(tmp_path, monkeypatch):
+    from fanout.airflow.hooks import FleetHook
+    from fanout.preflight import PreflightError
+
+    def refuse(self, regions: list[str]) -> None:
+        raise PreflightError(f"{regions[0]}: the identity Fanout uses may not patch deployments.apps")
+
+    monkeypatch.setattr(FleetHook, "preflight", refuse)
+    with pytest.raises(AirflowFailException, match=r"preflight: westus: .* may not patch deployments.apps"):
+        run_validate(fleet_with(tmp_path))
+
+
+def test_a_dry_run_asks_no_cluster(tmp_path, access_checks):
+    assert run_validate(fleet_with(tmp_path), {"dry_run": True})["dry_run"] is True
+    assert access_checks == []
 
 
 def test_chart_values_that_do_not_render_are_refused(tmp_path):

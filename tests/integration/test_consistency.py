@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client, config
-from release_checks import new_commit
+from release_checks import admin_kubeconfig, new_commit
 
 from fanout.adapters.helm import Helm, helm_binary
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
@@ -40,7 +40,8 @@ class Fleet:
         data["consistency"]["mode"] = "repair"
         self.repair_path = folder / "fleet-repair.yaml"
         self.repair_path.write_text(yaml.safe_dump(data, sort_keys=False))
-        self.kubeconfig = str(self.fleet.resolve(self.fleet.regions[0].cluster.kubeconfig.path))
+        # Hand edits and independent reads: as the fleet's admin, not as Fanout.
+        self.kubeconfig = admin_kubeconfig(self.fleet)
         self.build = folder / "buildah"
 
     # -- Airflow ------------------------------------------------------------------

@@ -159,7 +159,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, make_fleet: Callable[..., 
 
     state = tmp_path_factory.mktemp("kube")
     region = kube.Region("westus", procs.free_port())
-    kubeconfig = state / "kubeconfig"
+    # Only the admin kubeconfig here: the edge (fleet infrastructure) reads the one beside the fleet's.
+    kubeconfig = state / "admin.kubeconfig"
     try:
         kube.start_fleet(
             [region], state, kubeconfig, etcd_client_port=procs.free_port(), etcd_peer_port=procs.free_port()

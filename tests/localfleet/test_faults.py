@@ -10,14 +10,17 @@ from kubernetes import client, config
 
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManagerError
 from localfleet import cli, faults, kube
+from localfleet.kube_files import admin_kubeconfig_beside
 from localfleet.testing import wait_until
 
 pytestmark = pytest.mark.localfleet
 
 
 def apps(lf, region):
+    """As the fleet's admin: these tests break and inspect the fleet, they are not Fanout."""
     access = lf.fleet.region(region).cluster.kubeconfig
-    return client.AppsV1Api(config.new_client_from_config(str(lf.fleet.resolve(access.path)), context=access.context))
+    admin = admin_kubeconfig_beside(lf.fleet.resolve(access.path))
+    return client.AppsV1Api(config.new_client_from_config(str(admin), context=access.context))
 
 
 def tm_client(fleet, retries=3):

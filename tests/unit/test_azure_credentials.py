@@ -73,6 +73,7 @@ def test_client_options_refuse_plain_http_and_carry_retry_settings():
     assert options == {
         "retry_total": 2, "retry_backoff_factor": 0.8, "retry_backoff_max": 30, "connection_timeout": 3,
         "read_timeout": 3, "base_url": "https://127.0.0.1:1", "connection_verify": "/ca.pem",
+        "credential_scopes": ["https://management.azure.com/.default"],
     }  # fmt: skip
     assert "base_url" not in client_options(base_url=None)
 

@@ -220,3 +220,13 @@ def test_the_build_folder_is_normalised_for_git(path, context):
     from fanout.fleet import GitSource
 
     assert GitSource(url="https://git.example/a.git", path=path).context_path == context
+
+
+def test_a_local_token_that_cannot_outlive_a_helm_command_is_refused(local_data):
+    local_data["local"] = {"token_lifetime_seconds": 200}  # the local fleet's Helm timeout is 180 s
+    with pytest.raises(FleetError) as err:
+        parse_fleet(local_data, LOCAL)
+    assert err.value.problems == [
+        f"{LOCAL}: local.token_lifetime_seconds: 200 is less than gates.rollout_timeout_seconds + 60 = 240: "
+        "no token would outlive a Helm command"
+    ]

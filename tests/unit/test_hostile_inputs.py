@@ -124,7 +124,10 @@ HOSTILE_FLEETS = {
     "continuous check": (local(**{"consistency/schedule": "@continuous"}), "consistency.schedule"),
     # 10: unbounded strings
     "source /etc": (local(**{"app/source": {"directory": "/etc"}}), "app.source.directory"),
-    "source climbing out": (local(**{"app/source": {"directory": "../../../../../../../../etc"}}), "app.source.directory"),
+    "source climbing out": (
+        local(**{"app/source": {"directory": "../../../../../../../../etc"}}),
+        "app.source.directory",
+    ),
     "git source climbing out": (local(**{"app/source/git/path": "../../etc"}), "app.source.git.path"),
     "chart in home": (local(**{"app/chart/path": "~/.ssh"}), "app.chart.path"),
     "oci with password": (

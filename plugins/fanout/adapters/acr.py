@@ -22,23 +22,29 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from azure.containerregistry import ContainerRegistryClient, DigestValidationError
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.mgmt.containerregistry import ContainerRegistryManagementClient
 
 from fanout.adapters.azure_credentials import CLOUDS, AzureAdapterError, call, client_options, describe
-from fanout.adapters.registry import RegistryError
+from fanout.adapters.registry import RegistryError, RegistryUnusable, unknown_host
 from fanout.provenance import config_labels
 from fanout.redact import scrub
 
 READY = "Ready"
+# Replica readiness is an ARM read, and ARM throttles reads per subscription and principal (the
+# classic limit: 12,000 an hour); a replica's status changes in minutes. So a wait asks ARM about
+# every 30 s (2 reads a minute per region: 60 regions stay near 7,200 an hour) and the registry
+# (the manifest GET, not an ARM call) every few seconds.
+READY_RECHECK_SECONDS = 30.0
 
 
-class ReplicaNotFound(RegistryError):
+class ReplicaNotFound(RegistryUnusable):
     """The registry has no replica in the region: no amount of waiting will fix that."""
 
 
@@ -49,6 +55,7 @@ class ReplicaState:
     provisioning_state: str | None
     display_status: str | None  # Ready, Syncing, Unavailable, …
     message: str | None = None
+    region_endpoint_enabled: bool | None = None  # None: ARM did not say (older api-versions)
 
     @property
     def ready(self) -> bool:
@@ -88,6 +95,12 @@ class AcrReplicas:
     def close(self) -> None:
         self._client.close()
 
+    def abac_mode(self) -> bool:
+        """Whether the registry is in "RBAC Registry + ABAC Repository Permissions" mode."""
+        where = f"registry '{self.registry}'"
+        registry = call(where, "reading the registry", self._client.registries.get, self.resource_group, self.registry)
+        return _str(getattr(registry, "role_assignment_mode", None)) == "AbacRepositoryPermissions"
+
     def replicas(self) -> dict[str, ReplicaState]:
         """Every replica by region (the home region is one of them)."""
         items = call(
@@ -105,6 +118,7 @@ class AcrReplicas:
                 provisioning_state=_str(props.provisioning_state if props else None),
                 display_status=status.display_status if status else None,
                 message=status.message if status else None,
+                region_endpoint_enabled=props.region_endpoint_enabled if props else None,
             )
             out[state.region] = state
         return out
@@ -119,6 +133,30 @@ class AcrReplicas:
                 f"registry '{self.registry}' has no replica in {region} (replicas: {', '.join(sorted(replicas))}); "
                 f"add one: az acr replication create -r {self.registry} -l {region}"
             )
+        return self._ready(state, region)
+
+    def require_regional_endpoints(self, regions: list[str]) -> None:
+        """Every region has a replica whose regional endpoint is switched on; else one line naming
+        the regions and the two ways out. Regional endpoints are a preview feature of Premium
+        registries and off unless enabled: without them a regional-endpoint check waits in vain."""
+        replicas = self.replicas()
+        missing = [r for r in regions if _location(r) not in replicas]
+        if missing:
+            raise ReplicaNotFound(
+                f"registry '{self.registry}' has no replica in {', '.join(missing)}; add one: "
+                f"az acr replication create -r {self.registry} -l <region>"
+            )
+        off = [r for r in regions if replicas[_location(r)].region_endpoint_enabled is False]
+        if off:
+            raise RegistryUnusable(
+                f"registry '{self.registry}': the regional endpoint of the replica in {', '.join(off)} is off, so "
+                "registry.replica_check 'regional-endpoint' cannot ask that replica; enable regional endpoints "
+                f"(Premium, preview: az acr update -n {self.registry} --regional-endpoints enabled, and per replica "
+                "az acr replication update --region-endpoint-enabled true) "
+                "or set registry.replica_check: replica-status"
+            )
+
+    def _ready(self, state: ReplicaState, region: str) -> ReplicaState:
         if not state.ready:
             raise RegistryError(
                 f"registry '{self.registry}' replica in {region} is {state.display_status} "
@@ -148,30 +186,49 @@ class AcrReplica:
         connection_verify: str | bool | None = None,
         retry_total: int = 3,
         timeout: float = 10,
+        owns_replicas: bool = False,
         **options: Any,
     ) -> None:
-        self.endpoint, self.region, self._replicas = endpoint, region, replicas
+        self.endpoint, self.region, self._replicas, self._owns_replicas = endpoint, region, replicas, owns_replicas
+        self._arm_answer: tuple[float, bool] | None = None  # (monotonic time, Ready?) of the last ARM read
         kwargs = client_options(
             base_url=None, connection_verify=connection_verify, retry_total=retry_total, timeout=timeout, **options
         )
+        kwargs.pop("credential_scopes")  # the data plane's token is for `audience`, not for ARM
         self._client = ContainerRegistryClient(f"https://{endpoint}", credential, audience=audience, **kwargs)
         # The client caches ACR refresh tokens; it is not documented as thread-safe.
         self._lock = threading.Lock()
 
     def close(self) -> None:
         self._client.close()
+        if self._owns_replicas and self._replicas is not None:
+            self._replicas.close()
+
+    def _replica_ready(self) -> bool:
+        """Whether the region's replica is Ready, as ARM said at most READY_RECHECK_SECONDS ago."""
+        now = time.monotonic()
+        if self._arm_answer is not None and now - self._arm_answer[0] < READY_RECHECK_SECONDS:
+            return self._arm_answer[1]
+        try:
+            self._replicas.require_ready(self.region)
+            ready = True
+        except RegistryUnusable:
+            raise
+        except RegistryError:
+            ready = False  # not Ready yet
+        except AzureAdapterError as err:
+            if err.status_code in (401, 403):
+                raise RegistryUnusable(str(err)) from None
+            raise RegistryError(str(err)) from None
+        self._arm_answer = (now, ready)
+        return ready
 
     def has_manifest(self, repository: str, digest: str) -> bool:
-        """True once this replica serves `repository@digest` with content matching the digest."""
-        if self._replicas is not None:
-            try:
-                self._replicas.require_ready(self.region)
-            except ReplicaNotFound:
-                raise
-            except RegistryError:
-                return False
-            except AzureAdapterError as err:
-                raise RegistryError(str(err)) from None
+        """True once this replica serves `repository@digest` with content matching the digest.
+        RegistryUnusable when waiting cannot help: no replica, a refused credential, an unknown host."""
+        if self._replicas is not None and not self._replica_ready():
+            return False
+        fatal = False
         try:
             with self._lock:
                 result = self._client.get_manifest(repository, digest)
@@ -180,10 +237,14 @@ class AcrReplica:
         except DigestValidationError:
             cause = "the manifest it returned does not hash to the digest asked for"
         except (AzureError, OSError, ValueError) as err:
-            cause = describe(err)[0]
+            cause, dns = describe(err)[0], unknown_host(err)
+            refused = isinstance(err, (ClientAuthenticationError, HttpResponseError)) and err.status_code in (401, 403)
+            fatal, cause = refused or dns, f"unknown host: {cause}" if dns else cause
         else:
             return result.digest == digest
-        raise RegistryError(scrub(f"registry {self.endpoint}: GET manifest {repository}@{digest}: {cause}"))
+        # Raised outside the except block: the SDK error holds the request, Authorization included.
+        error = RegistryUnusable if fatal else RegistryError
+        raise error(scrub(f"registry {self.endpoint}: GET manifest {repository}@{digest}: {cause}"))
 
     async def has_manifest_async(self, repository: str, digest: str) -> bool:
         return await asyncio.to_thread(self.has_manifest, repository, digest)
@@ -221,8 +282,11 @@ def acr_replica_from_connection(conn_id: str, endpoint: str, acr: dict[str, str]
             acr["resource_group"],
             acr["registry"],
             base_url=None if access.cloud == "AzurePublicCloud" else access.arm_url,
+            cloud=access.cloud,
         )
-    # <registry>.<region>.geo.azurecr.io names its region; the region only matters with `acr` anyway.
+    # <registry>.<region>.geo.azurecr.<io|us|cn> names its region; the region only matters with `acr` anyway.
     labels = endpoint.split(":")[0].split(".")
-    region = (acr or {}).get("region") or (labels[1] if endpoint.endswith(".geo.azurecr.io") else "")
-    return AcrReplica(access.credential, endpoint, region=region, replicas=replicas, audience=access.acr_audience)
+    region = (acr or {}).get("region") or (labels[1] if ".geo.azurecr." in endpoint else "")
+    return AcrReplica(
+        access.credential, endpoint, region=region, replicas=replicas, audience=access.acr_audience, owns_replicas=True
+    )

@@ -27,7 +27,12 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError
 from azure.mgmt.containerregistrytasks import ContainerRegistryTasksMgmtClient
-from azure.mgmt.containerregistrytasks.models import EncodedTaskRunRequest, PlatformProperties
+from azure.mgmt.containerregistrytasks.models import (
+    Credentials,
+    EncodedTaskRunRequest,
+    PlatformProperties,
+    SourceRegistryCredentials,
+)
 from azure.storage.blob import BlobClient
 
 from fanout.adapters.azure_credentials import AzureAdapterError, call, client_options, describe
@@ -87,12 +92,15 @@ class AcrTasksBuilder:
         build_timeout_seconds: int = 3600,
         poll_seconds: float = 5.0,
         progress: Callable[[str], None] | None = None,
+        push_as_caller: Callable[[], bool] | None = None,
         **options: Any,
     ) -> None:
         self.subscription, self.resource_group, self.registry = subscription, resource_group, registry
         self.dockerfile, self.build_timeout_seconds, self.poll_seconds = dockerfile, build_timeout_seconds, poll_seconds
         self.os, _, self.architecture = platform.partition("/")
         self.progress = progress or (lambda line: None)
+        # Asked when a build starts: is the registry in ABAC repository-permission mode?
+        self.push_as_caller = push_as_caller or (lambda: False)
         self._verify = connection_verify
         self._options = options
         self._client = ContainerRegistryTasksMgmtClient(
@@ -114,7 +122,9 @@ class AcrTasksBuilder:
         access = azure_credentials.access_from_connection(conn_id)
         if base_url is None and access.cloud != "AzurePublicCloud":
             base_url = access.arm_url
-        return cls(access.credential, subscription, resource_group, registry, base_url=base_url, **kwargs)
+        return cls(
+            access.credential, subscription, resource_group, registry, base_url=base_url, cloud=access.cloud, **kwargs
+        )
 
     @property
     def _where(self) -> str:
@@ -181,6 +191,13 @@ class AcrTasksBuilder:
             platform=PlatformProperties(os=self.os.capitalize(), architecture=self.architecture or None),
             timeout=self.build_timeout_seconds,
         )
+        if self.push_as_caller():
+            # `az acr build --source-acr-auth-id [caller]`: in ABAC repository-permission mode the
+            # run's own registry token has no repository rights and its push is refused, so the run
+            # logs in as the caller (who then needs Repository Writer on the app's repository). In
+            # the legacy mode the run's own token pushes, and the caller needs no push right.
+            caller = SourceRegistryCredentials(identity="[caller]", login_mode="Default")
+            request.credentials = Credentials(source_registry=caller)
         run = call(
             self._where, f"scheduling a build of {image}", self._client.registries.schedule_run,
             self.resource_group, self.registry, request,

@@ -90,21 +90,30 @@ def access_from_connection(conn_id: str) -> AzureAccess:
     return AzureAccess(credential, cloud, extra.get("subscriptionId") or None)  # type: ignore[arg-type]
 
 
+def arm_scope(cloud: str) -> str:
+    """The token scope of ARM in `cloud`. The management SDKs default to the public cloud's scope
+    whatever their base_url, and a sovereign cloud's Entra ID refuses it."""
+    return CLOUDS[cloud]["arm"] + "/.default"
+
+
 def client_options(
     *,
     base_url: str | None,
+    cloud: str = "AzurePublicCloud",
     connection_verify: str | bool | None = None,
     retry_total: int = 5,
     retry_backoff_factor: float = 0.8,
     retry_backoff_max: int = 30,
     timeout: float = 30,
 ) -> dict[str, Any]:
-    """Keyword arguments every azure-core client takes. `base_url` None means public-cloud ARM.
+    """Keyword arguments every ARM client takes. `base_url` None means public-cloud ARM; `cloud`
+    gives the token scope (send `base_url` too for a sovereign cloud).
 
     azure-core's RetryPolicy retries 408/429/500/502/503/504 and connection/read errors, sleeping
     for Retry-After when the service sends it, else exponential backoff.
     """
     options: dict[str, Any] = {
+        "credential_scopes": [arm_scope(cloud)],
         "retry_total": retry_total,
         "retry_backoff_factor": retry_backoff_factor,
         "retry_backoff_max": retry_backoff_max,

@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,13 +85,20 @@ def render_chart(
 
 @dataclass(frozen=True)
 class Helm:
+    """`credentials(seconds)`, when given, returns a (kubeconfig, context) whose token lasts that long;
+    it is asked before every command, so a token never expires in the middle of one."""
+
     binary: str
     kubeconfig: str
     context: str
     timeout_seconds: int = 300
+    credentials: Callable[[float], tuple[str, str]] | None = None
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [self.binary, *args, "--kubeconfig", self.kubeconfig, "--kube-context", self.context]
+        kubeconfig, context = (self.kubeconfig, self.context)
+        if self.credentials is not None:
+            kubeconfig, context = self.credentials(self.timeout_seconds)
+        argv = [self.binary, *args, "--kubeconfig", kubeconfig, "--kube-context", context]
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout_seconds + 60)
         except subprocess.TimeoutExpired as err:
@@ -132,7 +139,10 @@ class Helm:
         wait: bool = False,
     ) -> HelmRelease:
         with values_file(values) as path:
-            args = ["upgrade", "--install", release, chart, "-n", namespace, "--create-namespace"]
+            # No --create-namespace: a namespace-scoped identity gets 403 on the namespace create even
+            # when it exists (Helm 4 ignores only AlreadyExists, helm/helm#32511). The namespace is
+            # created once by a cluster admin; `validate` checks it exists (fanout.preflight).
+            args = ["upgrade", "--install", release, chart, "-n", namespace]
             args += ["-f", str(path), "--timeout", f"{self.timeout_seconds}s"]
             # The release is the desired state: a field someone edited by hand (drift) is
             # taken back, not refused as a server-side apply conflict.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +28,29 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json", "application/vnd.docke
 
 class RegistryError(RuntimeError):
     pass
+
+
+class RegistryUnusable(RegistryError):
+    """An answer no amount of waiting changes (no such replica, credential refused, host unknown):
+    a wait for the digest ends at once instead of at its deadline."""
+
+
+def unknown_host(err: BaseException) -> bool:
+    """Whether `err`, or anything it wraps, is a failed DNS lookup. Libraries wrap it differently:
+    urllib in `reason`, urllib3 as NameResolutionError inside MaxRetryError.reason inside requests'
+    ConnectionError.args, azure-core in `inner_exception` or as the cause."""
+    pending, seen = [err], set()
+    while pending:
+        cur = pending.pop()
+        if id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, socket.gaierror) or type(cur).__name__ == "NameResolutionError":
+            return True
+        linked = [cur.__cause__, cur.__context__, getattr(cur, "reason", None), getattr(cur, "inner_exception", None)]
+        linked += list(cur.args)
+        pending += [e for e in linked if isinstance(e, BaseException)]
+    return False
 
 
 @dataclass(frozen=True)
@@ -58,9 +82,15 @@ class OciRegistry:
             except urllib.error.HTTPError as err:
                 if err.code == 404:
                     return False
+                if err.code in (401, 403):
+                    raise RegistryUnusable(
+                        f"registry {self.endpoint}: HEAD manifest answered {err.code}: the registry refuses this client"
+                    ) from None
                 if err.code < 500 or pause is None:
                     raise RegistryError(f"registry {self.endpoint}: HEAD manifest answered {err.code}") from None
             except (urllib.error.URLError, OSError) as err:
+                if unknown_host(err):
+                    raise RegistryUnusable(f"registry {self.endpoint}: unknown host ({err})") from None
                 raise RegistryError(f"registry {self.endpoint} unreachable: {getattr(err, 'reason', err)}") from None
             time.sleep(pause)
         raise AssertionError("unreachable")
@@ -104,3 +134,6 @@ class OciRegistry:
         config = (manifest.get("config") or {}).get("digest")
         blob = self._get(f"{repository}/blobs/{config}") if config else None
         return config_labels(json.loads(blob[0])) if blob else {}
+
+    def close(self) -> None:
+        """Nothing to release (one request per call); here so every registry client closes alike."""

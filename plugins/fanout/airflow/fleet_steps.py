@@ -77,6 +77,12 @@ class ValidateReleaseOperator(FanoutOperator):
             except HelmError as err:
                 raise AirflowFailException(f"app.values / app.chart ({region}): {err}") from None
         self.log.info("chart %s renders for every region of the plan", fleet.chart_ref)
+        if not params.get("dry_run"):  # a dry run needs neither a cluster nor Azure
+            try:
+                self.hook.preflight(list(plan.regions))
+            except (RuntimeError, ValueError) as err:  # PreflightError, RegistryError, AzureAdapterError, …
+                raise AirflowFailException(f"preflight: {err}") from None
+            self.log.info("namespace %s and every release permission are there in each region", app.namespace)
         waves = [list(w.regions) for w in full.waves]
         recorded = FleetSnapshot(snapshot.path, snapshot.sha256, snapshot.text, waves)
         context["ti"].xcom_push(key=SNAPSHOT_KEY, value=recorded.to_xcom())

@@ -74,13 +74,20 @@ class FleetHook(BaseHook):
         from fanout.adapters import azure_credentials
 
         # Looked up on the module, not imported by name, so tests can stand in for the connection.
-        return self._access or azure_credentials.access_from_connection(self.fleet.azure.conn_id)
+        access = self._access or azure_credentials.access_from_connection(self.fleet.azure.conn_id)
+        if access.cloud != self.fleet.azure.cloud:
+            raise ValueError(
+                f"azure.cloud: the fleet says {self.fleet.azure.cloud} but connection '{self.fleet.azure.conn_id}' "
+                f"is for {access.cloud} (its cloud_environment); they must agree"
+            )
+        return access
 
     def _arm(self) -> dict[str, Any]:
+        """Options for every ARM client: endpoint, token scope and retries of the fleet's cloud."""
         url = self._arm_url
         if url is None and self.azure.cloud != "AzurePublicCloud":
             url = self.azure.arm_url
-        options: dict[str, Any] = {**self._azure_options, "base_url": url}
+        options: dict[str, Any] = {**self._azure_options, "base_url": url, "cloud": self.azure.cloud}
         if self._verify is not None:
             options["connection_verify"] = self._verify
         return options
@@ -116,8 +123,11 @@ class FleetHook(BaseHook):
                 StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
                 endpoint_types=types, base_url=tm.base_url,
             ))  # fmt: skip
+        from fanout.adapters.azure_credentials import arm_scope
+
         # Never tm.base_url: an Azure token goes to the ARM endpoint of the connection's cloud only.
         options = self._arm()
+        options["credential_scopes"] = [arm_scope(options.pop("cloud"))]
         return self._keep(AzureTrafficManager(
             self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
         ))  # fmt: skip
@@ -190,31 +200,69 @@ class FleetHook(BaseHook):
             self.azure.credential, access.subscription, access.resource_group, access.cluster, **self._arm()
         )
 
-    def kubeconfig(self, region: str) -> tuple[str, str]:
-        """(kubeconfig path, context). For AKS a private 0600 file, refreshed before its token expires."""
+    def kubeconfig(self, region: str, valid_for: float = 30.0) -> tuple[str, str]:
+        """(kubeconfig path, context) whose credential lasts `valid_for` seconds more (plus a margin):
+        the next operation's timeout. For AKS and for exec-plugin logins a private 0600 file holding
+        a token, fetched again whenever the current one would expire sooner."""
+        from fanout.adapters.aks import KubeconfigDir, Produced
+        from fanout.adapters.kube_exec import exec_kubeconfig, uses_exec
+
         access = self.fleet.region(region).cluster
-        if access.kubeconfig is not None:
-            return str(self.fleet.resolve(access.kubeconfig.path)), access.kubeconfig.context
         if self._kubeconfigs is None:
-            from fanout.adapters.aks import KubeconfigDir
-
             self._kubeconfigs = KubeconfigDir()
+        if access.kubeconfig is not None:
+            path, context = str(self.fleet.resolve(access.kubeconfig.path)), access.kubeconfig.context
+            if not uses_exec(path, context):
+                return path, context
+            return self._kubeconfigs.path_for(region, lambda _: exec_kubeconfig(path, context), valid_for)
 
-        def fetch() -> tuple[dict[str, Any], str]:
+        def fetch(needed: float) -> Produced:
+            from fanout.adapters import azure_credentials
+
             cluster = self.aks(region)
+            # A second credential from the connection starts with an empty token cache.
+            conn_id = self.fleet.azure.conn_id
+            renew = None if self._access else (lambda: azure_credentials.access_from_connection(conn_id).credential)
             try:
-                return cluster.kubeconfig()
+                return cluster.credentials(needed, renew)
             finally:
                 cluster.close()
 
-        return self._kubeconfigs.path_for(region, fetch)
+        return self._kubeconfigs.path_for(region, fetch, valid_for)
+
+    def preflight(self, regions: list[str]) -> None:
+        """Before a release changes anything: each region's namespace exists and Fanout's identity may
+        do there what a release does (fanout.preflight); with `replica_check: regional-endpoint`, each
+        region's ACR replica exists with its regional endpoint on. Raises naming region and cause."""
+        from fanout.adapters.azure_credentials import AzureAdapterError
+        from fanout.adapters.registry import RegistryError
+        from fanout.preflight import check_release_access
+
+        for region in regions:
+            check_release_access(*self.kubeconfig(region), self.fleet.app.namespace, region)
+        reg = self.fleet.registry
+        if reg.kind == "acr" and reg.replica_check == "regional-endpoint":
+            unnamed = [r for r in regions if r not in reg.endpoints]  # explicit endpoints are the fleet's call
+            try:
+                self._acr_replicas.require_regional_endpoints(unnamed)
+            except AzureAdapterError as err:
+                raise RegistryError(str(err)) from None
+
+    def replication_poll_seconds(self) -> float:
+        """A manifest check every 5 s for ACR (its replica's Ready status, ARM, every 30 s:
+        acr.READY_RECHECK_SECONDS), every second for the local registries."""
+        return 5.0 if self.fleet.registry.kind == "acr" else 1.0
 
     def cluster(self, region: str) -> Cluster:
         return Cluster(*self.kubeconfig(region))
 
     def helm(self, region: str) -> Helm:
+        """Helm for `region`; before each command it asks for a credential outlasting the command."""
         kubeconfig, context = self.kubeconfig(region)
-        return Helm(helm_binary(), kubeconfig, context, timeout_seconds=self.fleet.gates.rollout_timeout_seconds)
+        return Helm(
+            helm_binary(), kubeconfig, context, timeout_seconds=self.fleet.gates.rollout_timeout_seconds,
+            credentials=lambda valid_for: self.kubeconfig(region, valid_for),
+        )  # fmt: skip
 
     def source(self) -> GitRepository | DevDirectory:
         """The app's repository, with the credential of `app.source.git.conn_id` (login, password)."""
@@ -248,5 +296,6 @@ class FleetHook(BaseHook):
             str(reg.resource_group),
             str(reg.name),
             progress=lambda line: self.log.info("ACR Tasks: %s", line),
+            push_as_caller=lambda: self._acr_replicas.abac_mode(),
             **self._arm(),
         ))  # fmt: skip

@@ -56,7 +56,7 @@ class WaitForReplicationOperator(_RegionWait):
             **self.trigger_kwargs(context),
             digest=digest,
             timeout_seconds=self.fleet.registry.replication_timeout_seconds,
-            poll_seconds=1.0,
+            poll_seconds=self.hook.replication_poll_seconds(),
         )
         lacks = f"the registry replica still lacks {digest} after {{waited:.0f}} s "
         return self.wait(

@@ -15,15 +15,20 @@ from airflow.triggers.base import TriggerEvent
 from fanout.adapters.azure_credentials import AzureAdapterError, scrub
 from fanout.adapters.builder import BuildError
 from fanout.adapters.cluster import ClusterError
-from fanout.adapters.registry import RegistryError
+from fanout.adapters.registry import RegistryError, RegistryUnusable
 from fanout.airflow.hooks import FleetHook
 from fanout.airflow.waits import EndingTrigger
-from fanout.fleet import Fleet
+from fanout.fleet import Fleet, FleetError
 from fanout.policy import rollout_status
 from fanout.records import FleetSnapshot
 
 if TYPE_CHECKING:
     from fanout.adapters.acr_tasks import AcrTasksBuilder, RunState
+
+
+class WaitFailed(Exception):
+    """Raised by `check()` when waiting longer cannot change the answer: the wait ends at once
+    with status "failed" instead of at its deadline with "timeout"."""
 
 
 class PollingTrigger(EndingTrigger):
@@ -69,7 +74,10 @@ class PollingTrigger(EndingTrigger):
         """Poll until done, timed out (the event payload) or `budget` seconds are used up (None)."""
         end = None if budget is None else time.monotonic() + budget
         while True:
-            done, self.last_detail = await self.check()
+            try:
+                done, self.last_detail = await self.check()
+            except WaitFailed as err:
+                return {"status": "failed", "detail": str(err), "waited": round(time.time() - self.started_at, 1)}
             waited = round(time.time() - self.started_at, 1)
             if done:
                 return {"status": "ok", "detail": self.last_detail, "waited": waited}
@@ -127,7 +135,10 @@ class FleetTrigger(PollingTrigger):
     async def hook(self) -> FleetHook:
         if self._hook is None:
             # Parsing the snapshot and reading the connection are blocking: keep them off the loop.
-            fleet = await asyncio.to_thread(lambda: self.fleet_model)
+            try:
+                fleet = await asyncio.to_thread(lambda: self.fleet_model)
+            except FleetError as err:  # the run's own snapshot: no wait makes it valid
+                raise WaitFailed(str(err)) from None
             self._hook = FleetHook(fleet, **self.hook_options)
         return self._hook
 
@@ -158,6 +169,8 @@ class ReplicationTrigger(FleetTrigger):
             if self._registry is None:
                 self._registry = await asyncio.to_thread(hook.registry, self.region)
             present = await self._registry.has_manifest_async(hook.fleet.registry.repository, self.digest)
+        except RegistryUnusable as err:  # no replica, 401/403, unknown host: waiting changes nothing
+            raise WaitFailed(str(err)) from None
         except (RegistryError, ValueError) as err:
             return False, str(err)
         return present, ("present" if present else f"{self._registry.endpoint} does not have it yet")
@@ -246,6 +259,18 @@ class AcrRunTrigger(FleetTrigger):
             self._tasks.close()
         self._tasks = None
         super().close()
+
+    async def on_kill(self) -> None:
+        """The task was marked failed or cleared while the build ran: cancel the run in ACR too."""
+        try:
+            tasks = await self._builder()
+            cancelled = await asyncio.to_thread(tasks.cancel, self.run_id)
+        except Exception as err:  # a kill must not fail; say why the run goes on
+            self.log.warning("ACR Tasks run %s: could not cancel it: %s", self.run_id, scrub(str(err)))
+            return
+        finally:
+            self.close()
+        self.log.info("ACR Tasks run %s: %s", self.run_id, "cancelled" if cancelled else "cancel refused")
 
     async def check(self) -> tuple[bool, str]:
         # In threads: reading the connection and the SDK calls are blocking I/O.

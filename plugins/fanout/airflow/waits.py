@@ -72,7 +72,9 @@ class Ending:
         if event["status"] == "ok":
             line = f"{self.region or 'release'}: {self.gate} passed after {event['waited']:.1f} s: {event['detail']}"
             return True, {"return_value": {**event, **self.result}}, line
-        failure = StepFailure(self.region, self.gate, self.cause.format(**event))
+        # "failed": the trigger found what waiting cannot fix; `cause` describes running out of time.
+        template = self.cause if event["status"] == "timeout" else "{detail} (after {waited:.0f} s)"
+        failure = StepFailure(self.region, self.gate, template.format(**event))
         return False, {names.FAILURE_KEY: failure.to_xcom()}, f"{self.region}: {self.gate} failed: {failure.cause}"
 
 
