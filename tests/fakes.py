@@ -148,6 +148,9 @@ class FakeHook:
     def trigger_options(self) -> dict[str, Any]:
         return {}
 
+    def replication_poll_seconds(self) -> float:
+        return 1.0
+
     def registry_endpoint(self, region: str) -> str:
         return self.fleet.registry.endpoint(region)
 

@@ -355,11 +355,13 @@ def test_killing_the_deferred_build_cancels_the_run(server, ca, connection):
     trigger's on_kill, which cancels the run in ACR instead of leaving it to build and push."""
     from fanout.airflow.triggers import AcrRunTrigger
 
+    from tests.fakes import snapshot_of
+
     tasks = Tasks(server, statuses=("Running",))
-    trigger = AcrRunTrigger(
-        run_id="ca1", conn_id="azure_fanout", subscription=SUB, resource_group=RG, registry=REG,
-        base_url=server.url, connection_verify=ca, timeout_seconds=3600, poll_seconds=0.05,
-    )  # fmt: skip
+    fleet = snapshot_of(Path(__file__).resolve().parents[2] / "include" / "fleets" / "azure-example.yaml")
+    options = {"arm_url": server.url, "connection_verify": ca}
+    trigger = AcrRunTrigger(fleet=fleet.to_xcom(), hook_options=options, run_id="ca1", timeout_seconds=3600,
+                            poll_seconds=0.05)  # fmt: skip
     asyncio.run(trigger.on_kill())
     assert tasks.cancelled and len(server.calls("POST", f"{ARM}/runs/ca1/cancel")) == 1
     assert trigger._tasks is None, "its client is closed"

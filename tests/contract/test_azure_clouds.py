@@ -46,7 +46,7 @@ def test_every_arm_client_asks_for_the_scope_of_the_fleets_cloud(server, ca, clo
         "Traffic Manager": lambda: hook.traffic_manager().endpoints(),
         "ACR replications": lambda: hook._acr_replicas.replicas(),
         "AKS credentials": lambda: hook.aks("westeurope").kubeconfig(),
-        "ACR Tasks": lambda: hook.builder().state("ca1"),
+        "ACR Tasks": lambda: hook.acr_tasks().state("ca1"),
     }
     for what, call in calls.items():
         before = len(credential.scopes)

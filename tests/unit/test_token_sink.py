@@ -113,6 +113,7 @@ def assert_only_azure(sent: list[tuple[str, str]], cloud: str, registry: str) ->
 @pytest.mark.parametrize("cloud", list(CLOUDS))
 def test_the_example_fleet_sends_tokens_to_arm_and_acr_only(cloud, monkeypatch):
     data = data_of(AZURE)
+    data["azure"]["cloud"] = cloud  # the fleet and its connection agree on the cloud
     if cloud != "AzurePublicCloud":  # name the regional ACR hosts of this cloud
         suffix = ACR_SUFFIX[cloud]
         data["registry"]["endpoints"] = {r["name"]: f"contosoprod.{r['name']}.geo{suffix}" for r in data["regions"]}
