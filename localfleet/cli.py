@@ -12,12 +12,14 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from fanout.fleet import Fleet, FleetError, load_fleet
 from localfleet import edge, faults, kube, procs, registry, replicator
 from localfleet.binaries import ensure_binaries
+from localfleet.traffic import users
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FLEET = REPO / "include" / "fleets" / "local.yaml"
@@ -89,6 +91,7 @@ def up(
 def down(fleet: Fleet, state: Path | None = None, progress: Progress = print) -> None:
     """Stop every process `up` started, by pid; data stays for the next `up`."""
     state = state or state_dir()
+    users.stop(state)
     procs.stop(TM_PROC, state)
     for region in fleet.region_names:
         edge.stop_edge(fleet, region, state)
@@ -131,6 +134,9 @@ def apply_fault(fleet: Fleet, state: Path, knob: str, region: str | None, value:
             kube.set_pods_ready(_kregion(fleet, region), state, ready=clear, progress=lambda _: None)
         faults.set_region_flag(state, knob.replace("-", "_"), region, not clear)
         return f"{region}: {knob} {'cleared' if clear else 'on'}"
+    if knob == "resolver-stuck":
+        faults.update_faults(state, resolver_stuck=None if clear else True)
+        return "users' resolvers " + ("honour the TTL again" if clear else "keep their answers past the TTL")
     if knob == "tm-errors":
         if clear:
             faults.update_faults(state, tm_errors=None)
@@ -198,13 +204,18 @@ def print_table(rows: list[dict[str, str]], out: Callable[[str], None] = print) 
         out("  ".join(row[k].ljust(w) for k, w in widths.items()).rstrip())
 
 
-KNOBS = ("region-down", "replica-lag", "replica-stuck", "rollout-unhealthy", "edge-unhealthy", "tm-errors", "clear-all")
+KNOBS = (
+    "region-down", "replica-lag", "replica-stuck", "rollout-unhealthy", "edge-unhealthy", "tm-errors",
+    "resolver-stuck", "clear-all",
+)  # fmt: skip
 
 
 def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     state = state_dir()
     if args.knob == "clear-all":
         return clear_all(fleet, state)
+    if args.knob == "resolver-stuck":
+        return [apply_fault(fleet, state, args.knob, None, None, args.clear)]
     if args.knob == "tm-errors":
         if not args.clear and not re.fullmatch(r"(429|5\d\d)(x\d+)?", args.region or ""):
             parser.error("tm-errors takes STATUSxCOUNT, e.g. 429x3 or 500x10")
@@ -217,6 +228,19 @@ def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse
     return [apply_fault(fleet, state, args.knob, args.region, args.value, args.clear)]
 
 
+def users_command(fleet: Fleet, args: argparse.Namespace) -> list[str]:
+    state = state_dir()
+    if args.action == "start":
+        pid = users.start(fleet, state, args.users, args.rate, args.duration)
+        return [f"{args.users} users started (pid {pid}); they stop by themselves after {args.duration:.0f} s"]
+    if args.action == "stop":
+        return ["users stopped" if users.stop(state) else "no users were running"]
+    rows = users.read(state)
+    by_region = Counter(r.get("region") or str(r.get("status")) for r in rows)
+    failed = sum(1 for r in rows if r.get("status") != 200)
+    return [f"{len(rows)} requests, {failed} failed", *(f"  {k}: {n}" for k, n in sorted(by_region.items()))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localfleet", description=__doc__.split("\n")[0])
     parser.add_argument("--fleet", type=Path, default=DEFAULT_FLEET, help="a local fleet file")
@@ -224,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start the fleet (idempotent)")
     sub.add_parser("status", help="a table of every region")
     sub.add_parser("down", help="stop every process the fleet started")
+    users = sub.add_parser("users", help="simulated users who reach the app through the profile's DNS name")
+    users.add_argument("action", choices=("start", "stop", "read"))
+    users.add_argument("--users", type=int, default=8, help="how many (at most 64)")
+    users.add_argument("--rate", type=float, default=2.0, help="requests per second per user")
+    users.add_argument("--duration", type=float, default=600, help="seconds until they stop by themselves")
     fault = sub.add_parser("fault", help="break something on purpose (each knob is reversible)")
     fault.add_argument("knob", choices=KNOBS, help="what to break; 'clear-all' undoes everything")
     fault.add_argument("region", nargs="?", help="the region (every knob but tm-errors and clear-all)")
@@ -236,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
             up(fleet)
         elif args.command == "down":
             down(fleet)
+        elif args.command == "users":
+            print("\n".join(users_command(fleet, args)))
         elif args.command == "fault":
             print("\n".join(_fault_command(fleet, parser, args)))
         else:

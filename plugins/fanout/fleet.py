@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -122,6 +123,9 @@ class Endpoint(_Strict):
     type: Literal["ExternalEndpoints", "AzureEndpoints", "NestedEndpoints"] = "ExternalEndpoints"
     name: str = Field(min_length=1)
     weight: Weight
+    # Priority routing: 1 is tried first. Geographic routing: the geography codes this endpoint answers.
+    priority: Annotated[int, Field(ge=1, le=1000)] | None = None
+    geo_mapping: list[str] = Field(default_factory=list)
 
 
 class LocalRegion(_Strict):
@@ -138,7 +142,18 @@ class Region(_Strict):
     endpoint: Endpoint
     edge_url: str = Field(pattern=r"^https?://", description="where a user routed to this region lands")
     capacity_share: Share | None = None
+    # A warm standby is released like every region but carries no user traffic: its endpoint is left
+    # as the profile has it (disabled, or a Priority secondary) and its gates ask its edge directly.
+    standby: Literal["warm"] | None = None
     local: LocalRegion | None = None
+
+
+RoutingMethod = Literal["Weighted", "Priority", "Performance", "Geographic"]
+
+
+class UserLocation(_Strict):
+    geography: list[str] = Field(default_factory=lambda: ["WORLD"], min_length=1)
+    latency_ms: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
 
 class TrafficManager(_Strict):
@@ -147,7 +162,14 @@ class TrafficManager(_Strict):
     resource_group: str = Field(min_length=1)
     profile: str = Field(min_length=1)
     base_url: str | None = Field(None, pattern=r"^https?://")
+    # A floor only: the release waits the TTL the live profile reports, if that is longer.
     dns_ttl_seconds: int = Field(30, ge=0)
+    routing_method: RoutingMethod = "Weighted"
+    # Where users are: for Performance (latency to each region) and Geographic (geography codes,
+    # broadest first, e.g. [WORLD, GEO-EU, DE]) routing, and for the local fleet's simulated users.
+    locations: dict[str, UserLocation] = Field(default_factory=dict)
+    # Local fleet only: the stand-in's DNS server listens on the base_url's host at this port.
+    dns_port: int | None = Field(None, ge=1024, le=65535)
 
 
 class Rollout(_Strict):
@@ -306,6 +328,7 @@ def cross_check(fleet: Fleet) -> list[str]:
     total_share = sum(r.capacity_share or 0 for r in fleet.regions)
     if total_share > 1.000001:
         problems.append(f"regions[].capacity_share: shares add up to {total_share:.2f}, more than 1")
+    problems += routing_problems(fleet)
     if fleet.traffic_manager.kind == "local" and not fleet.traffic_manager.base_url:
         problems.append("traffic_manager.base_url: required when kind is 'local'")
     for i, region in enumerate(fleet.regions):
@@ -313,6 +336,59 @@ def cross_check(fleet: Fleet) -> list[str]:
             problems.append(f"regions[{i}].local: only for a fleet whose traffic_manager.kind is 'local'")
         if fleet.traffic_manager.kind == "local" and region.local is None:
             problems.append(f"regions[{i}].local: required when traffic_manager.kind is 'local'")
+    return problems
+
+
+def routing_problems(fleet: Fleet) -> list[str]:
+    """What the routing method needs from the file: priorities, geography mappings, latencies."""
+    tm, problems = fleet.traffic_manager, []
+    names = set(fleet.region_names)
+    if tm.routing_method == "Priority":
+        seen: dict[int, str] = {}
+        for i, region in enumerate(fleet.regions):
+            prio = region.endpoint.priority
+            if prio is None:
+                problems.append(
+                    f"regions[{i}].endpoint.priority: required when traffic_manager.routing_method is Priority"
+                )
+            elif prio in seen:
+                problems.append(
+                    f"regions[{i}].endpoint.priority: {prio} is also {seen[prio]}'s; priorities must differ"
+                )
+            else:
+                seen[prio] = region.name
+    if tm.routing_method == "Geographic":
+        owner: dict[str, str] = {}
+        for i, region in enumerate(fleet.regions):
+            for code in region.endpoint.geo_mapping:
+                if code in owner:
+                    problems.append(
+                        f"regions[{i}].endpoint.geo_mapping: '{code}' is already mapped to {owner[code]}; "
+                        "Traffic Manager maps a geography to one endpoint"
+                    )
+                owner.setdefault(code, region.name)
+            if not region.endpoint.geo_mapping and region.standby is None:
+                problems.append(
+                    f"regions[{i}].endpoint.geo_mapping: required when traffic_manager.routing_method is Geographic"
+                )
+    for loc, where in tm.locations.items():
+        for region in where.latency_ms:
+            if region not in names:
+                problems.append(
+                    f"traffic_manager.locations['{loc}'].latency_ms: '{region}' is not a region of this fleet"
+                )
+        if tm.routing_method == "Performance" and not names <= set(where.latency_ms):
+            missing = ", ".join(sorted(names - set(where.latency_ms)))
+            problems.append(
+                f"traffic_manager.locations['{loc}'].latency_ms: no latency to {missing} (Performance routing)"
+            )
+    if tm.dns_port is not None and tm.kind != "local":
+        problems.append("traffic_manager.dns_port: only for a fleet whose traffic_manager.kind is 'local'")
+    if tm.dns_port is not None:
+        # A DNS answer is an address without a port: each edge needs its own address, all one port.
+        edges = [urlsplit(r.edge_url) for r in fleet.regions]
+        if len({e.port for e in edges}) > 1 or len({e.hostname for e in edges}) < len(edges):
+            problems.append("regions[].edge_url: with traffic_manager.dns_port every edge needs its own host, one port")
     return problems
 
 
