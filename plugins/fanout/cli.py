@@ -45,18 +45,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from fanout.fleet import FleetError, load_fleet
     from fanout.planner import PlanError, plan_waves
+    from fanout.routing import RoutingError, check_wave, explain_waves
 
     try:
         fleet = load_fleet(args.fleet)
         if args.command == "validate":
             print(f"{args.fleet}: ok — app {fleet.app.name}, {len(fleet.regions)} regions")
             return 0
-        print(plan_waves(fleet, args.regions).explain())
+        plan = plan_waves(fleet, args.regions)
+        print(plan.explain())
+        print(explain_waves(fleet, [w.regions for w in plan.waves]))
+        for wave in plan.waves:
+            check_wave(fleet, wave.regions)
         return 0
     except FleetError as err:
         for line in err.problems:
             print(line, file=sys.stderr)
         return 2
-    except PlanError as err:
+    except (PlanError, RoutingError) as err:
         print(f"{args.fleet}: {err}", file=sys.stderr)
         return 3

@@ -185,6 +185,9 @@ class HttpGate(_Strict):
     health_path: str = Field("/healthz", pattern=r"^/")
     version_path: str = Field("/version", pattern=r"^/")
     expect_release_digest: bool = True
+    # Optional: a path on each edge reporting user requests ({"last_at", "now"}); when set, a drain is
+    # confirmed from the edge (no user request for a moment after drain + TTL) before Helm starts.
+    traffic_path: str | None = Field(None, pattern=r"^/")
     consecutive_successes: int = Field(3, ge=1)
     interval_seconds: float = Field(2.0, gt=0)
     timeout_seconds: int = Field(300, ge=1)

@@ -15,6 +15,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, Asset, Param, TaskGroup, TriggerRule
 
 from fanout.airflow import consistency as cc
+from fanout.airflow import dns_waits
 from fanout.airflow import operators as op
 from fanout.airflow.supersede import CheckSupersededOperator
 from fanout.fleet import Fleet, load_fleet
@@ -64,6 +65,9 @@ def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, op.F
     with TaskGroup(group_id=f"deploy_{region}", tooltip=f"drain, deploy, gate and restore {region}") as group:
         kw = {"fleet_path": path, "region": region}
         drain = op.DrainRegionOperator(task_id="drain", **kw)
+        # Resolvers hold the old answer for the TTL: wait it out and see users gone before Helm starts.
+        settle = dns_waits.DnsSettleOperator(task_id="dns_settle", **kw)
+        confirm = dns_waits.ConfirmDrainedOperator(task_id="confirm_drained", **kw)
         deploy = op.HelmDeployOperator(task_id="helm_deploy", **kw)
         gates = [
             op.RolloutGateOperator(task_id="gate_rollout", **kw),
@@ -74,12 +78,14 @@ def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, op.F
             gates.append(op.MetricGateOperator(task_id="gate_metric", **kw))
         restore = op.RestoreRegionOperator(task_id="restore", **kw)
         rollback = op.RollbackRegionOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED, **kw)
-        drain >> deploy
+        drain >> settle >> confirm >> deploy
         prev = deploy
         for gate in gates:
             prev >> gate
             prev = gate
         prev >> restore
+        # The next wave drains only once this region is back in Traffic Manager's answers.
+        restore >> dns_waits.WaitOnlineOperator(task_id="wait_online", **kw)
         [deploy, *gates] >> rollback
     return group, restore
 

@@ -45,6 +45,7 @@ from fanout.policy import (
     rollout_status,
     traffic_after_failure,
 )
+from fanout.routing import RoutingError, check_wave, explain_waves, profile_mismatches
 
 # Region steps that record a failure, in the order they run.
 STEPS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "gate_metric")
@@ -183,6 +184,7 @@ class ValidateReleaseOperator(FanoutOperator):
         except PlanError as err:
             raise AirflowFailException(f"regions: {err}") from None
         self.log.info("%s", plan.explain())
+        self.check_routing(plan, dry_run=bool(params.get("dry_run")))
         # Chart values are input too: a chart that will not render is refused here, before
         # any region is drained, not in the middle of wave 2.
         app, probe_digest = self.fleet.app, "sha256:" + "0" * 64
@@ -196,6 +198,25 @@ class ValidateReleaseOperator(FanoutOperator):
         if params.get("dry_run"):
             self.log.info("dry run: the plan above is all this run does")
         return {"waves": [list(w.regions) for w in plan.waves], "dry_run": bool(params.get("dry_run"))}
+
+    def check_routing(self, plan: Any, dry_run: bool) -> None:
+        """Where users go per wave; refuse a wave that strands them, or a live profile unlike the file."""
+        waves = [w.regions for w in plan.waves]
+        self.log.info("%s", explain_waves(self.fleet, waves))
+        try:
+            for wave in waves:
+                check_wave(self.fleet, wave)
+        except RoutingError as err:
+            raise AirflowFailException(f"traffic_manager: {err}") from None
+        problems = [] if dry_run else self.live_profile_problems()  # a dry run needs no network
+        if problems:
+            raise AirflowFailException("; ".join(problems))
+
+    def live_profile_problems(self) -> list[str]:
+        """Routing method and endpoint types as Traffic Manager has them, against the fleet file."""
+        tm = self.hook.traffic_manager()
+        types = {name: ep.type for name, ep in tm.endpoints().items()}
+        return profile_mismatches(self.fleet, tm.profile_status().routing_method, types)
 
 
 class BuildImageOperator(FanoutOperator):
