@@ -1,8 +1,9 @@
 """`make demo`: release include/app across the local fleet with the real release DAG.
 
-Brings the local fleet up if needed, runs `airflow dags test release_<app>` (no Airflow
-server needed), shows each step as it happens, then prints what every region serves.
-Exits non-zero if the release failed.
+Brings the local fleet up if needed, starts the simulated users (they reach the app through the
+profile's DNS name), runs `airflow dags test release_<app>` (no Airflow server needed), shows
+each step as it happens, then prints what every region serves and what the users saw.
+Exits non-zero if the release failed or broke the promise to users (DESIGN.md, 11).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from fanout.fleet import Fleet, FleetError, load_fleet
 from localfleet import cli
 from localfleet.cli import print_table
 from localfleet.testing import airflow_env
+from localfleet.traffic import users
+from localfleet.traffic.promise import read_changes, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
@@ -121,11 +124,49 @@ def main(argv: list[str] | None = None) -> int:
         conf["regions"] = [r.strip() for r in args.regions.split(",")]
     print(f"releasing {fleet.app.name} at {conf['git_sha'][:12]} through release_{fleet.app.name}", flush=True)
     home = Path(os.environ.get("AIRFLOW_HOME", REPO / ".airflow"))
+    watching = bool(fleet.traffic_manager.dns_port) and not args.dry_run
+    if watching:
+        users.stop(cli.state_dir())
+        users.start(fleet, cli.state_dir(), users=8, rate=4, duration=3600)
+        print("8 simulated users are sending 4 requests a second each through DNS", flush=True)
+    since = time.time()
     state = run_release(fleet, conf, home, started)
+    until = time.time()
     print()
     print_table(region_table(fleet))
     print(f"\nrelease {state} in {time.monotonic() - started:.0f} s")
-    return 0 if state == "success" else 1
+    kept = True
+    if watching:
+        kept = report_users(fleet, since, until)
+    return 0 if state == "success" and kept else 1
+
+
+def report_users(fleet: Fleet, since: float, until: float) -> bool:
+    """Let the users run one TTL past the release, stop them, and print what they saw."""
+    ttl = fleet.traffic_manager.dns_ttl_seconds
+    time.sleep(ttl + 2)
+    users.stop(cli.state_dir())
+    digest = release_digest(fleet)
+    endpoint_region = {r.endpoint.name: r.name for r in fleet.regions}
+    summary = summarize(
+        users.read(cli.state_dir()), read_changes(cli.state_dir()), endpoint_region,
+        ttl=ttl, digest=digest or "?", since=since, until=until,
+    )  # fmt: skip
+    print("\nwhat the users saw (requests per region: before the first drain / during / after the last restore + TTL)")
+    print("\n".join(summary.lines()))
+    return summary.kept
+
+
+def release_digest(fleet: Fleet) -> str | None:
+    """The digest the serving regions run after the release (the promise compares users to it)."""
+    for region in fleet.regions:
+        if region.standby is None:
+            try:
+                with urllib.request.urlopen(region.edge_url + fleet.gates.http.version_path, timeout=5) as response:
+                    return json.loads(response.read()).get("digest")
+            except OSError:
+                continue
+    return None
 
 
 if __name__ == "__main__":
