@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,12 @@ import pytest
 import yaml
 
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
+from fanout.airflow.dns_waits import EdgeQuietTrigger, MonitorOnlineTrigger
 from fanout.fleet import Fleet, parse_fleet
 from localfleet import procs
+from localfleet.edge import Edge as LocalEdge
+from localfleet.edge import make_server
+from localfleet.faults import update_faults
 from localfleet.traffic.dns import fqdn, source_address
 from localfleet.traffic.promise import read_changes, summarize
 from localfleet.traffic.users import Population, read
@@ -32,28 +35,27 @@ REGIONS = ("eastus", "westus", "northeurope", "westeurope")
 DIGEST = "sha256:" + "a" * 64
 
 
+class Cluster:
+    """A region's cluster as the edge reads it: one Deployment on the release digest, ready."""
+
+    def read_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        image = f"127.0.0.1:5101/fanout/hello@{DIGEST}"
+        return {"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "app", "image": image}]}}},
+                "status": {"readyReplicas": 1}}  # fmt: skip
+
+
 class Edge:
-    """A region's edge on its own loopback address: /healthz, and / as a user request."""
+    """The real localfleet edge of a region on its own loopback address, over a faked cluster."""
 
-    def __init__(self, region: str, host: str, port: int):
-        self.region, self.hits = region, 0
-        edge = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == "/":
-                    edge.hits += 1
-                body = f'{{"region": "{edge.region}", "digest": "{DIGEST}"}}'.encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
+    def __init__(self, region: str, host: str, port: int, state: Path):
+        self.edge = LocalEdge(region, "hello", "hello", Cluster(), state)
+        self.url = f"http://{host}:{port}"
+        self.server = make_server(self.edge, host, port)
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def hits(self) -> int:
+        return self.edge.user_requests
 
     def close(self) -> None:
         self.server.shutdown()
@@ -74,9 +76,9 @@ def _fleet(tmp_path: Path, port: int, method: str, **endpoint_extra: dict[str, A
 
 
 @pytest.fixture
-def edges() -> Iterator[tuple[int, dict[str, Edge]]]:
+def edges(tmp_path: Path) -> Iterator[tuple[int, dict[str, Edge]]]:
     port = procs.free_port()
-    made = {r: Edge(r, f"127.0.1.{n}", port) for n, r in enumerate(REGIONS, start=1)}
+    made = {r: Edge(r, f"127.0.1.{n}", port, tmp_path / "state") for n, r in enumerate(REGIONS, start=1)}
     yield port, made
     for edge in made.values():
         edge.close()
@@ -188,3 +190,54 @@ def test_users_follow_dns_and_stop_reaching_a_drained_region_after_the_ttl(profi
         rows, read_changes(tmp_path / "state"), names, ttl=1, digest=DIGEST, since=since, until=time.time()
     )
     assert summary.kept, summary.lines()
+
+
+def _users(profile: Profile, tmp_path: Path, seconds: float) -> threading.Thread:
+    users = Population(profile.fleet, tmp_path / "state", users=6, rate=10, duration=seconds)
+    runner = threading.Thread(target=users.run)
+    runner.start()
+    time.sleep(1.5)
+    return runner
+
+
+def _quiet(edge: Edge, timeout: float) -> EdgeQuietTrigger:
+    return EdgeQuietTrigger(
+        url=edge.url + "/_fanout/requests", quiet_seconds=1.5, timeout_seconds=timeout, poll_seconds=0.3
+    )
+
+
+# Priority: every user holds the same answer (eastus), so whose cache is stuck is not left to chance.
+@pytest.mark.parametrize("profile", [PRIORITY], indirect=True)
+def test_the_edge_confirms_users_gone_after_drain_and_ttl(profile, edges, tmp_path):
+    runner = _users(profile, tmp_path, 8)
+    assert edges[1]["eastus"].hits > 0
+    profile.tm.set_endpoint("eastus", enabled=False)
+    event = _quiet(edges[1]["eastus"], timeout=6).poll_inline(8)
+    runner.join(15)
+    assert event is not None and event["status"] == "ok", event
+    assert event["waited"] < 1 + 1.5 + 2  # the TTL, the quiet time, and polling
+
+
+@pytest.mark.parametrize("profile", [PRIORITY], indirect=True)
+def test_a_stuck_resolver_keeps_users_coming_and_the_confirmation_times_out_saying_so(profile, edges, tmp_path):
+    runner = _users(profile, tmp_path, 8)
+    update_faults(tmp_path / "state", resolver_stuck=True)
+    profile.tm.set_endpoint("eastus", enabled=False)
+    event = _quiet(edges[1]["eastus"], timeout=4).poll_inline(6)
+    runner.join(15)
+    assert event is not None and event["status"] == "timeout"
+    assert "last user request" in event["detail"]
+
+
+@pytest.mark.parametrize("profile", [WEIGHTED], indirect=True)
+def test_the_online_wait_ends_when_the_monitor_sees_the_restored_endpoint(profile, edges, tmp_path):
+    update_faults(tmp_path / "state", edge_unhealthy=["eastus"])  # restored, but not healthy yet
+    profile.tm.set_endpoint("eastus", enabled=False)
+    profile.tm.set_endpoint("eastus", enabled=True)
+    threading.Timer(1.5, lambda: update_faults(tmp_path / "state", edge_unhealthy=None)).start()
+    trigger = MonitorOnlineTrigger(
+        fleet_path=str(profile.fleet.source_path), endpoint="eastus", timeout_seconds=10, poll_seconds=0.2
+    )
+    event = trigger.poll_inline(10)
+    assert event is not None and event["status"] == "ok" and "Online" in event["detail"]
+    assert event["waited"] >= 1.5
