@@ -410,7 +410,12 @@ class RestoreRegionOperator(FanoutOperator):
     """Enable the region's endpoint at its configured weight."""
 
     def run(self, context: Context) -> dict[str, Any]:
-        weight = self.fleet.region(self.region).endpoint.weight
+        region = self.fleet.region(self.region)
+        drained = context["ti"].xcom_pull(task_ids=f"deploy_{self.region}.drain") or {}
+        if region.standby and not drained.get("was_enabled"):
+            self.log.info("%s is a warm standby: its endpoint stays disabled, as the profile has it", self.region)
+            return {"enabled": False, "standby": True}
+        weight = region.endpoint.weight
         state = self.hook.traffic_manager().set_endpoint(self.endpoint_name(), enabled=True, weight=weight)
         self.log.info("restored %s: enabled at weight %s", self.region, state.weight)
         return {"enabled": state.enabled, "weight": state.weight}
