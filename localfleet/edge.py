@@ -8,7 +8,7 @@ that region's cluster (kubeconfig context from the fleet file):
     GET /healthz  200 {"status": "ok", ...} if the Deployment has a ready replica, else 503
     GET /version  200 {"region", "digest", "image", "ready_replicas", "replicas",
                        "updated_replicas", "observed_generation", "generation", "healthy"}
-    GET /         a user's request: 200 {"region", "digest"} while a replica is ready, else 503
+    GET /         a user's request: 200 {"region", "digest", "generation"} while a replica is ready, else 503
     GET /_fanout/requests  {"requests": n, "last_at": epoch of the last user request, "now"}
 
 Each region's edge listens on its own loopback address (the host of `edge_url`, e.g.
@@ -188,7 +188,8 @@ class Edge:
         summary, reason = self._observe()
         if summary is None or summary["ready_replicas"] < 1:
             return 503, {"region": self.region, "digest": None, "reason": reason or "no ready replica"}
-        return 200, {"region": self.region, "digest": summary["digest"]}
+        # The generation tells a user-side recorder that the region changed under it.
+        return 200, {"region": self.region, "digest": summary["digest"], "generation": summary["generation"]}
 
     def requests(self) -> tuple[int, dict[str, Any]]:
         with self._lock:

@@ -3,7 +3,9 @@ endpoint change log (`tm-changes.jsonl`), both with wall-clock times.
 
 The promise (DESIGN.md, 11): no failed user request; no request served by a region between its
 drain plus the TTL and its restore; after the last restore plus one TTL, every request is served
-the release digest.
+the release digest. A request is also mid-change when, inside a region's drained window, it was
+served by a Deployment other than the one the region ran when drained (its generation or digest
+changed): that catches a release that changes a region before resolvers have let it go.
 """
 
 from __future__ import annotations
@@ -89,7 +91,14 @@ def summarize(
     until: float,
 ) -> Summary:
     """Judge the records of the release that ran from `since` to `until` (epoch seconds)."""
+    records = sorted(records, key=lambda r: r["t"])
     windows = drained_windows(changes, endpoint_region, since, until)
+    # What each region served just before each drain: the baseline a change is seen against.
+    baseline: dict[tuple[str, float], tuple[Any, Any]] = {}
+    for r in records:
+        for start, _ in windows.get(r.get("region") or "", []):
+            if r["t"] < start and r.get("status") == 200:
+                baseline[(r["region"], start)] = (r.get("digest"), r.get("generation"))
     starts = [w[0] for ws in windows.values() for w in ws]
     restores = [w[1] for ws in windows.values() for w in ws]
     first_drain = min(starts, default=until)
@@ -105,7 +114,9 @@ def summarize(
             summary.failed.append(dict(r))
             continue
         for start, end in windows.get(r.get("region") or "", []):
-            if start + ttl + SLACK_SECONDS < r["t"] < end:
+            before = baseline.get((r["region"], start))
+            changed = before is not None and before != (r.get("digest"), r.get("generation"))
+            if start + ttl + SLACK_SECONDS < r["t"] < end or (start <= r["t"] < end and changed):
                 summary.mid_change.append(dict(r))
                 break
         if r["t"] >= settled and r.get("digest") != digest:

@@ -120,7 +120,7 @@ class Population:
             body, row["status"] = json.loads(err.read() or b"{}"), err.code
         except (OSError, ValueError) as err:
             body, row["status"] = {}, f"error: {type(err).__name__}"
-        row.update(region=body.get("region"), digest=body.get("digest"))
+        row.update(region=body.get("region"), digest=body.get("digest"), generation=body.get("generation"))
         row["latency_ms"] = round((time.time() - started) * 1000, 1)
         return row
 

@@ -39,3 +39,10 @@ def test_failed_and_stale_requests_are_caught():
 
 def test_a_drain_still_open_when_the_release_ends_counts_until_its_end():
     assert drained_windows(CHANGES[:1], NAMES, 90, 130) == {"westus": [(100.0, 130)]}
+
+
+def test_a_request_served_by_a_region_that_changed_under_its_user_is_caught_even_within_the_ttl():
+    old = {**req(99, "westus", digest=OLD), "generation": 3}
+    new_code = {**req(103, "westus"), "generation": 4}  # 3 s after the drain, TTL 5: still mid-change
+    s = judge([old, {**req(101, "westus", digest=OLD), "generation": 3}, new_code])
+    assert [r["t"] for r in s.mid_change] == [103]
