@@ -84,7 +84,11 @@ def up(
         edge.start_edge(fleet, region, state)
     step("replicator and edges up")
     start_traffic_manager(fleet, state)
-    step(f"Traffic Manager stand-in up at {fleet.traffic_manager.base_url}")
+    dns = f"; DNS name {fleet.traffic_manager.profile}.trafficmanager.net on port {fleet.traffic_manager.dns_port}"
+    step(
+        f"Traffic Manager stand-in up at {fleet.traffic_manager.base_url}"
+        + (dns if fleet.traffic_manager.dns_port else "")
+    )
     step(f"fleet up; kubeconfig {kubeconfig_path(fleet)} has contexts {', '.join(fleet.region_names)}")
 
 

@@ -241,3 +241,16 @@ def test_the_online_wait_ends_when_the_monitor_sees_the_restored_endpoint(profil
     event = trigger.poll_inline(10)
     assert event is not None and event["status"] == "ok" and "Online" in event["detail"]
     assert event["waited"] >= 1.5
+
+
+def test_a_warm_standby_starts_disabled_unless_priority_routing_makes_it_a_secondary():
+    from localfleet.tm_store import seed_state
+
+    data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
+    data["regions"][3]["standby"] = "warm"
+    weighted = parse_fleet(data)
+    assert seed_state(weighted)["endpoints"]["westeurope"]["properties"]["endpointStatus"] == "Disabled"
+    data["traffic_manager"]["routing_method"] = "Priority"
+    for n, region in enumerate(data["regions"], start=1):
+        region["endpoint"]["priority"] = n
+    assert seed_state(parse_fleet(data))["endpoints"]["westeurope"]["properties"]["endpointStatus"] == "Enabled"
