@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"releasing {fleet.app.name} at {conf['git_sha'][:12]} through release_{fleet.app.name}", flush=True)
     home = Path(os.environ.get("AIRFLOW_HOME", REPO / ".airflow"))
     watching = bool(fleet.traffic_manager.dns_port) and not args.dry_run
+    if watching and release_digest(fleet, every=True) is None:
+        print("the fleet serves nothing yet, so users would only get errors: a first release without them", flush=True)
+        if run_release(fleet, conf, home, started) != "success":
+            return 1
     if watching:
         users.stop(cli.state_dir())
         users.start(fleet, cli.state_dir(), users=8, rate=4, duration=3600)
@@ -157,17 +161,19 @@ def report_users(fleet: Fleet, since: float, until: float) -> bool:
     return summary.kept
 
 
-def release_digest(fleet: Fleet) -> str | None:
-    """The digest the serving regions run after the release (the promise compares users to it)."""
+def release_digest(fleet: Fleet, every: bool = False) -> str | None:
+    """The digest the serving regions run (the promise compares users to it); with `every`, None
+    unless every serving region serves one."""
+    found = None
     for region in fleet.regions:
-        if region.standby is None:
-            try:
-                with urllib.request.urlopen(region.edge_url + fleet.gates.http.version_path, timeout=5) as response:
-                    return json.loads(response.read()).get("digest")
-            except OSError:
-                continue
-    return None
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        if region.standby is not None:
+            continue
+        try:
+            with urllib.request.urlopen(region.edge_url + fleet.gates.http.version_path, timeout=5) as response:
+                digest = json.loads(response.read()).get("digest")
+        except (OSError, ValueError):
+            digest = None
+        if every and digest is None:
+            return None
+        found = found or digest
+    return found
