@@ -177,3 +177,7 @@ def release_digest(fleet: Fleet, every: bool = False) -> str | None:
             return None
         found = found or digest
     return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())
