@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from localfleet.binaries import ensure_binaries
 from localfleet.git import repo as git_repo
 from localfleet.kube_files import admin_kubeconfig_beside, region_dir, serving_ca, write_private
 from localfleet.kube_files import kubeconfig as kubeconfig_dict
+from localfleet.traffic import users
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FLEET = REPO / "include" / "fleets" / "local.yaml"
@@ -126,7 +128,11 @@ def up(
         edge.start_edge(fleet, region, state)
     step("replicator and edges up")
     start_traffic_manager(fleet, state)
-    step(f"Traffic Manager stand-in up at {fleet.traffic_manager.base_url}")
+    dns = f"; DNS name {fleet.traffic_manager.profile}.trafficmanager.net on port {fleet.traffic_manager.dns_port}"
+    step(
+        f"Traffic Manager stand-in up at {fleet.traffic_manager.base_url}"
+        + (dns if fleet.traffic_manager.dns_port else "")
+    )
     if source := git_repo.local_source(fleet):
         git_repo.start_server(fleet, state)
         step(f"git server up: {source.url} (main at {git_repo.branch_tip(source.url, 'main')})")
@@ -136,6 +142,7 @@ def up(
 def down(fleet: Fleet, state: Path | None = None, progress: Progress = print) -> None:
     """Stop every process `up` started, by pid; data stays for the next `up`."""
     state = state or state_dir()
+    users.stop(state)
     procs.stop(TM_PROC, state)
     git_repo.stop_server(state)
     for region in fleet.region_names:
@@ -183,6 +190,9 @@ def apply_fault(fleet: Fleet, state: Path, knob: str, region: str | None, value:
     if knob == "token-lifetime":
         faults.update_faults(state, token_lifetime=None if clear else float(value))
         return "tokens live as the fleet file says" if clear else f"new tokens live {value} s"
+    if knob == "resolver-stuck":
+        faults.update_faults(state, resolver_stuck=None if clear else True)
+        return "users' resolvers " + ("honour the TTL again" if clear else "keep their answers past the TTL")
     if knob == "tm-errors":
         if clear:
             faults.update_faults(state, tm_errors=None)
@@ -252,7 +262,7 @@ def print_table(rows: list[dict[str, str]], out: Callable[[str], None] = print) 
 
 KNOBS = (
     "region-down", "replica-lag", "replica-stuck", "rollout-unhealthy", "edge-unhealthy", "tm-errors",
-    "token-lifetime", "clear-all",
+    "token-lifetime", "resolver-stuck", "clear-all",
 )  # fmt: skip
 
 
@@ -264,6 +274,8 @@ def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse
         if not args.clear and not (args.region or "").isdigit():
             parser.error("token-lifetime takes the seconds new tokens live, e.g. token-lifetime 60")
         return [apply_fault(fleet, state, args.knob, None, args.region, args.clear)]
+    if args.knob == "resolver-stuck":
+        return [apply_fault(fleet, state, args.knob, None, None, args.clear)]
     if args.knob == "tm-errors":
         if not args.clear and not re.fullmatch(r"(429|5\d\d)(x\d+)?", args.region or ""):
             parser.error("tm-errors takes STATUSxCOUNT, e.g. 429x3 or 500x10")
@@ -276,6 +288,19 @@ def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse
     return [apply_fault(fleet, state, args.knob, args.region, args.value, args.clear)]
 
 
+def users_command(fleet: Fleet, args: argparse.Namespace) -> list[str]:
+    state = state_dir()
+    if args.action == "start":
+        pid = users.start(fleet, state, args.users, args.rate, args.duration)
+        return [f"{args.users} users started (pid {pid}); they stop by themselves after {args.duration:.0f} s"]
+    if args.action == "stop":
+        return ["users stopped" if users.stop(state) else "no users were running"]
+    rows = users.read(state)
+    by_region = Counter(r.get("region") or str(r.get("status")) for r in rows)
+    failed = sum(1 for r in rows if r.get("status") != 200)
+    return [f"{len(rows)} requests, {failed} failed", *(f"  {k}: {n}" for k, n in sorted(by_region.items()))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localfleet", description=__doc__.split("\n")[0])
     parser.add_argument("--fleet", type=Path, default=DEFAULT_FLEET, help="a local fleet file")
@@ -283,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start the fleet (idempotent)")
     sub.add_parser("status", help="a table of every region")
     sub.add_parser("down", help="stop every process the fleet started")
+    users = sub.add_parser("users", help="simulated users who reach the app through the profile's DNS name")
+    users.add_argument("action", choices=("start", "stop", "read"))
+    users.add_argument("--users", type=int, default=8, help="how many (at most 64)")
+    users.add_argument("--rate", type=float, default=2.0, help="requests per second per user")
+    users.add_argument("--duration", type=float, default=600, help="seconds until they stop by themselves")
     fault = sub.add_parser("fault", help="break something on purpose (each knob is reversible)")
     fault.add_argument("knob", choices=KNOBS, help="what to break; 'clear-all' undoes everything")
     fault.add_argument("region", nargs="?", help="the region (every knob but tm-errors and clear-all)")
@@ -295,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
             up(fleet)
         elif args.command == "down":
             down(fleet)
+        elif args.command == "users":
+            print("\n".join(users_command(fleet, args)))
         elif args.command == "fault":
             print("\n".join(_fault_command(fleet, parser, args)))
         else:

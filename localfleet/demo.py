@@ -1,10 +1,11 @@
 """`make demo`: release include/app across the local fleet with the real release DAG.
 
 Brings the local fleet up if needed, commits include/app into the fleet's git server (a new
-commit only when the folder changed), releases that commit's full sha through
-`airflow dags test release_<app>` (no Airflow server needed), shows each step as it happens,
-then prints what every region serves and the commit and digest released (built, or reused
-when an earlier run built that commit). Exits non-zero if the release failed.
+commit only when the folder changed), starts the simulated users (they reach the app through the
+profile's DNS name), releases that commit's full sha through `airflow dags test release_<app>`
+(no Airflow server needed), shows each step as it happens, then prints what every region serves,
+the commit and digest released (built, or reused when an earlier run built that commit) and what
+the users saw. Exits non-zero if the release failed or broke the promise to users (DESIGN.md, 11).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from localfleet import cli
 from localfleet.cli import print_table
 from localfleet.git import repo as git_repo
 from localfleet.testing import airflow_env, migrate
+from localfleet.traffic import users
+from localfleet.traffic.promise import read_changes, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
@@ -149,12 +152,60 @@ def main(argv: list[str] | None = None) -> int:
         conf["regions"] = [r.strip() for r in args.regions.split(",")]
     print(f"releasing {fleet.app.name} at {conf['git_sha'][:12]} through release_{fleet.app.name}", flush=True)
     home = Path(os.environ.get("AIRFLOW_HOME", REPO / ".airflow"))
+    watching = bool(fleet.traffic_manager.dns_port) and not args.dry_run
+    if watching and release_digest(fleet, every=True) is None:
+        print("the fleet serves nothing yet, so users would only get errors: a first release without them", flush=True)
+        if run_release(fleet, conf, home, started) != "success":
+            return 1
+    if watching:
+        users.stop(cli.state_dir())
+        users.start(fleet, cli.state_dir(), users=8, rate=4, duration=3600)
+        print("8 simulated users are sending 4 requests a second each through DNS", flush=True)
+    since = time.time()
     state = run_release(fleet, conf, home, started)
+    until = time.time()
     print()
     print_table(region_table(fleet))
     print(f"\nreleased commit {conf['git_sha']}: {build_outcome(home)}")
     print(f"release {state} in {time.monotonic() - started:.0f} s")
-    return 0 if state == "success" else 1
+    kept = True
+    if watching:
+        kept = report_users(fleet, since, until)
+    return 0 if state == "success" and kept else 1
+
+
+def report_users(fleet: Fleet, since: float, until: float) -> bool:
+    """Let the users run one TTL past the release, stop them, and print what they saw."""
+    ttl = fleet.traffic_manager.dns_ttl_seconds
+    time.sleep(ttl + 2)
+    users.stop(cli.state_dir())
+    digest = release_digest(fleet)
+    endpoint_region = {r.endpoint.name: r.name for r in fleet.regions}
+    summary = summarize(
+        users.read(cli.state_dir()), read_changes(cli.state_dir()), endpoint_region,
+        ttl=ttl, digest=digest or "?", since=since, until=until,
+    )  # fmt: skip
+    print("\nwhat the users saw (requests per region: before the first drain / during / after the last restore + TTL)")
+    print("\n".join(summary.lines()))
+    return summary.kept
+
+
+def release_digest(fleet: Fleet, every: bool = False) -> str | None:
+    """The digest the serving regions run (the promise compares users to it); with `every`, None
+    unless every serving region serves one."""
+    found = None
+    for region in fleet.regions:
+        if region.standby is not None:
+            continue
+        try:
+            with urllib.request.urlopen(region.edge_url + fleet.gates.http.version_path, timeout=5) as response:
+                digest = json.loads(response.read()).get("digest")
+        except (OSError, ValueError):
+            digest = None
+        if every and digest is None:
+            return None
+        found = found or digest
+    return found
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ that region's cluster (kubeconfig context from the fleet file):
     GET /healthz  200 {"status": "ok", ...} if the Deployment has a ready replica, else 503
     GET /version  200 {"region", "digest", "image", "ready_replicas", "replicas",
                        "updated_replicas", "observed_generation", "generation", "healthy"}
+    GET /         a user's request: 200 {"region", "digest", "generation"} while a replica is ready, else 503
+    GET /_fanout/requests  {"requests": n, "last_at": epoch of the last user request, "now"}
+
+Each region's edge listens on its own loopback address (the host of `edge_url`, e.g.
+127.0.1.2) so that a DNS answer — an address, no port — really picks the region. The request
+counter is what the release asks to confirm that users stopped arriving after a drain.
 
 HTTP gates and the Traffic Manager stand-in probe these. Answers are cached for up to
 one second so that many probers cost one API read. `"edge_unhealthy": ["westus"]` in
@@ -133,6 +139,7 @@ class Edge:
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any] | None, str | None] | None = None
         self._last_health: str | None = None
+        self.user_requests, self.last_user_request = 0, None
 
     def _observe(self) -> tuple[dict[str, Any] | None, str | None]:
         """(summary, None) or (None, reason why there is none)."""
@@ -175,9 +182,24 @@ class Edge:
         healthy = summary["ready_replicas"] >= 1 and not self._fault()
         return 200, {"region": self.region, **summary, "healthy": healthy}
 
+    def serve_user(self) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            self.user_requests += 1
+            self.last_user_request = time.time()
+        summary, reason = self._observe()
+        if summary is None or summary["ready_replicas"] < 1:
+            return 503, {"region": self.region, "digest": None, "reason": reason or "no ready replica"}
+        # The generation tells a user-side recorder that the region changed under it.
+        return 200, {"region": self.region, "digest": summary["digest"], "generation": summary["generation"]}
+
+    def requests(self) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            return 200, {"requests": self.user_requests, "last_at": self.last_user_request, "now": time.time()}
+
 
 def make_server(edge: Edge, host: str, port: int) -> ThreadingHTTPServer:
-    routes = {"/healthz": edge.health, "/version": edge.version}
+    routes = {"/healthz": edge.health, "/version": edge.version, "/": edge.serve_user}
+    routes["/_fanout/requests"] = edge.requests
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -210,7 +232,10 @@ def edge_for(fleet: Fleet, region: str, state_dir: str | Path) -> Edge:
 
 def listen_address(fleet: Fleet, region: str) -> tuple[str, int]:
     url = urlsplit(fleet.region(region).edge_url)
-    return "127.0.0.1", url.port or 80
+    host = url.hostname or "127.0.0.1"
+    if not host.startswith("127."):
+        raise ValueError(f"region {region}: the local edge listens on loopback only, not {host}")
+    return host, url.port or 80
 
 
 def proc_name(region: str) -> str:

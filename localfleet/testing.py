@@ -23,13 +23,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_test_fleet(
-    folder: Path, lags: dict[str, int] | None = None, kubeconfig: Path | None = None, **top: Any
+    folder: Path,
+    lags: dict[str, int] | None = None,
+    kubeconfig: Path | None = None,
+    traffic: dict[str, Any] | None = None,
+    regions: dict[str, dict[str, Any]] | None = None,
+    **top: Any,
 ) -> Fleet:
     """include/fleets/local.yaml on free ports, its kubeconfig `folder/kubeconfig` unless given.
 
     `lags` overrides replication lags by region; `top` replaces top-level keys
-    (e.g. gates=…, failure_policy=…). The file names this repository's app and chart by absolute
-    path, so this repository is the project its paths may point into (FANOUT_PROJECT_DIR)."""
+    (e.g. gates=…, failure_policy=…); `traffic` updates traffic_manager keys (routing_method=…);
+    `regions` updates regions by name ({"westus": {"standby": "warm"}}, endpoint keys merged).
+    The file names this repository's app and chart by absolute path, so this repository is the
+    project its paths may point into (FANOUT_PROJECT_DIR)."""
     os.environ.setdefault(PROJECT_ENV, str(REPO))
     data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
     data["app"]["source"] = {
@@ -38,12 +45,21 @@ def write_test_fleet(
     data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
     data["registry"]["endpoints"] = {r: f"127.0.0.1:{procs.free_port()}" for r in data["registry"]["endpoints"]}
     data["traffic_manager"]["base_url"] = f"http://127.0.0.1:{procs.free_port()}"
-    for region in data["regions"]:
-        region["edge_url"] = f"http://127.0.0.1:{procs.free_port()}"
+    data["traffic_manager"]["dns_port"] = procs.free_port()
+    data["traffic_manager"]["dns_ttl_seconds"] = 2  # short, so that the release's DNS waits stay short
+    # Every edge on its own loopback address, one port: a DNS answer (an address) picks the region.
+    edge_port = procs.free_port()
+    for number, region in enumerate(data["regions"], start=1):
+        region["edge_url"] = f"http://127.0.1.{number}:{edge_port}"
         region["cluster"]["kubeconfig"]["path"] = str(kubeconfig or folder / "kubeconfig")
         region["local"]["apiserver_port"] = procs.free_port()
         if lags and region["name"] in lags:
             region["local"]["replication_lag_seconds"] = lags[region["name"]]
+    data["traffic_manager"].update(traffic or {})
+    for region in data["regions"]:
+        change = dict((regions or {}).get(region["name"], {}))
+        region["endpoint"].update(change.pop("endpoint", {}))
+        region.update(change)
     data.update(top)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "fleet.yaml"

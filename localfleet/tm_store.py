@@ -1,4 +1,5 @@
-"""State of the Traffic Manager stand-in: one Weighted profile, its endpoints, their health.
+"""State of the Traffic Manager stand-in: one profile (its routing method, TTL and monitor from
+the fleet file), its endpoints, their health, and a log of every endpoint status change.
 
 The HTTP side lives in `localfleet.trafficmanager`; this module knows nothing about HTTP
 except that its failures are `ArmError`s carrying the status and ARM error code to answer.
@@ -12,6 +13,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +24,8 @@ from fanout.fleet import Fleet
 from fanout.fleet_checks import is_loopback
 
 STATE_FILE = "trafficmanager.json"
+# One JSON line per endpoint status change ({"at", "endpoint", "status"}): what users were told, when.
+CHANGES_FILE = "tm-changes.jsonl"
 PROVIDER = "Microsoft.Network"
 PROFILE_TYPE = f"{PROVIDER}/trafficManagerProfiles"
 # Path segment (lower-case, as Azure matches it) -> the spelling the SDK's EndpointType uses.
@@ -54,10 +58,21 @@ def seed_state(fleet: Fleet) -> dict[str, Any]:
     endpoints = {}
     for region in fleet.regions:
         edge = urlsplit(region.edge_url)
+        props: dict[str, Any] = {
+            "target": edge.hostname,
+            # A warm standby outside Priority routing waits disabled until a failover enables it.
+            "endpointStatus": "Disabled" if region.standby and tm.routing_method != "Priority" else "Enabled",
+            "weight": region.endpoint.weight,
+            "endpointLocation": region.name,
+        }
+        if region.endpoint.priority is not None:
+            props["priority"] = region.endpoint.priority
+        if region.endpoint.geo_mapping:
+            props["geoMapping"] = list(region.endpoint.geo_mapping)
         endpoints[region.endpoint.name.lower()] = {
             "name": region.endpoint.name,
             "kind": region.endpoint.type,
-            "properties": {"target": edge.hostname, "endpointStatus": "Enabled", "weight": region.endpoint.weight},
+            "properties": props,
             # Loopback edges differ only by port, which an ARM target cannot carry: keep the URL aside.
             "probe_url": region.edge_url.rstrip("/") + fleet.gates.http.health_path,
         }
@@ -68,6 +83,7 @@ def seed_state(fleet: Fleet) -> dict[str, Any]:
             "name": tm.profile,
             "profileStatus": "Enabled",
             "ttl": tm.dns_ttl_seconds,
+            "trafficRoutingMethod": tm.routing_method,
             "path": fleet.gates.http.health_path,
         },
         "endpoints": endpoints,
@@ -200,7 +216,7 @@ class Store:
                 "tags": {},
                 "properties": {
                     "profileStatus": p["profileStatus"],
-                    "trafficRoutingMethod": "Weighted",
+                    "trafficRoutingMethod": p.get("trafficRoutingMethod", "Weighted"),
                     "dnsConfig": {
                         "relativeName": p["name"],
                         "fqdn": f"{p['name']}.trafficmanager.net",
@@ -291,12 +307,36 @@ class Store:
     def _changed(self, key: str, old: dict[str, Any] | None) -> None:
         self._save()
         ep = self.state["endpoints"][key]
+        status = ep["properties"].get("endpointStatus")
+        if old is None or old["properties"].get("endpointStatus") != status:
+            self._log_change(ep["name"], status)
         was_serving = old is not None and old["properties"].get("endpointStatus") == "Enabled"
         moved = old is None or old["properties"].get("target") != ep["properties"].get("target")
         if moved or (not was_serving and ep["properties"]["endpointStatus"] == "Enabled"):
             # Azure re-checks an endpoint that was (re-)enabled or moved before calling it Online.
             self.health.pop(key, None)
             self._wake.set()
+
+    def _log_change(self, name: str, status: str) -> None:
+        line = json.dumps({"at": time.time(), "endpoint": name, "status": status})
+        with (self.path.parent / CHANGES_FILE).open("a") as f:
+            f.write(line + "\n")
+
+    def dns_view(self) -> dict[str, Any]:
+        """What the DNS side answers from: routing method, TTL, and each endpoint with its monitor status."""
+        with self.lock:
+            p = self.state["profile"]
+            endpoints = [
+                {**ep["properties"], "name": ep["name"], "monitor": self._monitor_status(k)}
+                for k, ep in self.state["endpoints"].items()
+            ]
+            return {
+                "name": p["name"],
+                "enabled": p["profileStatus"] == "Enabled",
+                "routing_method": p.get("trafficRoutingMethod", "Weighted"),
+                "ttl": p["ttl"],
+                "endpoints": endpoints,
+            }
 
     # ---- health monitor ------------------------------------------------------------------------
 

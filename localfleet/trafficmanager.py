@@ -9,6 +9,9 @@ DAG drains and restores real HTTP resources locally. Implemented, under
     GET|PUT|PATCH|DELETE  /{ExternalEndpoints|AzureEndpoints|NestedEndpoints}/{name}
     GET /_fanout/state          debug: the profile JSON and the pending faults (no auth)
 
+With `traffic_manager.dns_port` it also answers the profile's DNS name there, UDP and TCP
+(`localfleet.traffic.dns`), from the same live state.
+
 Endpoint health is real: every enabled endpoint's edge is probed (``GET <edge_url>/healthz``).
 Fault knob: ``<state_dir>/faults.json`` ``{"tm_errors": {"status": 429, "remaining": 3}}``
 makes the next 3 ARM requests fail with that status; see `inject_errors`.
@@ -30,7 +33,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from fanout.fleet import Fleet, load_fleet
@@ -78,14 +81,22 @@ class StandInServer(ThreadingHTTPServer):
     store: Store
     state_dir: Path
     verbose: bool = False
+    dns: ClassVar[list[Any]] = []
 
     def shutdown(self) -> None:
-        self.store.stop_monitor()
+        self._stop_side()
         super().shutdown()
 
     def server_close(self) -> None:
-        self.store.stop_monitor()
+        self._stop_side()
         super().server_close()
+
+    def _stop_side(self) -> None:
+        self.store.stop_monitor()
+        for server in self.dns:
+            if server.isAlive():
+                server.stop()
+        self.dns = []
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -236,6 +247,10 @@ def serve(
     server = StandInServer(("127.0.0.1", port), _Handler)
     server.store, server.state_dir, server.verbose = store, state_dir, verbose
     store.start_monitor()
+    if fleet.traffic_manager.dns_port:
+        from localfleet.traffic.dns import serve_dns
+
+        server.dns = serve_dns(fleet, store.dns_view, "127.0.0.1", fleet.traffic_manager.dns_port)
     # A short poll keeps shutdown() quick; tests start and stop the stand-in many times.
     thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="tm-standin", daemon=True)
     thread.start()

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fanout.fleet import FleetError, load_fleet
     from fanout.planner import PlanError, plan_waves
+    from fanout.routing import RoutingError, check_wave, explain_waves
 
     try:
         fleet = load_fleet(args.fleet)
@@ -54,11 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.fleet}: ok — app {fleet.app.name}, {len(fleet.regions)} regions, {len(plan.waves)} waves")
             return 0
         print(plan.explain())
+        print(explain_waves(fleet, [w.regions for w in plan.waves]))
+        for wave in plan.waves:
+            check_wave(fleet, wave.regions)
         return 0
     except FleetError as err:
         for line in err.problems:
             print(line, file=sys.stderr)
         return 2
-    except PlanError as err:
+    except (PlanError, RoutingError) as err:
         print(f"{args.fleet}: {err}", file=sys.stderr)
         return 3

@@ -19,7 +19,7 @@ An observation (what ObserveRegionOperator returns) looks like::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -85,13 +85,16 @@ def content_state(desired: str, obs: Mapping[str, Any] | None) -> tuple[str, str
     return IN_SYNC, f"runs {short(desired)} (Helm revision {helm['revision']})"
 
 
-def traffic_problem(content: str, endpoint: Mapping[str, Any] | None, weight: int, tolerate: bool) -> str | None:
+def traffic_problem(
+    content: str, endpoint: Mapping[str, Any] | None, weight: int, tolerate: bool, standby: bool = False
+) -> str | None:
     """What is wrong with the region's Traffic Manager endpoint given its content class, if anything.
 
     `tolerate` is True when too few regions serve the release to meet min_serving_regions:
-    the release policy then keeps stale regions enabled (old code beats NXDOMAIN).
+    the release policy then keeps stale regions enabled (old code beats NXDOMAIN). A warm
+    `standby` on the release is in sync whatever its endpoint: the profile decides when it serves.
     """
-    if endpoint is None or content == UNREACHABLE:
+    if endpoint is None or content == UNREACHABLE or (standby and content == IN_SYNC):
         return None
     enabled, have = bool(endpoint.get("enabled")), endpoint.get("weight")
     if content == IN_SYNC:
@@ -113,6 +116,7 @@ def classify_fleet(
     previous: Mapping[str, Mapping[str, str]],
     now: datetime,
     releases: Mapping[str, str] | None = None,
+    standby: Collection[str] = (),
 ) -> dict[str, Any]:
     """The report: one entry per region of `weights` (the fleet's regions, in order).
 
@@ -131,7 +135,7 @@ def classify_fleet(
         obs = observations.get(region) or {}
         content, why = contents[region]
         endpoint = obs.get("endpoint")
-        traffic = traffic_problem(content, endpoint, weight, tolerate) if digest else None
+        traffic = traffic_problem(content, endpoint, weight, tolerate, region in standby) if digest else None
         classes = [content] if content != IN_SYNC or not traffic else []
         if traffic:
             classes.append(TRAFFIC)

@@ -232,6 +232,9 @@ class Endpoint(_Strict):
     type: Literal["ExternalEndpoints", "AzureEndpoints", "NestedEndpoints"] = "ExternalEndpoints"
     name: str = Field(pattern=TM_ENDPOINT)
     weight: Weight
+    # Priority routing: 1 is tried first. Geographic routing: the geography codes this endpoint answers.
+    priority: Annotated[int, Field(ge=1, le=1000)] | None = None
+    geo_mapping: list[str] = Field(default_factory=list)
 
 
 class LocalRegion(_Strict):
@@ -256,7 +259,18 @@ class Region(_Strict):
     endpoint: Endpoint
     edge_url: HttpUrl = Field(description="where a user routed to this region lands")
     capacity_share: Share | None = None
+    # A warm standby is released like every region but carries no user traffic: its endpoint is left
+    # as the profile has it (disabled, or a Priority secondary) and its gates ask its edge directly.
+    standby: Literal["warm"] | None = None
     local: LocalRegion | None = None
+
+
+RoutingMethod = Literal["Weighted", "Priority", "Performance", "Geographic"]
+
+
+class UserLocation(_Strict):
+    geography: list[str] = Field(default_factory=lambda: ["WORLD"], min_length=1)
+    latency_ms: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
 
 class TrafficManager(_Strict):
@@ -265,7 +279,14 @@ class TrafficManager(_Strict):
     resource_group: ResourceGroup
     profile: str = Field(pattern=TM_PROFILE)
     base_url: HttpUrl | None = Field(None, description="the local stand-in's address (kind 'local' only)")
+    # A floor only: the release waits the TTL the live profile reports, if that is longer.
     dns_ttl_seconds: int = Field(30, ge=0, le=DAY)
+    routing_method: RoutingMethod = "Weighted"
+    # Where users are: for Performance (latency to each region) and Geographic (geography codes,
+    # broadest first, e.g. [WORLD, GEO-EU, DE]) routing, and for the local fleet's simulated users.
+    locations: dict[str, UserLocation] = Field(default_factory=dict)
+    # Local fleet only: the stand-in's DNS server listens on the base_url's host at this port.
+    dns_port: int | None = Field(None, ge=1024, le=65535)
 
 
 class Rollout(_Strict):
@@ -281,6 +302,9 @@ class HttpGate(_Strict):
     health_path: str = Field("/healthz", pattern=r"^/[^\s]{0,1023}$")
     version_path: str = Field("/version", pattern=r"^/[^\s]{0,1023}$")
     expect_release_digest: bool = True
+    # Optional: a path on each edge reporting user requests ({"last_at", "now"}); when set, a drain is
+    # confirmed from the edge (no user request for a moment after drain + TTL) before Helm starts.
+    traffic_path: str | None = Field(None, pattern=r"^/[^\s]{0,1023}$")
     consecutive_successes: int = Field(3, ge=1, le=100)
     interval_seconds: float = Field(2.0, gt=0, le=300)
     timeout_seconds: int = Field(300, ge=1, le=DAY)
@@ -448,6 +472,7 @@ def cross_check(fleet: Fleet) -> list[str]:
             f"local.token_lifetime_seconds: {fleet.local.token_lifetime_seconds} is less than "
             f"gates.rollout_timeout_seconds + 60 = {needed}: no token would outlive a Helm command"
         )
+    problems += routing_problems(fleet)
     for i, region in enumerate(fleet.regions):
         if fleet.traffic_manager.kind == "azure" and region.local is not None:
             problems.append(f"regions[{i}].local: only for a fleet whose traffic_manager.kind is 'local'")
@@ -494,6 +519,59 @@ def _path_problems(fleet: Fleet, fleet_file: Path) -> list[str]:
         for field, value in fields.items()
         if value is not None and checks.outside_project(fleet.resolve(value), roots)
     ]
+
+
+def routing_problems(fleet: Fleet) -> list[str]:
+    """What the routing method needs from the file: priorities, geography mappings, latencies."""
+    tm, problems = fleet.traffic_manager, []
+    names = set(fleet.region_names)
+    if tm.routing_method == "Priority":
+        seen: dict[int, str] = {}
+        for i, region in enumerate(fleet.regions):
+            prio = region.endpoint.priority
+            if prio is None:
+                problems.append(
+                    f"regions[{i}].endpoint.priority: required when traffic_manager.routing_method is Priority"
+                )
+            elif prio in seen:
+                problems.append(
+                    f"regions[{i}].endpoint.priority: {prio} is also {seen[prio]}'s; priorities must differ"
+                )
+            else:
+                seen[prio] = region.name
+    if tm.routing_method == "Geographic":
+        owner: dict[str, str] = {}
+        for i, region in enumerate(fleet.regions):
+            for code in region.endpoint.geo_mapping:
+                if code in owner:
+                    problems.append(
+                        f"regions[{i}].endpoint.geo_mapping: '{code}' is already mapped to {owner[code]}; "
+                        "Traffic Manager maps a geography to one endpoint"
+                    )
+                owner.setdefault(code, region.name)
+            if not region.endpoint.geo_mapping and region.standby is None:
+                problems.append(
+                    f"regions[{i}].endpoint.geo_mapping: required when traffic_manager.routing_method is Geographic"
+                )
+    for loc, where in tm.locations.items():
+        for region in where.latency_ms:
+            if region not in names:
+                problems.append(
+                    f"traffic_manager.locations['{loc}'].latency_ms: '{region}' is not a region of this fleet"
+                )
+        if tm.routing_method == "Performance" and not names <= set(where.latency_ms):
+            missing = ", ".join(sorted(names - set(where.latency_ms)))
+            problems.append(
+                f"traffic_manager.locations['{loc}'].latency_ms: no latency to {missing} (Performance routing)"
+            )
+    if tm.dns_port is not None and tm.kind != "local":
+        problems.append("traffic_manager.dns_port: only for a fleet whose traffic_manager.kind is 'local'")
+    if tm.dns_port is not None:
+        # A DNS answer is an address without a port: each edge needs its own address, all one port.
+        edges = [urlsplit(r.edge_url) for r in fleet.regions]
+        if len({e.port for e in edges}) > 1 or len({e.hostname for e in edges}) < len(edges):
+            problems.append("regions[].edge_url: with traffic_manager.dns_port every edge needs its own host, one port")
+    return problems
 
 
 def parse_fleet(data: Any, source: str | Path = "<fleet>") -> Fleet:

@@ -43,8 +43,12 @@ RECORD = "record"
 DRAIN, HELM_DEPLOY, RESTORE, ROLLBACK = "drain", "helm_deploy", "restore", "rollback"
 GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRIC = "gate_rollout", "gate_http", "gate_soak", "gate_metric"
 GATES = (GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRIC)
-# Steps that can fail on their own account and record why (StepFailure), in order.
+# Around the change: resolvers drop the drained region, users are seen gone, the monitor sees it back.
+DNS_SETTLE, CONFIRM_DRAINED, WAIT_ONLINE = "dns_settle", "confirm_drained", "wait_online"
+# Steps whose failure a region's rollback answers (StepFailure records why), in order. A failed
+# confirm_drained deployed nothing, so there is nothing to roll back: the region stays drained.
 FAILING_STEPS = (DRAIN, HELM_DEPLOY, *GATES)
+RECORDING_STEPS = (DRAIN, DNS_SETTLE, CONFIRM_DRAINED, HELM_DEPLOY, *GATES, WAIT_ONLINE)
 WAIT_REPLICATION = "wait_replication"
 
 
@@ -69,7 +73,7 @@ def failing_tasks(regions: list[str]) -> dict[str, tuple[str, str]]:
     """task id → (region, step) for every task of a release that can fail on a region's account."""
     found = {wait_replication(r): (r, WAIT_REPLICATION) for r in regions}
     for region in regions:
-        found.update({region_task(region, step): (region, step) for step in FAILING_STEPS})
+        found.update({region_task(region, step): (region, step) for step in RECORDING_STEPS})
     return found
 
 

@@ -147,6 +147,8 @@ def final_traffic(
         fresh = digest is not None and serving.get(region.name) == digest
         if digest is None or (scope is not None and region.name not in scope):
             desired[region.name] = current
+        elif fresh and region.standby:
+            desired[region.name] = current  # a warm standby serves when the profile says, not when released
         elif fresh:
             desired[region.name] = replace(current, enabled=True, weight=region.endpoint.weight)
         else:

@@ -354,7 +354,6 @@ def test_killing_the_deferred_build_cancels_the_run(server, ca, connection):
     """Marking the task failed (or clearing it) while the trigger follows the run: Airflow calls the
     trigger's on_kill, which cancels the run in ACR instead of leaving it to build and push."""
     from fanout.airflow.triggers import AcrRunTrigger
-
     from tests.fakes import snapshot_of
 
     tasks = Tasks(server, statuses=("Running",))

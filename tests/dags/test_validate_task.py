@@ -17,6 +17,22 @@ REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"git_sha": "0123abc", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
 
 
+@pytest.fixture(autouse=True)
+def live_profile(monkeypatch):
+    """The live profile the validate task reads: as the fleet file says, unless a test changes it."""
+    live = {"routing_method": None, "types": None}
+
+    def problems(self):
+        from fanout.routing import profile_mismatches
+
+        fleet = self.fleet
+        types = live["types"] or {r.endpoint.name: r.endpoint.type for r in fleet.regions}
+        return profile_mismatches(fleet, live["routing_method"] or fleet.traffic_manager.routing_method, types)
+
+    monkeypatch.setattr(ValidateReleaseOperator, "live_profile_problems", problems)
+    return live
+
+
 def run_validate(fleet_path, conf=None, ti=None):
     fleet = load_fleet(fleet_path)
     graph = release_shape(fleet, plan_waves(fleet))
@@ -34,8 +50,11 @@ def run_validate(fleet_path, conf=None, ti=None):
     return op.execute(context)
 
 
-def fleet_with(tmp_path, **values):
+def fleet_with(tmp_path, traffic=None, regions=None, **values):
     data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
+    data["traffic_manager"].update(traffic or {})
+    for region in data["regions"]:
+        region["endpoint"].update((regions or {}).get(region["name"], {}))
     data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
     data["app"]["values"].update(values)
     path = tmp_path / "fleet.yaml"
@@ -109,3 +128,27 @@ def test_bake_waits_only_after_waves_this_run_touched(tmp_path, monkeypatch):
     bake.execute({"params": {**PARAMS, "regions": ["westus", "westeurope"]}})
     bake.execute({"params": PARAMS})  # no subset: every wave is touched
     assert paused == [3, 3]
+
+
+def test_a_profile_that_routes_otherwise_than_the_file_is_refused(tmp_path, live_profile):
+    live_profile["routing_method"] = "Performance"
+    with pytest.raises(
+        AirflowFailException,
+        match=r"traffic_manager.routing_method: the file says Weighted, profile 'hello' routes Performance",
+    ):
+        run_validate(fleet_with(tmp_path), {"regions": ["westus"]})
+    live_profile.update(routing_method=None, types={"eastus": "AzureEndpoints", "westus": "ExternalEndpoints"})
+    wrong_type = r"regions\[0\].endpoint.type: the file says ExternalEndpoints, the profile has AzureEndpoints"
+    missing = r"regions\[2\].endpoint.name: 'northeurope' is not an endpoint"
+    with pytest.raises(AirflowFailException, match=f"{wrong_type}.*{missing}"):
+        run_validate(fleet_with(tmp_path), {"regions": ["westus"]})
+
+
+def test_draining_a_geographys_only_answer_is_refused_naming_it(tmp_path):
+    geo = {"eastus": {"geo_mapping": ["GEO-NA"]}, "westus": {"geo_mapping": ["US"]},
+           "northeurope": {"geo_mapping": ["GEO-EU"]}, "westeurope": {"geo_mapping": ["WORLD"]}}  # fmt: skip
+    refused = (
+        r"traffic_manager: draining westus leaves geography US with no answer: Geographic routing does not fail over"
+    )
+    with pytest.raises(AirflowFailException, match=refused):
+        run_validate(fleet_with(tmp_path, traffic={"routing_method": "Geographic"}, regions=geo))

@@ -74,6 +74,7 @@ def fleet(edges: list[FakeEdge]) -> Fleet:
     data = yaml.safe_load(path.read_text())
     for region, edge in zip(data["regions"], edges, strict=True):
         region["edge_url"] = edge.url
+    data["traffic_manager"].pop("dns_port")  # these tests need no name server (test_dns does)
     return parse_fleet(data, path)
 
 
@@ -115,11 +116,11 @@ def test_profile_get_through_sdk(standin: StandIn) -> None:
     assert p.id == f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.Network/trafficManagerProfiles/hello"
     assert p.properties.traffic_routing_method == "Weighted"
     assert p.properties.profile_status == "Enabled"
-    assert p.properties.dns_config.ttl == 30
+    assert p.properties.dns_config.ttl == standin.fleet.traffic_manager.dns_ttl_seconds
     assert p.properties.monitor_config.path == "/healthz"
     assert [e.name for e in p.properties.endpoints] == ["eastus", "westus", "northeurope", "westeurope"]
     state = standin.adapter().profile_status()
-    assert (state.name, state.status, state.routing_method, state.dns_ttl) == (PROFILE, "Enabled", "Weighted", 30)
+    assert (state.name, state.status, state.routing_method, state.dns_ttl) == (PROFILE, "Enabled", "Weighted", 10)
 
 
 def test_endpoint_get_is_case_insensitive_like_azure(standin: StandIn) -> None:

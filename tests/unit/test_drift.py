@@ -257,3 +257,13 @@ def test_age():
 
 def short_of(digest):
     return digest[:19]
+
+
+def test_a_warm_standby_on_the_release_is_in_sync_with_its_endpoint_disabled():
+    observations = fleet()
+    observations["westus"]["endpoint"]["enabled"] = False
+    assert report(observations)["regions"]["westus"]["state"] != IN_SYNC
+    standby = classify_fleet(DESIRED, observations, WEIGHTS, 2, {}, NOW, {D1: "b" * 40}, standby=["westus"])
+    assert standby["regions"]["westus"]["state"] == IN_SYNC
+    # On an older release it is stale all the same: a failover must never land on old code.
+    assert traffic_problem(STALE, {"enabled": False, "weight": 100}, 100, False, standby=True) is None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from fanout.fleet import load_fleet
+from fanout.fleet import load_fleet, parse_fleet
 from fanout.policy import (
     EndpointState,
     PolicyError,
@@ -248,3 +248,12 @@ def test_run_request_from_conf():
     assert RunRequest.from_conf("r", T0, None) == RunRequest("r", T0, None, None, False, ("no git_sha",))
     typo = RunRequest.from_conf("r", T0, {"git_sha": "abc1234", "regoins": ["x"]}, declared=["git_sha", "regions"])
     assert typo.problems == ("unknown conf key 'regoins'",)
+
+
+def test_final_traffic_leaves_a_released_warm_standby_as_the_profile_has_it():
+    data = FLEET.model_dump(exclude={"source_path"})
+    data["regions"][3]["standby"] = "warm"
+    fleet = parse_fleet(data)
+    serving = dict.fromkeys(fleet.region_names, D1)
+    desired, warnings = final_traffic(fleet, endpoints(disabled=["westeurope"]), serving, D1)
+    assert not desired["westeurope"].enabled and desired["eastus"].enabled and warnings == []

@@ -176,6 +176,7 @@ class ClassifyFleetOperator(_ConsistencyStep):
             stored.get("first_seen", {}),
             datetime.now(UTC),
             read.get("releases"),
+            standby=[r.name for r in fleet.regions if r.standby],
         )
         Variable.set(key, {"checked_at": report["checked_at"], "first_seen": first_seen(report)}, serialize_json=True)
         report["app"], report["mode"] = fleet.app.name, fleet.consistency.mode

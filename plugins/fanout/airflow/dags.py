@@ -16,6 +16,7 @@ from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
 
 from fanout import names
 from fanout.airflow import consistency as cc
+from fanout.airflow import dns_waits
 from fanout.airflow import fleet_steps as fs
 from fanout.airflow import region_steps as rs
 from fanout.airflow.base import release_asset
@@ -74,12 +75,17 @@ def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, rs.R
         gates = [gate(task_id=gate.step, **kw) for gate in gate_types]
         restore = rs.RestoreRegionOperator(task_id=names.RESTORE, **kw)
         rollback = rs.RollbackRegionOperator(task_id=names.ROLLBACK, trigger_rule=TriggerRule.ONE_FAILED, **kw)
-        drain >> deploy
+        # Resolvers hold the old answer for the TTL: wait it out and see users gone before Helm starts.
+        settle = dns_waits.DnsSettleOperator(task_id=names.DNS_SETTLE, **kw)
+        confirm = dns_waits.ConfirmDrainedOperator(task_id=names.CONFIRM_DRAINED, **kw)
+        drain >> settle >> confirm >> deploy
         prev = deploy
         for gate in gates:
             prev >> gate
             prev = gate
         prev >> restore
+        # The next wave drains only once this region is back in Traffic Manager's answers.
+        restore >> dns_waits.WaitOnlineOperator(task_id=names.WAIT_ONLINE, **kw)
         [deploy, *gates] >> rollback
     return group, restore
 

@@ -21,10 +21,11 @@ from fanout.airflow.base import SNAPSHOT_KEY, FanoutOperator, release_asset, tar
 from fanout.airflow.triggers import AcrRunTrigger
 from fanout.airflow.waits import SETTLE_SECONDS, WaitingOperator
 from fanout.fleet import FleetError
-from fanout.planner import PlanError, plan_waves
+from fanout.planner import Plan, PlanError, plan_waves
 from fanout.policy import DIGEST, PolicyError, chart_values, check_drain, final_traffic, rollback_all_targets
 from fanout.provenance import build_labels
 from fanout.records import FleetSnapshot, Release, release_shape, shape_changes
+from fanout.routing import RoutingError, check_wave, explain_waves, profile_mismatches
 
 
 class ValidateReleaseOperator(FanoutOperator):
@@ -67,6 +68,7 @@ class ValidateReleaseOperator(FanoutOperator):
         except PlanError as err:
             raise AirflowFailException(f"regions: {err}") from None
         self.log.info("fleet %s (sha256 %s)\n%s", self.fleet_path, snapshot.sha256[:12], plan.explain())
+        self.check_routing(plan, dry_run=bool(params.get("dry_run")))
         # Chart values are input too: a chart that will not render is refused here, before
         # any region is drained, not in the middle of wave 2.
         app, probe_digest = fleet.app, "sha256:" + "0" * 64
@@ -89,6 +91,25 @@ class ValidateReleaseOperator(FanoutOperator):
         if params.get("dry_run"):
             self.log.info("dry run: the plan above is all this run does")
         return {"waves": [list(w.regions) for w in plan.waves], "dry_run": bool(params.get("dry_run"))}
+
+    def check_routing(self, plan: Plan, dry_run: bool) -> None:
+        """Where users go per wave; refuse a wave that strands them, or a live profile unlike the file."""
+        waves = [w.regions for w in plan.waves]
+        self.log.info("%s", explain_waves(self.fleet, waves))
+        try:
+            for wave in waves:
+                check_wave(self.fleet, wave)
+        except RoutingError as err:
+            raise AirflowFailException(f"traffic_manager: {err}") from None
+        problems = [] if dry_run else self.live_profile_problems()  # a dry run needs no network
+        if problems:
+            raise AirflowFailException("; ".join(problems))
+
+    def live_profile_problems(self) -> list[str]:
+        """Routing method and endpoint types as Traffic Manager has them, against the fleet file."""
+        tm = self.hook.traffic_manager()
+        types = {name: ep.type for name, ep in tm.endpoints().items()}
+        return profile_mismatches(self.fleet, tm.profile_status().routing_method, types)
 
 
 class BuildImageOperator(FanoutOperator):

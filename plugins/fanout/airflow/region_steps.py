@@ -202,7 +202,12 @@ class RestoreRegionOperator(_RegionStep):
     step = names.RESTORE
 
     def run(self, context: Context) -> dict[str, Any]:
-        weight = self.fleet.region(self.region).endpoint.weight
+        region = self.fleet.region(str(self.region))
+        drained = DrainOutcome.from_xcom(context["ti"].xcom_pull(task_ids=names.region_task(region.name, names.DRAIN)))
+        if region.standby and not (drained and drained.was_enabled):
+            self.log.info("%s is a warm standby: its endpoint stays disabled, as the profile has it", region.name)
+            return {"enabled": False, "standby": True}
+        weight = region.endpoint.weight
         state = self.hook.traffic_manager().set_endpoint(self.endpoint_name(), enabled=True, weight=weight)
         self.log.info("restored %s: enabled at weight %s", self.region, state.weight)
         return {"enabled": state.enabled, "weight": state.weight}
