@@ -14,7 +14,7 @@ import yaml
 from azure.core.credentials import AccessToken
 
 from fanout.adapters import aks as aks_module
-from fanout.adapters.aks import AksCluster, AksKubeconfigs, KubeconfigDir, temporary_kubeconfig
+from fanout.adapters.aks import AksCluster, KubeconfigDir, temporary_kubeconfig
 from fanout.adapters.azure_credentials import AzureAdapterError
 from tests.contract.azure_server import AKS_SCOPE, ARM_SCOPE, FakeCredential, Request, Response, arm_error
 
@@ -182,16 +182,6 @@ def test_kubeconfig_dir_cleans_up_when_collected(server, credential, ca):
     del folder
     assert not path.exists(), "the folder goes with its owner"
     assert not os.path.exists(first)
-
-
-def test_kubeconfigs_for_a_trigger(server, credential, ca):
-    serve_credentials(server, KUBELOGIN)
-    kube = AksKubeconfigs(cluster(server, credential, ca))
-    path, context = kube.get()
-    assert kube.get() == (path, context)
-    assert len(server.calls("POST", CREDS)) == 1
-    kube.close()
-    assert not Path(path).exists()
 
 
 @pytest.mark.parametrize(

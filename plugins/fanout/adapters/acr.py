@@ -265,28 +265,3 @@ class AcrReplica:
             cause = describe(err)[0] if isinstance(err, AzureError) else str(err)
             raise RegistryError(scrub(f"registry {self.endpoint}: reading {repository}:{reference}: {cause}")) from None
         return result.digest, config_labels(json.loads(blob))
-
-
-def acr_replica_from_connection(conn_id: str, endpoint: str, acr: dict[str, str] | None = None) -> AcrReplica:
-    """An AcrReplica whose credential comes from Airflow connection `conn_id`, for a trigger that
-    must not carry credentials. `acr` (subscription, resource_group, registry, region) adds the
-    replica-Ready precondition."""
-    from fanout.adapters.azure_credentials import access_from_connection
-
-    access = access_from_connection(conn_id)
-    replicas = None
-    if acr:
-        replicas = AcrReplicas(
-            access.credential,
-            acr["subscription"],
-            acr["resource_group"],
-            acr["registry"],
-            base_url=None if access.cloud == "AzurePublicCloud" else access.arm_url,
-            cloud=access.cloud,
-        )
-    # <registry>.<region>.geo.azurecr.<io|us|cn> names its region; the region only matters with `acr` anyway.
-    labels = endpoint.split(":")[0].split(".")
-    region = (acr or {}).get("region") or (labels[1] if ".geo.azurecr." in endpoint else "")
-    return AcrReplica(
-        access.credential, endpoint, region=region, replicas=replicas, audience=access.acr_audience, owns_replicas=True
-    )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import json
 import shlex
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from azure.mgmt.containerregistrytasks.models import (
 )
 from azure.storage.blob import BlobClient
 
-from fanout.adapters.azure_credentials import AzureAdapterError, call, client_options, describe
+from fanout.adapters.azure_credentials import call, client_options, describe
 from fanout.adapters.build_context import pack_context
 from fanout.adapters.builder import BuildError
 from fanout.policy import DIGEST
@@ -107,23 +106,6 @@ class AcrTasksBuilder:
             credential,
             subscription,
             **client_options(base_url=base_url, connection_verify=connection_verify, **options),
-        )
-
-    @classmethod
-    def from_connection(
-        cls, conn_id: str, subscription: str, resource_group: str, registry: str, *, base_url: str | None = None,
-        **kwargs: Any,
-    ) -> AcrTasksBuilder:  # fmt: skip
-        """A builder whose credential comes from Airflow connection `conn_id`, for a trigger that must
-        not carry credentials. `base_url` None means the ARM endpoint of the connection's cloud."""
-        from fanout.adapters import azure_credentials
-
-        # Looked up on the module, not imported by name, so tests can stand in for the connection.
-        access = azure_credentials.access_from_connection(conn_id)
-        if base_url is None and access.cloud != "AzurePublicCloud":
-            base_url = access.arm_url
-        return cls(
-            access.credential, subscription, resource_group, registry, base_url=base_url, cloud=access.cloud, **kwargs
         )
 
     @property
@@ -219,23 +201,6 @@ class AcrTasksBuilder:
         error = props.run_error_message if props else None
         return RunState(run_id, status, digests[0] if digests else None, images, error)
 
-    def wait(self, run_id: str, timeout_seconds: float | None = None) -> RunState:
-        """Poll until the run ends. On our own deadline the run is cancelled, not left running."""
-        deadline = time.monotonic() + (timeout_seconds or self.build_timeout_seconds + 300)
-        started, last_status, last_note = time.monotonic(), None, 0.0
-        while True:
-            state = self.state(run_id)
-            elapsed = time.monotonic() - started
-            if state.status != last_status or elapsed - last_note >= 60:
-                self.progress(f"run {run_id}: {state.status} after {elapsed:.0f} s")
-                last_status, last_note = state.status, elapsed
-            if state.done:
-                return state
-            if time.monotonic() >= deadline:
-                self.cancel(run_id)
-                raise BuildError(f"{self._where}: run {run_id} still {state.status} after {elapsed:.0f} s; cancelled")
-            time.sleep(self.poll_seconds)
-
     def cancel(self, run_id: str) -> bool:
         """Ask ACR to cancel the run; False if it could not be asked. Whoever cancels fails the build
         either way, and a run we failed to cancel still ends at its own `timeout`."""
@@ -256,19 +221,6 @@ class AcrTasksBuilder:
         except (AzureError, OSError):
             return ""
         return scrub("\n".join(text.splitlines()[-lines:]))
-
-    def build_and_push(self, context: Path, destination: str, labels: dict[str, str] | None = None) -> str:
-        """Build `context` in ACR Tasks and push `destination` (`[host/]repo:tag`). Returns the digest."""
-        try:
-            run_id = self.start(context, destination, labels)
-            state = self.wait(run_id)
-        except AzureAdapterError as err:
-            raise BuildError(str(err)) from None
-        if state.status != "Succeeded":
-            raise BuildError(self.failure(state, self.log_tail(run_id)))
-        digest = self.digest_of(state)
-        self.progress(f"run {run_id} pushed {', '.join(state.images)}")
-        return digest
 
     def failure(self, state: RunState, tail: str = "") -> str:
         """Why a run that ended other than Succeeded failed, and where its whole log is."""

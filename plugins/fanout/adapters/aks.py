@@ -204,33 +204,3 @@ def temporary_kubeconfig(cluster: AksCluster, valid_for: float = 0.0) -> Iterato
         yield folder.path_for(cluster.cluster, cluster.credentials, valid_for)
     finally:
         folder.close()
-
-
-class AksKubeconfigs:
-    """One cluster's kubeconfig kept fresh in a private folder: for a trigger that polls a cluster
-    for longer than a token lives. `close()` removes the folder."""
-
-    def __init__(self, cluster: AksCluster, renew: Callable[[], TokenCredential] | None = None) -> None:
-        self.cluster, self.renew = cluster, renew
-        self.folder = KubeconfigDir()
-
-    @classmethod
-    def from_connection(cls, *, subscription: str, resource_group: str, cluster: str, conn_id: str) -> AksKubeconfigs:
-        from fanout.adapters.azure_credentials import access_from_connection
-
-        access = access_from_connection(conn_id)
-        base_url = None if access.cloud == "AzurePublicCloud" else access.arm_url
-        return cls(
-            AksCluster(access.credential, subscription, resource_group, cluster, base_url=base_url, cloud=access.cloud),
-            renew=lambda: access_from_connection(conn_id).credential,
-        )
-
-    def get(self, valid_for: float = 30.0) -> tuple[str, str]:
-        """(path, context) usable for `valid_for` seconds (a poll's request timeout, by default)."""
-        return self.folder.path_for(
-            self.cluster.cluster, lambda needed: self.cluster.credentials(needed, self.renew), valid_for
-        )
-
-    def close(self) -> None:
-        self.folder.close()
-        self.cluster.close()
