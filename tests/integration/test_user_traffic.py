@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from release_checks import random_sha, serving, snapshot, variant_fleet
+from release_checks import new_commit, serving, snapshot, variant_fleet
 
 from fanout.airflow.dns_waits import SKIP_ENV
 from fanout.fleet import load_fleet
@@ -51,12 +51,12 @@ def watched_release(release, local_fleet, path: Path) -> tuple[Any, Summary]:
     fleet, state = load_fleet(path), local_fleet.state
     if any(serving(local_fleet.fleet, r) is None for r in REGIONS):
         # A fleet that never had the app fails every user request: release it once, unwatched.
-        first = release({"git_sha": random_sha()}, fleet_path=local_fleet.path)
+        first = release({"git_sha": new_commit(local_fleet.fleet)}, fleet_path=local_fleet.path)
         assert first.returncode == 0, first.tail()
     users.start(fleet, state, users=8, rate=4, duration=900)
     time.sleep(3)  # every user has resolved and sent a few requests
     since = time.time()
-    run = release({"git_sha": random_sha()}, fleet_path=path)
+    run = release({"git_sha": new_commit(local_fleet.fleet)}, fleet_path=path)
     until = time.time()
     time.sleep(fleet.traffic_manager.dns_ttl_seconds + 2)
     users.stop(state)
@@ -126,7 +126,7 @@ def test_a_geography_s_only_answer_is_refused_before_anything_changes(local_flee
         region["endpoint"]["geo_mapping"] = codes[region["name"]]
     before = snapshot(local_fleet.fleet)
     with profile(local_fleet, tmp_path, **{"traffic_manager.routing_method": "Geographic", "regions": regions}) as path:
-        run = release({"git_sha": random_sha()}, fleet_path=path)
+        run = release({"git_sha": new_commit(local_fleet.fleet)}, fleet_path=path)
         assert run.returncode != 0
         assert "draining westus leaves geography US with no answer" in run.segments["validate"]
         assert run.states().get("build") in (None, "upstream_failed")
@@ -141,7 +141,7 @@ def test_a_stuck_resolver_stops_the_release_before_helm_with_a_clear_message(loc
         time.sleep(2)
         faults(resolver_stuck=True)
         # Only eastus: every user holds its answer, so the stuck resolvers keep coming after its drain.
-        run = release({"git_sha": random_sha(), "regions": ["eastus"]}, fleet_path=path)
+        run = release({"git_sha": new_commit(local_fleet.fleet), "regions": ["eastus"]}, fleet_path=path)
     assert run.returncode != 0
     log = run.segments["deploy_eastus.confirm_drained"]
     assert "users still reach eastus" in log and "a resolver holds the old answer; nothing was deployed" in log
