@@ -64,6 +64,7 @@ class Edge:
 
 def _fleet(tmp_path: Path, port: int, method: str, **endpoint_extra: dict[str, Any]) -> Fleet:
     data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
+    data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")  # the copy lives in tmp
     for n, region in enumerate(data["regions"], start=1):
         region["edge_url"] = f"http://127.0.1.{n}:{port}"
         region["endpoint"].update(endpoint_extra.get(region["name"], {}))
