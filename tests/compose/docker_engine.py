@@ -57,6 +57,15 @@ def mounts_under(*folders: Path) -> list[str]:
     return found
 
 
+def _children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
+
+
 class Engine:
     """dockerd on a private socket; `run(…)` runs a docker/docker-compose command against it."""
 
@@ -129,17 +138,18 @@ class Engine:
                         self.progress(f"removing leftover {kind}: {' '.join(names)}")
                         remove = {"containers": ("rm", "-fv"), "volumes": ("volume", "rm", "-f")}
                         self.run(*remove.get(kind, ("network", "rm")), *names, check=False)
-                    # Rebuilt images leave their predecessors untagged; the cache keeps only tags.
-                    self.run("image", "prune", "-f", check=False)
                 self._dockerd.send_signal(signal.SIGTERM)
                 try:
                     self._dockerd.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     os.killpg(self._dockerd.pid, signal.SIGKILL)
                     self._dockerd.wait()
-            for pid in procs.pids_mentioning(self.run_dir):  # containerd-shims, if dockerd died hard
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            # If dockerd died hard its containerd-shims live on, each with a container under it:
+            # killing the container's first process ends its pid namespace, then the shim.
+            for shim in procs.pids_mentioning(self.run_dir):
+                for pid in (*_children(shim), shim):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             for point in sorted(mounts_under(self.run_dir, self.data_root), key=len, reverse=True):
                 subprocess.run(["umount", "-l", point], capture_output=True)
         finally:

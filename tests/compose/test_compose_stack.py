@@ -2,12 +2,14 @@
 release through the stack to a private local fleet, one region re-run over the REST API, and
 `docker-compose down -v` leaving nothing behind.
 
-The engine and base images are this machine's (tests/compose/engine.py, images/README.md); the
-compose file and the Dockerfile are the production ones. The only change for this machine is
-the override written by `override()`: host networking, because the fleet the stack releases to
-listens on the host's loopback and dockerd here may not route a bridge anywhere (no iptables,
-no NAT); so every port the stack listens on is moved to a free loopback port, and the service
-names the compose file uses (postgres, airflow-apiserver) are mapped to loopback.
+The engine and base images are this machine's (tests/compose/docker_engine.py, images/README.md);
+the compose file and the Dockerfile are the production ones, with settings only from the
+environment. The one change for this machine is `override()`: the scheduler (where tasks run)
+and the triggerer (where waits run) use the host's network, because the fleet they release to
+listens on the host's loopback and this engine may not route a bridge anywhere (no iptables, no
+NAT); they reach postgres and the api-server, which stay on the project's bridge network as in
+production, at fixed addresses there, and listen on free ports instead of Airflow's defaults.
+The private fleet file and its kubeconfig are mounted where the file names them.
 """
 
 from __future__ import annotations
@@ -41,38 +43,33 @@ REGION = "eastus"
 REGION_TASKS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore", "rollback")
 
 
+# Fixed addresses on the project's bridge network for the two services the host-network ones call.
+SUBNET = "172.31.254.0/24"
+ADDRESSES = {"postgres": "172.31.254.10", "airflow-apiserver": "172.31.254.11"}
+ON_HOST_NETWORK = ("airflow-scheduler", "airflow-triggerer")  # the ones that talk to the fleet
+
+
 def override(ports: dict[str, int], fleet_dir: Path) -> dict:
     """The one machine-specific layer over docker-compose.yaml (see the module docstring)."""
-    db = f"postgresql+psycopg2://airflow:airflow@postgres:{ports['postgres']}/airflow"
-    airflow = {
-        "network_mode": "host",
-        "extra_hosts": ["postgres:127.0.0.1", "airflow-apiserver:127.0.0.1"],
-        "environment": {
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://airflow-apiserver:{ports['api']}/execution/",
-            "AIRFLOW__API__PORT": str(ports["api"]),
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(ports["scheduler_health"]),
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports["worker_logs"]),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports["trigger_logs"]),
-        },
-        # The private fleet file, its kubeconfig, and the chart it names, at the paths it names.
-        "volumes": [f"{fleet_dir}:{fleet_dir}:ro", f"{REPO / 'include'}:{REPO / 'include'}:ro"],
+    fleet = [f"{fleet_dir}:{fleet_dir}:ro", f"{REPO / 'include'}:{REPO / 'include'}:ro"]
+    services: dict = {name: {"networks": {"default": {"ipv4_address": ip}}} for name, ip in ADDRESSES.items()}
+    services["airflow-dag-processor"] = {"volumes": fleet}
+    for name in ON_HOST_NETWORK:
+        services[name] = {
+            "network_mode": "host",
+            "extra_hosts": [f"{host}:{ip}" for host, ip in ADDRESSES.items()],
+            # Off the host's default ports, which other Airflows on the machine may hold.
+            "environment": {
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(ports["scheduler_health"]),
+                "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports["worker_logs"]),
+                "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports["trigger_logs"]),
+            },
+            "volumes": fleet,
+        }
+    services["airflow-scheduler"]["healthcheck"] = {
+        "test": ["CMD", "curl", "--fail", f"http://localhost:{ports['scheduler_health']}/health"]
     }
-    services = {name: dict(airflow) for name in (*COMPONENTS, "airflow-init")}
-    services["airflow-apiserver"] = {
-        **airflow,
-        "healthcheck": {"test": ["CMD", "curl", "--fail", f"http://localhost:{ports['api']}/api/v2/monitor/health"]},
-    }
-    services["airflow-scheduler"] = {
-        **airflow,
-        "healthcheck": {"test": ["CMD", "curl", "--fail", f"http://localhost:{ports['scheduler_health']}/health"]},
-    }
-    services["postgres"] = {
-        "network_mode": "host",
-        "environment": {"PGPORT": str(ports["postgres"])},
-        "command": ["postgres", "-c", "listen_addresses=127.0.0.1"],
-    }
-    return {"services": services}
+    return {"networks": {"default": {"ipam": {"config": [{"subnet": SUBNET}]}}}, "services": services}
 
 
 class Stack:
@@ -102,6 +99,7 @@ class Stack:
             "GO_IMAGE": images["golang"],
             "POSTGRES_IMAGE": images["postgres"],
             "AIRFLOW_UID": str(AIRFLOW_UID),
+            "AIRFLOW_API_PORT": f"127.0.0.1:{self.ports['api']}",
         }
 
     def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -425,7 +425,7 @@ def test_health_checks_ask_what_airflow_3_serves():
 
     api = urlsplit(services["airflow-apiserver"]["healthcheck"]["test"][-1])
     assert api.path in {route.path for route in public_router.routes}
-    _, container = services["airflow-apiserver"]["ports"][0].split(":")
+    container = services["airflow-apiserver"]["ports"][0].rsplit(":", 1)[1]
     assert api.port == int(container)
     execution = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert (execution.hostname, execution.port, execution.path) == ("airflow-apiserver", api.port, "/execution/")
