@@ -117,6 +117,9 @@ class Stack:
         found = json.loads(self.engine.run("inspect", *ids).stdout)
         return {c["Config"]["Labels"]["com.docker.compose.service"]: c for c in found}
 
+    def health(self) -> dict[str, str | None]:
+        return {s: (c["State"].get("Health") or {}).get("Status") for s, c in self.containers().items()}
+
     def logs(self, lines: int = 40) -> str:
         return self.compose("logs", "--no-color", "--tail", str(lines), check=False).stdout
 
@@ -124,7 +127,7 @@ class Stack:
         deadline = time.monotonic() + timeout
         while True:
             found = self.containers()
-            health = {s: (c["State"].get("Health") or {}).get("Status") for s, c in found.items()}
+            health = self.health()
             init = found.get("airflow-init", {}).get("State", {})
             if init.get("Status") == "exited" and init.get("ExitCode") != 0:
                 raise AssertionError(f"airflow-init failed ({init['ExitCode']}):\n{self.logs(80)}")
@@ -188,7 +191,8 @@ def test_compose_up_releases_through_the_stack_and_down_leaves_nothing(engine, i
     stack = Stack(engine, images, fleet, fleet_dir)
     try:
         with timing("docker-compose up → every service healthy"):
-            stack.compose("up", "-d", "--no-build")
+            up = stack.compose("up", "-d", "--no-build", check=False)
+            assert up.returncode == 0, f"{up.stderr[-3000:]}\n{stack.health()}\n{stack.logs(60)}"
             stack.wait_healthy()
         found = stack.containers()
         # The production shape ran: the images given, as the users given, nothing restarted.
