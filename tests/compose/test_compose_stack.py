@@ -166,7 +166,7 @@ def build_app(fleet) -> str:
     registry = fleet.registry
     builder = BuildahBuilder(cache_dir() / "buildah", insecure=registry.insecure)
     destination = f"{registry.pull_host(registry.home)}/{registry.repository}:compose-{time.time_ns()}"
-    return builder.build_and_push(fleet.app.source, destination)
+    return builder.build_and_push(Path(fleet.app.source), destination)
 
 
 def wait_run(api: AirflowApi, run_id: str, timeout: float) -> str:
