@@ -17,7 +17,7 @@ export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 export FANOUT_PROJECT_DIR ?= $(CURDIR)
 
 .PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow bench-short-waits bench-release \
-	airflow-up airflow-status airflow-env airflow-down
+	airflow-up airflow-status airflow-env airflow-down compose-packages compose-test
 
 venv: $(STAMP)
 $(STAMP): requirements.txt constraints.txt
@@ -118,3 +118,17 @@ airflow-env: venv
 
 airflow-down: venv
 	@$(PY) -m localfleet.airflow_stack --fleet $(FLEET) down
+
+# Only for `make compose-test`: a Docker engine the test starts by itself (docker.io), and
+# mmdebstrap for the Debian root filesystems its local base images start from (no image registry
+# is reachable here). Kept apart from system-packages so `make test` does not pull in an engine.
+compose-packages:
+	@missing=$$(for p in docker.io mmdebstrap docker-compose; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+## docker-compose.yaml and the Dockerfile on a real Docker engine, releasing to a private local fleet.
+compose-test: venv system-packages compose-packages binaries
+	@$(PY) -m pytest -m compose tests/compose -p no:cacheprovider -s

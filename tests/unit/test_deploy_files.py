@@ -1,11 +1,11 @@
 """docker-compose.yaml, Dockerfile and .dockerignore: valid, and in step with the project.
 
-No Docker engine runs on our machines, so the compose file is validated two ways without one:
-against the compose-spec JSON schema (vendored in tests/unit/data, see the README there) and by
-Debian's docker-compose 1.29, whose `config` parses, interpolates and checks a file without an
-engine (`make system-packages` installs it; those tests skip only when it is missing). Each
-validator is also shown broken copies that it must reject. Neither proves the stack runs: that
-has not been tried on an engine here.
+Quick checks without a Docker engine: the compose file against the compose-spec JSON schema
+(vendored in tests/unit/data, see the README there) and through Debian's docker-compose 1.29,
+whose `config` parses, interpolates and checks a file without an engine (`make system-packages`
+installs it; those tests skip only when it is missing). Each validator is also shown broken
+copies that it must reject. That the stack builds, runs and releases is tests/compose's job
+(`make compose-test`, on a private engine).
 """
 
 from __future__ import annotations
@@ -199,7 +199,12 @@ def test_docker_compose_accepts_the_file_and_resolves_it(tmp_path):
         assert env["AIRFLOW_CONN_AZURE_FANOUT"] == ""  # unset: Airflow then looks in its database
         assert service["image"] == f"fanout-airflow:{pinned('apache-airflow')}"
         assert service["build"]["context"] == str(tmp_path)
+        assert service["build"]["args"] == {
+            "AIRFLOW_IMAGE": f"apache/airflow:{pinned('apache-airflow')}-python{dockerfile_arg('PYTHON_VERSION')}",
+            "GO_IMAGE": f"golang:{dockerfile_arg('GO_VERSION')}-bookworm",
+        }
         assert {f"{tmp_path}/{src[2:]}:{dst}:ro" for src, dst in PROJECT_MOUNTS.items()} <= set(service["volumes"])
+    assert resolved["services"]["postgres"]["image"] == "postgres:16"
     assert resolved["services"]["airflow-scheduler"]["user"] == "50000:0"
     assert resolved["services"]["airflow-cli"]["profiles"] == ["debug"]
     assert 'chown -R "50000:0"' in resolved["services"]["airflow-init"]["command"][1]
@@ -217,6 +222,9 @@ def test_docker_compose_passes_the_settings_through(tmp_path):
         AIRFLOW_CONN_AZURE_FANOUT=conn,
         AIRFLOW_UID="1234",
         FANOUT_IMAGE="registry.example/fanout:1",
+        AIRFLOW_IMAGE="mirror.example/airflow:3",
+        GO_IMAGE="mirror.example/golang:1",
+        POSTGRES_IMAGE="mirror.example/postgres:16",
     )
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
@@ -225,6 +233,11 @@ def test_docker_compose_passes_the_settings_through(tmp_path):
         assert services[name]["environment"]["AIRFLOW_CONN_AZURE_FANOUT"] == conn
         assert services[name]["user"] == "1234:0"
         assert services[name]["image"] == "registry.example/fanout:1"
+        assert services[name]["build"]["args"] == {
+            "AIRFLOW_IMAGE": "mirror.example/airflow:3",
+            "GO_IMAGE": "mirror.example/golang:1",
+        }
+    assert services["postgres"]["image"] == "mirror.example/postgres:16"
     assert services["airflow-init"]["user"] == "0:0"
     assert 'chown -R "1234:0"' in services["airflow-init"]["command"][1]
 
@@ -277,7 +290,10 @@ def test_dockerfile_pins_the_projects_airflow_python_and_requirements():
     assert dockerfile_arg("AIRFLOW_VERSION") == pinned("apache-airflow")
     # constraints.txt is the freeze of the venv the tests run in: the image's Python must be that one.
     assert dockerfile_arg("PYTHON_VERSION") == f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert "FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}" in dockerfile
+    # The base images are parameters whose defaults are the official images.
+    assert dockerfile_arg("AIRFLOW_IMAGE") == "apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}"
+    assert dockerfile_arg("GO_IMAGE") == "golang:${GO_VERSION}-bookworm"
+    assert re.findall(r"^FROM (.*)$", dockerfile, re.MULTILINE) == ["${GO_IMAGE} AS helm", "${AIRFLOW_IMAGE}"]
     assert "pip install --no-cache-dir -r /opt/fanout/requirements.txt -c /opt/fanout/constraints.txt" in dockerfile
 
 
@@ -316,7 +332,13 @@ def test_compose_runs_every_airflow_component_from_the_fanout_image():
     assert set(services) == {"postgres", *AIRFLOW_SERVICES}  # LocalExecutor: no Redis, no Celery workers
     for name in AIRFLOW_SERVICES:
         service = services[name]
-        assert service["build"] == "."
+        assert service["build"]["context"] == "."
+        # Passed on to the Dockerfile's ARGs of the same name, with the same defaults.
+        for arg, value in service["build"]["args"].items():
+            default = dockerfile_arg(arg)
+            for name in ("AIRFLOW_VERSION", "PYTHON_VERSION", "GO_VERSION"):
+                default = default.replace(f"${{{name}}}", dockerfile_arg(name))
+            assert value == f"${{{arg}:-{default}}}"
         assert env_default(service["image"]) == f"fanout-airflow:{pinned('apache-airflow')}"
         assert service["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     for name, command in COMPONENTS.items():
@@ -403,7 +425,7 @@ def test_health_checks_ask_what_airflow_3_serves():
 
     api = urlsplit(services["airflow-apiserver"]["healthcheck"]["test"][-1])
     assert api.path in {route.path for route in public_router.routes}
-    _, container = services["airflow-apiserver"]["ports"][0].split(":")
+    container = services["airflow-apiserver"]["ports"][0].rsplit(":", 1)[1]
     assert api.port == int(container)
     execution = urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"])
     assert (execution.hostname, execution.port, execution.path) == ("airflow-apiserver", api.port, "/execution/")
