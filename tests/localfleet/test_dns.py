@@ -21,6 +21,7 @@ import yaml
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
 from fanout.airflow.dns_waits import EdgeQuietTrigger, MonitorOnlineTrigger
 from fanout.fleet import Fleet, parse_fleet
+from fanout.records import FleetSnapshot
 from localfleet import procs
 from localfleet.edge import Edge as LocalEdge
 from localfleet.edge import make_server
@@ -236,9 +237,8 @@ def test_the_online_wait_ends_when_the_monitor_sees_the_restored_endpoint(profil
     profile.tm.set_endpoint("eastus", enabled=False)
     profile.tm.set_endpoint("eastus", enabled=True)
     threading.Timer(1.5, lambda: update_faults(tmp_path / "state", edge_unhealthy=None)).start()
-    trigger = MonitorOnlineTrigger(
-        fleet_path=str(profile.fleet.source_path), endpoint="eastus", timeout_seconds=10, poll_seconds=0.2
-    )
+    snapshot = FleetSnapshot.of_file(profile.fleet.source_path)
+    trigger = MonitorOnlineTrigger(fleet=snapshot.to_xcom(), region="eastus", timeout_seconds=10, poll_seconds=0.2)
     event = trigger.poll_inline(10)
     assert event is not None and event["status"] == "ok" and "Online" in event["detail"]
     assert event["waited"] >= 1.5
