@@ -121,12 +121,13 @@ def test_bake_waits_only_after_waves_this_run_touched(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump(data))
     bake = BakeOperator(task_id="bake_after_wave_1", fleet_path=str(path), wave_regions=["westus"])
     bake._fleet = load_fleet(path)
+    ti = FakeTI({("validate", "snapshot"): {"path": str(path)}})  # the run was validated
     paused = []
     monkeypatch.setattr(BakeOperator, "pause", lambda self, seconds, *_: paused.append(seconds))
-    bake.execute({"params": {**PARAMS, "regions": ["westeurope"]}})
+    bake.execute({"params": {**PARAMS, "regions": ["westeurope"]}, "ti": ti})
     assert paused == []
-    bake.execute({"params": {**PARAMS, "regions": ["westus", "westeurope"]}})
-    bake.execute({"params": PARAMS})  # no subset: every wave is touched
+    bake.execute({"params": {**PARAMS, "regions": ["westus", "westeurope"]}, "ti": ti})
+    bake.execute({"params": PARAMS, "ti": ti})  # no subset: every wave is touched
     assert paused == [3, 3]
 
 

@@ -32,6 +32,7 @@ def test_up_status_down_leaves_nothing_behind(e2e_fleet, tmp_path):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"http://127.0.0.1:{port}" in up.stdout
+        data_dir = AirflowStack(folder, e2e_fleet, port).postgres.data_dir  # the folder `up` made (mkdtemp)
         again = stack_cli(folder, e2e_fleet, port, "up")  # idempotent: the same processes, no second stack
         assert again.returncode == 0, again.stdout + again.stderr
         status = stack_cli(folder, e2e_fleet, port, "status")
@@ -46,4 +47,4 @@ def test_up_status_down_leaves_nothing_behind(e2e_fleet, tmp_path):
     settings = json.loads((folder / "stack.json").read_text())
     assert procs.pids_mentioning(folder) == [], "a process of the stack outlived `down`"
     assert not procs.port_open("127.0.0.1", port) and not procs.port_open("127.0.0.1", settings["postgres_port"])
-    assert not AirflowStack(folder, e2e_fleet, port).postgres.data_dir.exists()
+    assert data_dir.is_dir() is False, f"{data_dir} outlived `down --remove`"

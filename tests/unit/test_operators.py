@@ -253,3 +253,18 @@ def absolute_paths(text: str) -> str:
     return text.replace("../app", str(LOCAL.parent.parent / "app")).replace(
         "../charts/hello", str(LOCAL.parent.parent / "charts" / "hello")
     )
+
+
+@pytest.mark.parametrize(
+    ("cls", "task_id"),
+    [(rs.RollbackRegionOperator, "deploy_eastus.rollback"), (fs.RollbackAllOperator, names.ROLLBACK_ALL)],
+)
+def test_a_run_validate_refused_is_skipped_by_the_steps_that_answer_failures(cls, task_id):
+    """one_failed / all_done still start them when validate failed: nothing ran, nothing to undo."""
+    hook = FakeHook(FLEET)
+    op = cls(
+        task_id=task_id, fleet_path=str(LOCAL), **({"region": "eastus"} if cls is rs.RollbackRegionOperator else {})
+    )
+    with pytest.raises(AirflowSkipException, match="validate refused this run"):
+        run_task(op, FakeTI(), hook)
+    assert hook.tm.calls == [] and all(h.calls == [] for h in hook.helms.values())

@@ -39,6 +39,8 @@ class FanoutOperator(BaseOperator):
     # The task of this DAG that records the run's fleet snapshot.
     snapshot_task: ClassVar[str] = names.VALIDATE
     step: ClassVar[str | None] = None
+    # False for the tasks that run before the snapshot exists (the supersede check, the snapshot's own task).
+    needs_snapshot: ClassVar[bool] = True
     ui_color = "#e8f1fb"
 
     def __init__(self, *, fleet_path: str, region: str | None = None, **kwargs: Any) -> None:
@@ -75,6 +77,9 @@ class FanoutOperator(BaseOperator):
             raise AirflowSkipException(f"{self.region} is not in this run's regions {params.get('regions')}")
         if params.get("dry_run") and not self.runs_on_dry_run:
             raise AirflowSkipException("dry run: nothing is changed")
+        if self.needs_snapshot and context["ti"].xcom_pull(task_ids=self.snapshot_task, key=SNAPSHOT_KEY) is None:
+            # The run was refused (or never validated): there is nothing to act on or undo.
+            raise AirflowSkipException(f"{self.snapshot_task} refused this run: nothing was changed")
         try:
             return self.run(context)
         finally:

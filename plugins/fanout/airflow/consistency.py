@@ -46,6 +46,8 @@ class _ConsistencyStep(FanoutOperator):
 class ReadDesiredStateOperator(_ConsistencyStep):
     """The last successful release of the app (its Asset event); records the check's fleet snapshot."""
 
+    needs_snapshot = False
+
     ui_color = "#f3ecfb"
 
     def run(self, context: Context) -> dict[str, Any]:

@@ -33,6 +33,8 @@ def dag_run(dag_id: str, run_id: str) -> Any:
 class CheckSupersededOperator(FanoutOperator, SkipMixin):
     """Skip every other task of this run when a newer queued run supersedes it."""
 
+    needs_snapshot = False
+
     inherits_from_skipmixin = True
     runs_on_dry_run = True
     ui_color = "#f0f0f0"
