@@ -37,6 +37,7 @@ from fanout.trigger import AirflowApi, TriggerError
 from localfleet import binaries, cli, procs
 from localfleet.airflow_stack import AirflowStack, StackError
 from localfleet.bench_airflow import say, teardown, timed, wait_for_dag
+from localfleet.git import repo as git_repo
 from localfleet.plain_release import Plain
 from localfleet.testing import REPO, write_test_fleet
 
@@ -128,7 +129,7 @@ def print_breakdown(rows: list[dict[str, Any]]) -> None:
 
 def scaled_fleet(folder: Path, regions: int, app_dir: Path) -> Path:
     """The local test fleet grown to `regions` regions in pairs, one canary, waves of up to 4."""
-    base = write_test_fleet(folder, app=_app(app_dir))
+    base = write_test_fleet(folder)
     data = yaml.safe_load(base.source_path.read_text())
     if regions == len(data["regions"]):
         return base.source_path
@@ -149,13 +150,6 @@ def scaled_fleet(folder: Path, regions: int, app_dir: Path) -> Path:
     data["min_serving_regions"] = regions // 2
     base.source_path.write_text(yaml.safe_dump(data, sort_keys=False))
     return base.source_path
-
-
-def _app(app_dir: Path) -> dict[str, Any]:
-    data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())["app"]
-    data["source"] = str(app_dir)
-    data["chart"]["path"] = str(REPO / "include/charts/hello")
-    return data
 
 
 def fresh_source(app_dir: Path, sha: str) -> None:
@@ -216,7 +210,8 @@ class Bench:
 
     def plain_release(self, sha: str, waves: list[list[str]], image: str | None) -> tuple[float, str]:
         argv = [sys.executable, "-m", "localfleet.plain_release", "--fleet", str(self.fleet.source_path),
-                "--helm", self.helm, "--waves", json.dumps(waves), "--git-sha", sha]  # fmt: skip
+                "--helm", self.helm, "--waves", json.dumps(waves), "--git-sha", sha,
+                "--context", str(self.app_dir)]  # fmt: skip
         if image:
             argv += ["--image", image]
         # No plugins/ on its path: the plain script could not import Fanout if it tried.
@@ -255,9 +250,9 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         waves = [list(w.regions) for w in plan_waves(fleet).waves]
         say(f"waves: {waves}")
         repair_region = waves[-1][-1]
+        git = bench.fleet.app.source.git
         for i in range(args.repeat):
-            sha = uuid.uuid4().hex
-            fresh_source(app_dir, sha)
+            sha = git_repo.commit_app(git, f"bench-{uuid.uuid4().hex}")  # a merge: a new digest to build
             wall, path = bench.fanout(sha, None)
             results["fanout"].append(wall)
             results["paths"][f"release {i}"] = (wall, path)
@@ -270,7 +265,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         bench.digest = plain_digest  # what every region runs now; the repair restores it
         for i in range(args.repeat):
             bench.drift(repair_region, older)
-            wall, path = bench.fanout(uuid.uuid4().hex, [repair_region])
+            wall, path = bench.fanout(sha, [repair_region])
             results["repair_fanout"].append(wall)
             results["paths"][f"repair {i}"] = (wall, path)
             bench.drift(repair_region, older)

@@ -64,8 +64,8 @@ def wait_for_replica(endpoint: str, repository: str, digest: str, timeout: float
 
 
 class Plain:
-    def __init__(self, fleet_path: Path, helm: str):
-        self.path = fleet_path
+    def __init__(self, fleet_path: Path, helm: str, context: Path | None = None):
+        self.path, self.context = fleet_path, context
         self.fleet = yaml.safe_load(fleet_path.read_text())
         self.helm = helm
         self.regions = {r["name"]: r for r in self.fleet["regions"]}
@@ -142,7 +142,7 @@ class Plain:
         reg = self.fleet["registry"]
         if digest is None:
             home = reg["endpoints"][reg["home"]]
-            digest = build_and_push(self.resolve(self.fleet["app"]["source"]), f"{home}/{reg['repository']}:{sha[:12]}",
+            digest = build_and_push(self.context, f"{home}/{reg['repository']}:{sha[:12]}",
                                     self.path.parent / "plain-buildah")  # fmt: skip
         targets = [r for wave in waves for r in wave]
         with ThreadPoolExecutor(max(len(targets), 1)) as pool:
@@ -163,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--waves", required=True, help='JSON list of waves, e.g. [["westus"],["eastus"]]')
     parser.add_argument("--git-sha", required=True)
     parser.add_argument("--image", help="release this digest instead of building")
+    parser.add_argument("--context", type=Path, required=True, help="the folder to build (the app at this sha)")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    digest = Plain(args.fleet, args.helm).release(json.loads(args.waves), args.git_sha, args.image)
+    digest = Plain(args.fleet, args.helm, args.context).release(json.loads(args.waves), args.git_sha, args.image)
     print(json.dumps({"digest": digest, "seconds": time.monotonic() - started}))
     return 0
 
