@@ -257,15 +257,15 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             results["fanout"].append(wall)
             results["paths"][f"release {i}"] = (wall, path)
             say(f"round {i + 1}: Fanout released {bench.digest[:19]}… in {wall:.1f} s")
-            older, sha = bench.digest, uuid.uuid4().hex
-            fresh_source(app_dir, sha)
-            wall, plain_digest = bench.plain_release(sha, waves, None)
+            older, plain_sha = bench.digest, uuid.uuid4().hex
+            fresh_source(app_dir, plain_sha)
+            wall, plain_digest = bench.plain_release(plain_sha, waves, None)
             results["plain"].append(wall)
             say(f"round {i + 1}: plain script released a fresh digest in {wall:.1f} s")
         bench.digest = plain_digest  # what every region runs now; the repair restores it
         for i in range(args.repeat):
             bench.drift(repair_region, older)
-            wall, path = bench.fanout(sha, [repair_region])
+            wall, path = bench.fanout(sha, [repair_region])  # the last merge's commit, its digest pinned
             results["repair_fanout"].append(wall)
             results["paths"][f"repair {i}"] = (wall, path)
             bench.drift(repair_region, older)
