@@ -53,8 +53,11 @@ test: venv system-packages binaries
 test-unit: venv
 	@$(PY) -m pytest -x tests/unit tests/contract tests/dags
 
+# Collecting the compose tests too: they run last in CI, so a module that no longer imports should
+# fail here in seconds rather than after the whole of `make test`.
 lint: venv
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	@$(PY) -m pytest --collect-only -q -m compose tests/compose -p no:cacheprovider >/dev/null
 
 plan: venv
 	@$(PY) -m fanout plan $(FLEET) $(if $(REGIONS),--regions $(REGIONS))

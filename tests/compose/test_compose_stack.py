@@ -27,9 +27,11 @@ import yaml
 from common import AIRFLOW_UID, TIMINGS, say, timing
 from cryptography.fernet import Fernet
 from docker_engine import REPO, Engine
-from release_checks import random_sha, snapshot
+from release_checks import new_commit, snapshot
 
 from fanout.adapters.builder import BuildahBuilder
+from fanout.adapters.git_source import GitRepository
+from fanout.adapters.release_image import build_commit
 from fanout.airflow.hooks import cache_dir
 from fanout.trigger import AirflowApi
 from localfleet import procs
@@ -53,7 +55,7 @@ def override(ports: dict[str, int], fleet_dir: Path) -> dict:
     """The one machine-specific layer over docker-compose.yaml (see the module docstring)."""
     fleet = [f"{fleet_dir}:{fleet_dir}:ro", f"{REPO / 'include'}:{REPO / 'include'}:ro"]
     services: dict = {name: {"networks": {"default": {"ipv4_address": ip}}} for name, ip in ADDRESSES.items()}
-    services["airflow-dag-processor"] = {"volumes": fleet}
+    services["airflow-dag-processor"] = {"volumes": fleet, "environment": {"FANOUT_PROJECT_DIR": str(REPO)}}
     for name in ON_HOST_NETWORK:
         services[name] = {
             "network_mode": "host",
@@ -63,6 +65,8 @@ def override(ports: dict[str, int], fleet_dir: Path) -> dict:
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(ports["scheduler_health"]),
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(ports["worker_logs"]),
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports["trigger_logs"]),
+                # The private fleet file names the chart where this work tree is mounted.
+                "FANOUT_PROJECT_DIR": str(REPO),
             },
             "volumes": fleet,
         }
@@ -160,13 +164,20 @@ class Stack:
         return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200, cwd=REPO)
 
 
-def build_app(fleet) -> str:
-    """The app image as CI builds it before triggering (in production ACR Tasks builds, not the
-    Airflow containers; the local fleet's builder is buildah, which the image does not carry)."""
-    registry = fleet.registry
+def build_app(fleet, sha: str) -> str:
+    """The image of commit `sha`, built and labelled as CI builds it before triggering (in production
+    ACR Tasks builds, not the Airflow containers; the local fleet's builder is buildah, which the
+    image does not carry). The release checks the label against the commit it resolves itself."""
+    registry, source = fleet.registry, fleet.app.source
     builder = BuildahBuilder(cache_dir() / "buildah", insecure=registry.insecure)
     destination = f"{registry.pull_host(registry.home)}/{registry.repository}:compose-{time.time_ns()}"
-    return builder.build_and_push(Path(fleet.app.source), destination)
+    repository = GitRepository(source.git.url)
+    commit = repository.resolve(sha, "main")
+    built = build_commit(
+        repository, source, commit, registry.repository,
+        lambda context, labels: builder.build_and_push(context, destination, labels),
+    )  # fmt: skip
+    return built.digest
 
 
 def wait_run(api: AirflowApi, run_id: str, timeout: float) -> str:
@@ -207,8 +218,8 @@ def test_compose_up_releases_through_the_stack_and_down_leaves_nothing(engine, i
         assert helm.startswith("v4."), helm
 
         api = stack.api()
-        digest = build_app(fleet)
-        sha = random_sha()
+        sha = new_commit(fleet, "compose")
+        digest = build_app(fleet, sha)
         run_id = f"merge__{sha}__compose"
         with timing("release: fanout trigger --wait"):
             done = stack.trigger(
