@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -12,7 +13,7 @@ import pytest
 from common import AIRFLOW_UID, AIRFLOW_VERSION, FANOUT_IMAGE, SIZES, TIMINGS, say, timing
 from docker_engine import REPO, Engine, base_images, mounts_under, sizes
 
-from localfleet import cli, procs
+from localfleet import cli, procs, tokens
 from localfleet.testing import start_test_fleet
 
 
@@ -75,12 +76,31 @@ def fleet_dir() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def compose_fleet(fleet_dir: Path):
     fleet, state = start_test_fleet(fleet_dir)
-    kubeconfig = Path(fleet.regions[0].cluster.kubeconfig.path)
-    # The kubeconfig carries admin tokens (0600): hand it to the user Airflow runs as, as one
-    # would mount a secret for it.
-    os.chown(kubeconfig, AIRFLOW_UID, 0)
     try:
         yield fleet, state
     finally:
-        os.chown(kubeconfig, 0, 0)
         cli.down(fleet, state, progress=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def container_kubeconfig(compose_fleet, fleet_dir: Path) -> Path:
+    """The fleet's kubeconfig as the containers run it. Its exec plugin (the local Entra ID
+    stand-in's client, localfleet.tokens) names this machine's venv python and the state
+    folder's client secret; in the containers it runs on the image's python3, from the work tree
+    mounted at the same path, with a copy of the secret the Airflow user may read (0600, as one
+    would mount a secret for it). AKS kubeconfigs need none of this: Fanout fetches their tokens."""
+    fleet, state = compose_fleet
+    config = json.loads(Path(fleet.regions[0].cluster.kubeconfig.path).read_text())
+    secret = fleet_dir / "client.secret"
+    secret.write_text(tokens.secret_file(state).read_text())
+    secret.chmod(0o600)
+    os.chown(secret, AIRFLOW_UID, 0)
+    for user in config["users"]:
+        run = user["user"]["exec"]
+        run["command"] = "python3"
+        run["args"][run["args"].index("--secret-file") + 1] = str(secret)
+    path = fleet_dir / "kubeconfig.container"
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    path.chmod(0o600)
+    os.chown(path, AIRFLOW_UID, 0)
+    return path

@@ -51,9 +51,12 @@ ADDRESSES = {"postgres": "172.31.254.10", "airflow-apiserver": "172.31.254.11"}
 ON_HOST_NETWORK = ("airflow-scheduler", "airflow-triggerer")  # the ones that talk to the fleet
 
 
-def override(ports: dict[str, int], fleet_dir: Path) -> dict:
-    """The one machine-specific layer over docker-compose.yaml (see the module docstring)."""
-    fleet = [f"{fleet_dir}:{fleet_dir}:ro", f"{REPO / 'include'}:{REPO / 'include'}:ro"]
+def override(ports: dict[str, int], fleet_dir: Path, kubeconfig: tuple[Path, Path]) -> dict:
+    """The one machine-specific layer over docker-compose.yaml (see the module docstring).
+    `kubeconfig`: (the containers' copy, the path the fleet file names) — see container_kubeconfig."""
+    fleet = [f"{fleet_dir}:{fleet_dir}:ro", f"{kubeconfig[0]}:{kubeconfig[1]}:ro"]
+    # The chart, and the local token service's client for the kubeconfig's exec plugin.
+    fleet += [f"{REPO / d}:{REPO / d}:ro" for d in ("include", "localfleet", "plugins")]
     services: dict = {name: {"networks": {"default": {"ipv4_address": ip}}} for name, ip in ADDRESSES.items()}
     services["airflow-dag-processor"] = {"volumes": fleet, "environment": {"FANOUT_PROJECT_DIR": str(REPO)}}
     for name in ON_HOST_NETWORK:
@@ -77,14 +80,15 @@ def override(ports: dict[str, int], fleet_dir: Path) -> dict:
 
 
 class Stack:
-    def __init__(self, engine: Engine, images: dict[str, str], fleet, fleet_dir: Path):
+    def __init__(self, engine: Engine, images: dict[str, str], fleet, fleet_dir: Path, kubeconfig: Path):
         self.engine = engine
         self.ports = {
             name: procs.free_port() for name in ("postgres", "api", "scheduler_health", "worker_logs", "trigger_logs")
         }
         self.url = f"http://127.0.0.1:{self.ports['api']}"
         folder = engine.run_dir
-        (folder / "override.yaml").write_text(yaml.safe_dump(override(self.ports, fleet_dir), sort_keys=False))
+        layer = override(self.ports, fleet_dir, (kubeconfig, Path(fleet.regions[0].cluster.kubeconfig.path)))
+        (folder / "override.yaml").write_text(yaml.safe_dump(layer, sort_keys=False))
         (folder / "empty.env").write_text("")  # never the work tree's .env
         self.argv = [
             "docker-compose",
@@ -193,13 +197,24 @@ def task_log(api: AirflowApi, run_id: str, task_id: str, attempt: int) -> str:
     return api._request("GET", path, retry=True).text
 
 
+def failed_task_logs(api: AirflowApi, run_id: str) -> str:
+    """The end of each failed task's log: what went wrong, not only that it did."""
+    found = []
+    for ti in api.task_instances(DAG, run_id):
+        if ti["state"] == "failed":
+            found.append(f"--- {ti['task_id']} ---\n{task_log(api, run_id, ti['task_id'], ti['try_number'])[-3000:]}")
+    return "\n".join(found)
+
+
 def listening(ports: dict[str, int]) -> dict[str, int]:
     return {name: port for name, port in ports.items() if procs.port_open("127.0.0.1", port)}
 
 
-def test_compose_up_releases_through_the_stack_and_down_leaves_nothing(engine, images, compose_fleet, fleet_dir):
+def test_compose_up_releases_through_the_stack_and_down_leaves_nothing(
+    engine, images, compose_fleet, fleet_dir, container_kubeconfig
+):
     fleet, _ = compose_fleet
-    stack = Stack(engine, images, fleet, fleet_dir)
+    stack = Stack(engine, images, fleet, fleet_dir, container_kubeconfig)
     try:
         with timing("docker-compose up → every service healthy"):
             up = stack.compose("up", "-d", "--no-build", check=False)
@@ -225,7 +240,7 @@ def test_compose_up_releases_through_the_stack_and_down_leaves_nothing(engine, i
             done = stack.trigger(
                 "--app", "hello", "--git-sha", sha, "--image", digest, "--run-id", run_id, "--unpause", "--wait"
             )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-4000:] + stack.logs()
+        assert done.returncode == 0, done.stderr[-4000:] + failed_task_logs(api, run_id) + stack.logs()
         assert done.stdout == f"{run_id}\n"
         state = snapshot(fleet)
         assert {s.digest for s in state.values()} == {digest}, state
