@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="fanout-bench-airflow-"))
     say(f"private fleet and Airflow in {folder}")
     fleet = write_test_fleet(folder / "fleet")
-    state = folder / "cache" / "localfleet"  # where `python -m localfleet` looks with FANOUT_CACHE=<folder>/cache
+    state = cli.state_dir(fleet, folder / "cache")  # `python -m localfleet` with FANOUT_CACHE=<folder>/cache
     stack = AirflowStack(folder / "airflow", fleet.source_path, procs.free_port())
     ok = False
     try:

@@ -231,7 +231,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     shutil.copytree(REPO / "include/app", app_dir)
     fleet_path = scaled_fleet(folder / "fleet", args.regions, app_dir)
     fleet = load_fleet(fleet_path)
-    state = folder / "cache" / "localfleet"
+    state = cli.state_dir(fleet, folder / "cache")
     stack = AirflowStack(folder / "airflow", fleet_path, procs.free_port(), tuned=not args.airflow_defaults)
     results: dict[str, Any] = {"fanout": [], "plain": [], "repair_fanout": [], "repair_plain": [], "paths": {}}
     try:

@@ -1,13 +1,15 @@
 """`python -m localfleet`: bring the embedded fleet up, show it, break it, take it down.
 
-Everything it starts is a local process with a pidfile under the state directory
-(default `$FANOUT_CACHE/localfleet`, i.e. ~/.cache/fanout/localfleet), so `down` stops
-exactly what `up` started and nothing else.
+Everything it starts is a local process with a pidfile under the fleet file's own state
+directory (`$FANOUT_CACHE/localfleet/<file>-<hash of its path>`, FANOUT_CACHE defaulting to
+~/.cache/fanout), so `down` stops exactly what `up` started and nothing else, and no state of
+one fleet file (registry data, replication record, fault knobs) carries over to another.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -29,11 +31,26 @@ from localfleet.traffic import users
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FLEET = REPO / "include" / "fleets" / "local.yaml"
 TM_PROC = "trafficmanager"
+FLEET_MARKER = "fleet-file"  # in a state folder: the fleet file it belongs to
 Progress = Callable[[str], None]
 
 
-def state_dir() -> Path:
-    return cache_dir() / "localfleet"
+def state_dir(fleet: Fleet, cache: Path | None = None) -> Path:
+    """Where `fleet`'s processes, data and fault knobs live: one folder per fleet file, so that no
+    registry data, replication record or knob of one fleet ever applies to another."""
+    path = Path(fleet.source_path or DEFAULT_FLEET).resolve()
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return (cache or cache_dir()) / "localfleet" / f"{path.stem}-{key}"
+
+
+def other_fleet_up(state: Path) -> str | None:
+    """The fleet file of another local fleet still running beside `state`, if any: two local
+    fleets would fight over the default etcd ports, so only one runs at a time."""
+    for folder in state.parent.iterdir() if state.parent.is_dir() else ():
+        if folder != state and folder.is_dir() and procs.pids_mentioning(folder):
+            marker = folder / FLEET_MARKER
+            return marker.read_text().strip() if marker.is_file() else str(folder)
+    return None
 
 
 def _regions(fleet: Fleet) -> list[kube.Region]:
@@ -98,8 +115,12 @@ def up(
 ) -> None:
     """Start every part of the fleet that is not running. Safe to run again."""
     _check_local(fleet)
-    state = state or state_dir()
+    if state is None:
+        state = state_dir(fleet)
+        if other := other_fleet_up(state):
+            raise FleetError([f"another local fleet is up ({other}): `make fleet-down FLEET={other}` first"])
     state.mkdir(parents=True, exist_ok=True)
+    (state / FLEET_MARKER).write_text(f"{fleet.source_path}\n")
     started = time.monotonic()
 
     def step(what: str) -> None:
@@ -141,7 +162,7 @@ def up(
 
 def down(fleet: Fleet, state: Path | None = None, progress: Progress = print) -> None:
     """Stop every process `up` started, by pid; data stays for the next `up`."""
-    state = state or state_dir()
+    state = state or state_dir(fleet)
     users.stop(state)
     procs.stop(TM_PROC, state)
     git_repo.stop_server(state)
@@ -217,7 +238,7 @@ def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]
     """One row per region: what is up, what it holds, what Traffic Manager thinks of it."""
     from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManagerError
 
-    state = state or state_dir()
+    state = state or state_dir(fleet)
     current_faults = faults.read_faults(state)
     tm = fleet.traffic_manager
     try:
@@ -267,7 +288,7 @@ KNOBS = (
 
 
 def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    state = state_dir()
+    state = state_dir(fleet)
     if args.knob == "clear-all":
         return clear_all(fleet, state)
     if args.knob == "token-lifetime":
@@ -289,7 +310,7 @@ def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse
 
 
 def users_command(fleet: Fleet, args: argparse.Namespace) -> list[str]:
-    state = state_dir()
+    state = state_dir(fleet)
     if args.action == "start":
         pid = users.start(fleet, state, args.users, args.rate, args.duration)
         return [f"{args.users} users started (pid {pid}); they stop by themselves after {args.duration:.0f} s"]

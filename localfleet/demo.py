@@ -34,8 +34,8 @@ from localfleet.traffic.promise import read_changes, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
-OUR_LOG = re.compile(r"\[(info|warning|error)\s*\] (.*?) \[airflow\.task\.operators\.fanout\.")
-FAILED = re.compile(r"\[error\s*\] (Task failed with exception|.*AirflowFailException.*)")
+# Fanout's operators, and its triggers (which run in line under `airflow dags test`).
+OUR_LOG = re.compile(r"\[(info|warning|error)\s*\] (.*?) \[(?:airflow\.task\.operators\.)?fanout\.")
 FINISHED = re.compile(r"DagRun Finished: .*?state=(\w+)")
 BUILT = re.compile(r"built and pushed \S+ as (sha256:[0-9a-f]{64})")
 REUSED = re.compile(r"reusing (sha256:[0-9a-f]{64})")
@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         if run_release(fleet, conf, home, started) != "success":
             return 1
     if watching:
-        users.stop(cli.state_dir())
-        users.start(fleet, cli.state_dir(), users=8, rate=4, duration=3600)
+        users.stop(cli.state_dir(fleet))
+        users.start(fleet, cli.state_dir(fleet), users=8, rate=4, duration=3600)
         print("8 simulated users are sending 4 requests a second each through DNS", flush=True)
     since = time.time()
     state = run_release(fleet, conf, home, started)
@@ -178,11 +178,11 @@ def report_users(fleet: Fleet, since: float, until: float) -> bool:
     """Let the users run one TTL past the release, stop them, and print what they saw."""
     ttl = fleet.traffic_manager.dns_ttl_seconds
     time.sleep(ttl + 2)
-    users.stop(cli.state_dir())
+    users.stop(cli.state_dir(fleet))
     digest = release_digest(fleet)
     endpoint_region = {r.endpoint.name: r.name for r in fleet.regions}
     summary = summarize(
-        users.read(cli.state_dir()), read_changes(cli.state_dir()), endpoint_region,
+        users.read(cli.state_dir(fleet)), read_changes(cli.state_dir(fleet)), endpoint_region,
         ttl=ttl, digest=digest or "?", since=since, until=until,
     )  # fmt: skip
     print("\nwhat the users saw (requests per region: before the first drain / during / after the last restore + TTL)")

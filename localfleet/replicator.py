@@ -62,10 +62,11 @@ def read_state(state_dir: str | Path) -> dict[str, Any]:
         data = json.loads(state_path(state_dir).read_text())
     except (OSError, ValueError):
         data = {}
-    data.setdefault("digests", {})
-    data.setdefault("tags", {})
-    data.setdefault("region_tags", {})
-    return data
+    return {**empty_state(), **data}
+
+
+def empty_state() -> dict[str, Any]:
+    return {"digests": {}, "tags": {}, "region_tags": {}}
 
 
 def skopeo_copy(src: str, dest: str) -> None:
@@ -96,12 +97,26 @@ class Replicator:
         self.repo = fleet.registry.repository
         self.home = fleet.registry.home
         self.state = read_state(state_dir)
+        if {k: self.state.get(k, v) for k, v in self.owner().items()} != self.owner():
+            # Another fleet's record (other home, registries or repository): nothing in it is true here.
+            log.warning("replication.json belongs to another fleet (%s); starting afresh", self.state.get("fleet"))
+            self.state = empty_state()
         self._lock = threading.Lock()
         self._retry_at: dict[str, float] = {}
         self._last_error: dict[str, str] = {}
 
     def endpoint(self, region: str) -> str:
         return self.fleet.registry.endpoint(region)
+
+    def owner(self) -> dict[str, Any]:
+        """What replication.json must have been written for to be true of this fleet."""
+        registry_ = self.fleet.registry
+        return {
+            "fleet": str(self.fleet.source_path),
+            "home": self.home,
+            "repository": self.repo,
+            "endpoints": {r: registry_.endpoint(r) for r in self.fleet.region_names},
+        }
 
     def lag(self, region: str, faults: dict[str, Any]) -> float:
         override = (faults.get("replica_lag") or {}).get(region)
@@ -132,6 +147,10 @@ class Replicator:
             return False
         self._clear_error(f"home {self.home}")
         for tag, digest in sorted(tags.items()):
+            if self.state["digests"].get(digest, {}).get("gone"):
+                # Pushed again (a rebuild of the same commit gives the same digest): replicate it again.
+                log.info("%s is back at home (tag %s); replicating it again", digest, tag)
+                del self.state["digests"][digest]
             if digest not in self.state["digests"]:
                 log.info("new at home: %s (tag %s)", digest, tag)
                 self.state["digests"][digest] = {
@@ -234,7 +253,7 @@ class Replicator:
                 with ThreadPoolExecutor(len(regions)) as pool:
                     list(pool.map(lambda r: self._replicate(r, self.lag(r, faults), now), regions))
         if json.dumps(self.state, sort_keys=True) != before:
-            self.state.update(home=self.home, repository=self.repo)
+            self.state.update(self.owner())
             _write_json(state_path(self.state_dir), self.state)
 
     def next_due(self, now: float) -> float | None:

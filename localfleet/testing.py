@@ -22,15 +22,20 @@ from localfleet import cli, procs
 REPO = Path(__file__).resolve().parents[1]
 
 
+LOCAL_FLEET = REPO / "include/fleets/local.yaml"
+
+
 def write_test_fleet(
     folder: Path,
     lags: dict[str, int] | None = None,
     kubeconfig: Path | None = None,
     traffic: dict[str, Any] | None = None,
     regions: dict[str, dict[str, Any]] | None = None,
+    base: Path = LOCAL_FLEET,
     **top: Any,
 ) -> Fleet:
-    """include/fleets/local.yaml on free ports, its kubeconfig `folder/kubeconfig` unless given.
+    """A local fleet file (`base`, include/fleets/local.yaml unless given) on free ports, its
+    kubeconfig `folder/kubeconfig` unless given.
 
     `lags` overrides replication lags by region; `top` replaces top-level keys
     (e.g. gates=…, failure_policy=…); `traffic` updates traffic_manager keys (routing_method=…);
@@ -38,7 +43,7 @@ def write_test_fleet(
     The file names this repository's app and chart by absolute path, so this repository is the
     project its paths may point into (FANOUT_PROJECT_DIR)."""
     os.environ.setdefault(PROJECT_ENV, str(REPO))
-    data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
+    data = yaml.safe_load(base.read_text())
     data["app"]["source"] = {
         "git": {**data["app"]["source"]["git"], "url": f"http://127.0.0.1:{procs.free_port()}/hello.git"}
     }

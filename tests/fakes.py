@@ -28,7 +28,7 @@ PARAMS = {"git_sha": "0123456789abcdef", "source_ref": "main", "image": None, "r
 class FakeTI:
     """XComs by (task id, key) and task states by task id, for one run."""
 
-    dag_id, run_id, map_index = "release_hello", "run1", -1
+    dag_id, run_id, map_index, try_number = "release_hello", "run1", -1, 1
 
     def __init__(self, xcoms: dict[tuple[str, str], Any] | None = None, states: dict[str, str] | None = None):
         self.xcoms = dict(xcoms or {})

@@ -42,6 +42,9 @@ class Release(_Record):
     source_ref: str | None = None
     source_url: str | None = None
     built: bool = False  # False: reused from the registry, or built by CI
+    # When the run pinned the digest (epoch seconds): geo-replication starts from the push, so
+    # every region's replication wait counts its time from here, not from its own start.
+    pinned_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -477,6 +477,7 @@ def test_build_operator_starts_the_run_defers_and_resumes_with_the_digest(
     deferred.value.trigger.not_before, deferred.value.trigger.poll_seconds = None, 0.05
     event = run_trigger(deferred.value.trigger)
     result = op.acr_build_done({"params": params}, event, **deferred.value.kwargs)
+    assert result.pop("pinned_at") >= kwargs["started_at"]
     assert result == {
         "digest": DIGEST, "repository": "storefront/web", "tag": sha, "git_sha": sha, "source_ref": "main",
         "source_url": url, "built": True,

@@ -4,6 +4,7 @@ serves the release digest, and waiting for it is a real, deferred wait."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -48,3 +49,25 @@ def test_a_lagging_replica_is_waited_for(local_fleet, release, faults, tmp_path)
             print(f"{other}: {run.duration(other):.1f} s")
             assert run.duration(other) < LAG / 2, (other, run.segments[other][-2000:])
     timed("replication lag", started)
+
+
+def test_replicas_that_never_sync_are_named_at_once_and_share_one_deadline(local_fleet, release, faults, tmp_path):
+    """`airflow dags test` (make demo) runs the regions' waits one after another. A replica that
+    never syncs is named as soon as its wait gives up, a wait says what it waits for while it waits,
+    and a second stuck replica does not cost a second full timeout: replication started at the push."""
+    fleet = local_fleet.fleet
+    stuck = ["northeurope", "westeurope"]  # a pair: waves 2 and 3, so the run touches nothing else
+    before = snapshot(fleet)
+    path = variant_fleet(fleet, tmp_path, **{"registry.replication_timeout_seconds": 35})
+    faults(replica_stuck=stuck)
+    run = release({"git_sha": new_commit(fleet), "regions": stuck}, fleet_path=path)
+    assert run.returncode != 0, run.tail()
+    first, second = sorted((f"wait_replication_{r}" for r in stuck), key=lambda task: run.ended[task])
+    for task in (first, second):
+        region = task.removeprefix("wait_replication_")
+        cause = rf"{region}: wait_replication failed: the registry replica still lacks sha256:\w{{64}} after \d+ s"
+        assert re.search(cause, run.segments[task]), run.segments[task][-2000:]
+    assert re.search(r"still waiting after 3\d s of 35 s", run.segments[first]), run.segments[first][-2000:]
+    print(f"{first}: {run.duration(first):.1f} s, {second}: {run.duration(second):.1f} s")
+    assert run.duration(second) < 10, run.segments[second][-2000:]
+    assert snapshot(fleet) == before

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import sys
 import time
@@ -182,3 +184,55 @@ def test_a_labelled_build_is_read_back_by_tag_and_by_digest(fleet: Fleet, tmp_pa
     assert reader.image_labels(REPO, "cd" * 20) is None
     # The same tree and labels build the same digest (--timestamp 0).
     assert builder.build_and_push(context, f"{home(fleet)}/{REPO}:{sha}", build_labels(sha, url)) == digest
+
+
+def _delete_at_home(fleet: Fleet, digest: str) -> None:
+    request = urllib.request.Request(f"http://{home(fleet)}/v2/{REPO}/manifests/{digest}", method="DELETE")
+    with contextlib.suppress(urllib.error.HTTPError):  # already deleted by another region's copy
+        urllib.request.urlopen(request, timeout=5).close()
+
+
+def test_a_digest_deleted_at_home_and_pushed_again_is_replicated_again(
+    fleet: Fleet, push_image: Callable[[str, str], str], tmp_path: Path
+) -> None:
+    """Rebuilding a reverted commit gives its old digest back: once seen deleted at home, a digest
+    must still be copied when it is pushed again."""
+    digest = push_image(f"{home(fleet)}/{REPO}:again", "again")
+    copies: list[str] = []
+    deleting = [True]
+
+    def copier(src: str, dest: str) -> None:
+        if deleting[0] and src.endswith(digest):
+            _delete_at_home(fleet, digest)  # deleted while the copy ran
+            raise RuntimeError("manifest unknown")
+        copies.append(dest)
+
+    now = [1000.0]
+    rep = Replicator(fleet, tmp_path, copier=copier, clock=lambda: now[0])
+    rep.step()
+    assert read_state(tmp_path)["digests"][digest].get("gone"), "the deletion was not noticed"
+    deleting[0] = False
+    assert push_image(f"{home(fleet)}/{REPO}:again", "again") == digest
+    now[0] += 60
+    rep.step()
+    assert f"{fleet.registry.endpoint('westus')}/{REPO}:again" in copies, "a digest back at home was not copied"
+
+
+def test_a_replication_record_of_another_fleet_is_not_believed(
+    fleet: Fleet, push_image: Callable[[str, str], str], tmp_path: Path
+) -> None:
+    """replication.json written for another fleet (here: another home region) says nothing true
+    about this one's registries: the replicator starts afresh instead of skipping 'done' copies."""
+    digest = push_image(f"{home(fleet)}/{REPO}:other-fleet", "other-fleet")
+    done = {"at": 1.0, "waited": 0.0, "lag": 0.0}
+    record = {  # every copy and tag "done", as the other fleet's registries had them
+        "home": "westus", "repository": REPO,
+        "digests": {digest: {"seen": 1.0, "regions": dict.fromkeys(fleet.region_names, done)}},
+        "tags": {"other-fleet": {"digest": digest, "seen": 1.0}},
+        "region_tags": {r: {"other-fleet": digest} for r in fleet.region_names},
+    }  # fmt: skip
+    (tmp_path / "replication.json").write_text(json.dumps(record))
+    copies: list[str] = []
+    Replicator(fleet, tmp_path, copier=lambda src, dest: copies.append(dest), clock=lambda: 1000.0).step()
+    assert f"{fleet.registry.endpoint('westus')}/{REPO}:other-fleet" in copies
+    assert read_state(tmp_path)["home"] == "eastus"

@@ -7,6 +7,7 @@ faked here (tests/integration uses the real ones)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,7 +115,9 @@ def test_acr_build_resumes_into_the_xcom_of_a_local_build():
     digest = "sha256:" + "d" * 64
     event = {"status": "ok", "digest": digest, "run_id": "ca7", "waited": 95.0, "detail": "pushed …"}
     commit = {"sha": FULL, "ref": "main", "url": URL}
+    before = time.time()
     out = operator("azure-example.yaml").acr_build_done({}, event, destination="x", commit=commit)
+    assert before <= out.pop("pinned_at") <= time.time()
     assert out == {
         "digest": digest, "repository": "storefront/web", "tag": FULL, "git_sha": FULL, "source_ref": "main",
         "source_url": URL, "built": True,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
 
@@ -121,6 +123,24 @@ def test_a_timed_out_gate_fails_naming_region_gate_and_cause():
     with pytest.raises(AirflowFailException, match=r"eastus: gate_http failed: edge serves .* \(gave up after 300 s\)"):
         op.end_wait({"ti": ti}, {**event, "ending": op.ending().as_dict()})
     assert ti.xcoms[(op.task_id, names.FAILURE_KEY)]["gate"] == "gate_http"
+
+
+def test_replication_waits_count_from_the_push_so_waits_in_a_row_share_one_deadline(monkeypatch):
+    """Under `airflow dags test` the regions' waits run one after another: the second region must
+    not start a fresh 300 s after the first ran out. A region re-run by hand waits its full time."""
+
+    async def lacking(self):
+        return False, "127.0.0.1:5001 does not have it yet"
+
+    monkeypatch.setattr("fanout.airflow.triggers.ReplicationTrigger.check", lacking)
+    timeout = FLEET.registry.replication_timeout_seconds
+    ti = released(FakeTI())
+    ti.xcoms[(names.BUILD, "return_value")]["pinned_at"] = time.time() - timeout - 1
+    with pytest.raises(AirflowFailException, match=r"eastus: wait_replication failed: .*still lacks .* after \d+ s"):
+        run_task(region_op(rs.WaitForReplicationOperator), ti, FakeHook(FLEET))
+    ti.try_number = 2
+    with pytest.raises(TaskDeferred):
+        run_task(region_op(rs.WaitForReplicationOperator), ti, FakeHook(FLEET))
 
 
 # -- rollback ---------------------------------------------------------------------------

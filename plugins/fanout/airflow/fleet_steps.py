@@ -4,7 +4,7 @@ rebalance, rollback-all, record."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, NoReturn
 
 from airflow.sdk import Context
@@ -114,6 +114,11 @@ class ValidateReleaseOperator(FanoutOperator):
         return profile_mismatches(self.fleet, tm.profile_status().routing_method, types)
 
 
+def pinned(release: Release) -> dict[str, Any]:
+    """The build's XCom: `release`, stamped with the moment this run pinned it."""
+    return replace(release, pinned_at=time.time()).to_xcom()
+
+
 class BuildImageOperator(FanoutOperator):
     """Pin the release to the digest of exactly `git_sha`: built, reused or CI's (see fanout.adapters.release_image)."""
 
@@ -126,10 +131,10 @@ class BuildImageOperator(FanoutOperator):
             if image and DIGEST.match(image):
                 given = ci_image(home, registry.repository, image, commit, allow)
                 self.log.info("releasing the CI-built %s (no build): its revision label is the commit", image)
-                return given.to_xcom()
+                return pinned(given)
             if found := previous_build(home, registry.repository, commit):
                 self.log.info("reusing %s, built from %s by an earlier run: no build", found.digest, commit.sha)
-                return found.to_xcom()
+                return pinned(found)
         except (SourceError, RegistryError) as err:
             raise AirflowFailException(str(err)) from None
         destination = f"{registry.pull_host(registry.home)}/{registry.repository}:{commit.sha}"
@@ -144,7 +149,7 @@ class BuildImageOperator(FanoutOperator):
         except SourceError as err:
             raise AirflowFailException(str(err)) from None
         self.log.info("built and pushed %s as %s in %.1f s", destination, built.digest, time.monotonic() - started)
-        return built.to_xcom()
+        return pinned(built)
 
     def start_acr_build(self, context: Context, commit: Commit, destination: str) -> NoReturn:
         """Upload exactly `commit`, schedule the ACR Tasks run and defer: a build takes minutes, and
@@ -179,7 +184,7 @@ class BuildImageOperator(FanoutOperator):
         run_id, waited = event["run_id"], event["waited"]
         self.log.info("built and pushed %s as %s in %.0f s (ACR Tasks run %s)", destination, digest, waited, run_id)
         c = Commit(**commit)
-        return Release(digest, self.fleet.registry.repository, c.sha, c.sha, c.ref, c.url, built=True).to_xcom()
+        return pinned(Release(digest, self.fleet.registry.repository, c.sha, c.sha, c.ref, c.url, built=True))
 
 
 class BakeOperator(WaitingOperator):

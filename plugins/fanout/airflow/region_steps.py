@@ -49,14 +49,19 @@ class WaitForReplicationOperator(_RegionWait):
     step = names.WAIT_REPLICATION
 
     def run(self, context: Context) -> Any:
-        digest = self.release(context).digest
-        where = self.hook.registry_endpoint(str(self.region))
+        release = self.release(context)
+        digest, where = release.digest, self.hook.registry_endpoint(str(self.region))
         self.log.info("waiting for %s's replica (%s) to serve %s", self.region, where, digest)
+        # Replication began when the build pushed the digest, so the first try's clock starts
+        # there: regions waited one after another (as `airflow dags test` runs them) share one
+        # deadline instead of adding up. A region re-run by hand waits its full time again.
+        first_try = context["ti"].try_number <= 1
         trigger = ReplicationTrigger(
             **self.trigger_kwargs(context),
             digest=digest,
             timeout_seconds=self.fleet.registry.replication_timeout_seconds,
             poll_seconds=self.hook.replication_poll_seconds(),
+            started_at=release.pinned_at if first_try else None,
         )
         lacks = f"the registry replica still lacks {digest} after {{waited:.0f}} s "
         return self.wait(

@@ -25,6 +25,8 @@ from fanout.records import FleetSnapshot
 if TYPE_CHECKING:
     from fanout.adapters.acr_tasks import AcrTasksBuilder, RunState
 
+PROGRESS_SECONDS = 30.0  # how often a wait that has not ended says what it is still waiting for
+
 
 class WaitFailed(Exception):
     """Raised by `check()` when waiting longer cannot change the answer: the wait ends at once
@@ -54,6 +56,7 @@ class PollingTrigger(EndingTrigger):
         self.started_at = started_at or time.time()
         self.not_before = not_before
         self.last_detail = "not checked yet"
+        self._reported = 0.0
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -66,6 +69,16 @@ class PollingTrigger(EndingTrigger):
 
     async def check(self) -> tuple[bool, str]:
         raise NotImplementedError
+
+    def _report(self, waited: float) -> None:
+        """A line every PROGRESS_SECONDS, so that a long wait says what it waits for while it waits
+        (the triggerer's log, or the console under `airflow dags test`)."""
+        if waited - self._reported >= PROGRESS_SECONDS:
+            self._reported = waited
+            where = getattr(self, "region", None)
+            what = f"{where}: " if where else ""
+            limit, detail = self.timeout_seconds, self.last_detail
+            self.log.info("%sstill waiting after %.0f s of %.0f s: %s", what, waited, limit, detail)
 
     def close(self) -> None:
         """Release what `check()` opened (subclasses that hold resources override this)."""
@@ -83,6 +96,7 @@ class PollingTrigger(EndingTrigger):
                 return {"status": "ok", "detail": self.last_detail, "waited": waited}
             if waited >= self.timeout_seconds:
                 return {"status": "timeout", "detail": self.last_detail, "waited": waited}
+            self._report(waited)
             if end is not None and time.monotonic() + self.poll_seconds > end:
                 return None
             await asyncio.sleep(self.poll_seconds)
