@@ -208,6 +208,18 @@ def apply_fault(fleet: Fleet, state: Path, knob: str, region: str | None, value:
             kube.set_pods_ready(_kregion(fleet, region), state, ready=clear, progress=lambda _: None)
         faults.set_region_flag(state, knob.replace("-", "_"), region, not clear)
         return f"{region}: {knob} {'cleared' if clear else 'on'}"
+    if knob == "registry-auth":
+        if not clear and value not in ("401", "403"):
+            raise ValueError(f"registry-auth answers 401 or 403, not {value!r}")
+        with faults.edit(state) as data:
+            refusals = data.setdefault("registry_auth", {})
+            if clear:
+                refusals.pop(region, None)
+            else:
+                refusals[region] = int(value)
+            if not refusals:
+                data.pop("registry_auth")
+        return f"{region}: registry " + ("serves again" if clear else f"answers {value} to every request")
     if knob == "token-lifetime":
         faults.update_faults(state, token_lifetime=None if clear else float(value))
         return "tokens live as the fleet file says" if clear else f"new tokens live {value} s"
@@ -253,15 +265,15 @@ def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]
     for region, kregion in zip(fleet.regions, _regions(fleet), strict=True):
         health = kube.region_health(kregion, state)
         endpoint = fleet.registry.endpoint(region.name)
-        up_ = registry.registry_up(endpoint)
-        digests = registry.list_digests(endpoint, fleet.registry.repository) if up_ else []
+        answer = registry.registry_answer(endpoint)  # through the front: a knob's 401/403 shows
+        digests = registry.list_digests(endpoint, fleet.registry.repository) if answer == "up" else []
         ep = endpoints.get(region.endpoint.name)
         rows.append(
             {
                 "region": region.name,
                 "apiserver": "ready" if health.apiserver_ready else "DOWN",
                 "nodes": f"{health.nodes_ready}/{health.nodes_total}",
-                "registry": "up" if up_ else "DOWN",
+                "registry": answer,
                 "digests": ",".join(d[7:19] for d in digests) or "-",
                 "endpoint": ("Enabled" if ep.enabled else "Disabled") if ep else tm_state,
                 "weight": str(ep.weight) if ep else "?",
@@ -282,8 +294,8 @@ def print_table(rows: list[dict[str, str]], out: Callable[[str], None] = print) 
 
 
 KNOBS = (
-    "region-down", "replica-lag", "replica-stuck", "rollout-unhealthy", "edge-unhealthy", "tm-errors",
-    "token-lifetime", "resolver-stuck", "clear-all",
+    "region-down", "replica-lag", "replica-stuck", "registry-auth", "rollout-unhealthy", "edge-unhealthy",
+    "tm-errors", "token-lifetime", "resolver-stuck", "clear-all",
 )  # fmt: skip
 
 
@@ -306,6 +318,8 @@ def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse
     fleet.region(args.region)
     if args.knob == "replica-lag" and not args.clear and not (args.value or "").replace(".", "", 1).isdigit():
         parser.error("replica-lag needs the lag in seconds, e.g. replica-lag westus 30")
+    if args.knob == "registry-auth" and not args.clear and args.value not in ("401", "403"):
+        parser.error("registry-auth needs the status its registry answers, e.g. registry-auth westus 403")
     return [apply_fault(fleet, state, args.knob, args.region, args.value, args.clear)]
 
 
@@ -337,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     fault = sub.add_parser("fault", help="break something on purpose (each knob is reversible)")
     fault.add_argument("knob", choices=KNOBS, help="what to break; 'clear-all' undoes everything")
     fault.add_argument("region", nargs="?", help="the region (every knob but tm-errors and clear-all)")
-    fault.add_argument("value", nargs="?", help="replica-lag: seconds; tm-errors: STATUSxCOUNT, e.g. 429x3")
+    fault.add_argument(
+        "value", nargs="?", help="replica-lag: seconds; registry-auth: 401 or 403; tm-errors: STATUSxCOUNT, e.g. 429x3"
+    )
     fault.add_argument("--clear", action="store_true", help="undo this knob")
     args = parser.parse_args(argv)
     try:

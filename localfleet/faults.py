@@ -1,13 +1,14 @@
 """The local fleet's fault knobs, all in one file: `<state_dir>/faults.json`.
 
-Every component reads it on each use (the replicator each loop, an edge on each request,
-the Traffic Manager stand-in on each ARM call), so a knob takes effect at once and
+Every component reads it on each use (the replicator each loop, an edge or a registry front on
+each request, the Traffic Manager stand-in on each ARM call), so a knob takes effect at once and
 clearing it undoes it. Writers go through `edit`, under one lock, so two knobs set at
 once never lose each other's keys.
 
-Knobs: "replica_lag" {region: seconds}, "replica_stuck" [regions], "edge_unhealthy"
-[regions], "tm_errors" {"status", "remaining"}, "region_down" [regions],
-"rollout_unhealthy" [regions],
+Knobs: "replica_lag" {region: seconds}, "replica_stuck" [regions], "registry_auth"
+{region: 401 | 403} (the region's registry front refuses every request with that status),
+"edge_unhealthy" [regions], "tm_errors" {"status", "remaining"}, "region_down" [regions],
+"rollout_unhealthy" [regions], "resolver_stuck" true (the simulated users' resolvers),
 "token_lifetime" seconds (tokens the local Entra ID stand-in mints while it is set live that long).
 """
 

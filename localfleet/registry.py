@@ -1,8 +1,11 @@
 """One real OCI registry per region: Debian's docker-registry (CNCF distribution 2.8).
 
-Each region's registry listens on the fleet file's `registry.endpoints[region]` and
-keeps its blobs under `<state_dir>/registry/<region>/data`. Plain http on loopback,
-no auth, delete enabled, relative upload URLs (the Azure SDK needs them).
+Each region's docker-registry listens on an internal loopback port (picked once, kept in
+`<state_dir>/registry/<region>/internal-port`) and keeps its blobs under
+`<state_dir>/registry/<region>/data`. Plain http on loopback, no auth, delete enabled, relative
+upload URLs (the Azure SDK needs them). Clients reach it through its front
+(localfleet.registry_front) on the fleet file's `registry.endpoints[region]`, which relays every
+request and answers 401/403 while the region's `registry-auth` fault knob is set.
 
     python -m localfleet.registry up|down|status --fleet include/fleets/local.yaml
 """
@@ -58,7 +61,13 @@ def ensure_debian_packages(packages: list[str]) -> None:
 
 
 def proc_name(region: str) -> str:
+    """The docker-registry process of `region`."""
     return f"registry-{region}"
+
+
+def front_name(region: str) -> str:
+    """The front process of `region` (localfleet.registry_front), on the fleet file's endpoint."""
+    return f"registry-front-{region}"
 
 
 def _config(endpoint: str, data_dir: Path) -> dict:
@@ -75,29 +84,69 @@ def _config(endpoint: str, data_dir: Path) -> dict:
     }
 
 
-def start_registry(fleet: Fleet, region: str, state_dir: str | Path) -> int:
-    """Start `region`'s registry (no-op if it runs); returns its pid once /v2/ answers."""
-    if not Path(REGISTRY_BIN).exists():
-        ensure_debian_packages(["docker-registry"])
-    endpoint = fleet.registry.endpoint(region)
-    name = proc_name(region)
-    running = procs.pid(name, state_dir)
-    if running is not None:
-        return running
-    host, port = procs.split_hostport(endpoint)
-    if procs.port_open(host, port):
-        raise procs.ProcError(f"{name}: {endpoint} is already taken by a process that is not ours")
-    base = Path(state_dir) / "registry" / region
-    (base / "data").mkdir(parents=True, exist_ok=True)
+def internal_endpoint(region: str, state_dir: str | Path) -> str:
+    """Where `region`'s docker-registry listens, behind its front: a loopback port picked once."""
+    saved = Path(state_dir) / "registry" / region / "internal-port"
+    if not saved.exists():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(f"{procs.free_port()}\n")
+    return f"127.0.0.1:{int(saved.read_text())}"
+
+
+def _serving_at(config: Path) -> str | None:
+    try:
+        return yaml.safe_load(config.read_text())["http"]["addr"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _start_backend(region: str, state_dir: str | Path) -> int:
+    name, base = proc_name(region), Path(state_dir) / "registry" / region
     config = base / "config.yml"
+    endpoint = internal_endpoint(region, state_dir)
+    running = procs.pid(name, state_dir)
+    if running is not None and _serving_at(config) == endpoint:
+        return running
+    # One started before it had a front listens on the fleet's endpoint, where the front goes.
+    procs.stop(name, state_dir)
+    if procs.port_open(*procs.split_hostport(endpoint)):
+        # Someone else took the saved port meanwhile: pick another one.
+        (base / "internal-port").unlink()
+        endpoint = internal_endpoint(region, state_dir)
+    (base / "data").mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(_config(endpoint, base / "data"), sort_keys=False))
     return procs.start(
         name, [REGISTRY_BIN, "serve", str(config)], state_dir, ready=lambda: registry_up(endpoint), timeout=20
     )
 
 
+def start_registry(fleet: Fleet, region: str, state_dir: str | Path) -> int:
+    """Start `region`'s registry and its front (each a no-op if it runs); returns the registry's
+    pid once the fleet's endpoint accepts connections."""
+    if not Path(REGISTRY_BIN).exists():
+        ensure_debian_packages(["docker-registry"])
+    endpoint = fleet.registry.endpoint(region)
+    registry_pid = _start_backend(region, state_dir)
+    name = front_name(region)
+    if procs.pid(name, state_dir) is not None:
+        return registry_pid
+    host, port = procs.split_hostport(endpoint)
+    if procs.port_open(host, port):
+        raise procs.ProcError(f"{name}: {endpoint} is already taken by a process that is not ours")
+    root = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "localfleet.registry_front", "--listen", endpoint, "--region", region]
+    argv += ["--backend", internal_endpoint(region, state_dir), "--state-dir", str(Path(state_dir).resolve())]
+    procs.start(
+        name, argv, state_dir, env={"PYTHONPATH": str(root)}, cwd=root,
+        ready=lambda: procs.port_open(host, port), timeout=20,
+    )  # fmt: skip
+    return registry_pid
+
+
 def stop_registry(fleet: Fleet, region: str, state_dir: str | Path) -> bool:
-    return procs.stop(proc_name(region), state_dir)
+    """Stop `region`'s front, then its registry; True if either was running."""
+    front = procs.stop(front_name(region), state_dir)
+    return procs.stop(proc_name(region), state_dir) or front
 
 
 def _request(method: str, url: str, accept: str | None = None, timeout: float = 2.0) -> tuple[int, dict, bytes]:
@@ -112,10 +161,17 @@ def _request(method: str, url: str, accept: str | None = None, timeout: float = 
 
 
 def registry_up(endpoint: str) -> bool:
+    return registry_answer(endpoint) == "up"
+
+
+def registry_answer(endpoint: str) -> str:
+    """What GET /v2/ gets: "up", "DOWN" (no answer), or "HTTP 403" and the like (a fault knob;
+    502 from a front whose registry is down)."""
     try:
-        return _request("GET", f"http://{endpoint}/v2/", timeout=1.0)[0] == 200
+        status = _request("GET", f"http://{endpoint}/v2/", timeout=1.0)[0]
     except RegistryError:
-        return False
+        return "DOWN"
+    return "up" if status == 200 else f"HTTP {status}"
 
 
 def manifest_digest(endpoint: str, repository: str, reference: str, accept: str | None = MANIFEST_ACCEPT) -> str | None:
@@ -189,9 +245,9 @@ def _main(argv: list[str] | None = None) -> int:
         elif args.action == "down":
             print(f"{region:12} {'stopped' if stop_registry(fleet, region, args.state_dir) else 'not running'}")
         else:
-            up = registry_up(endpoint)
-            digests = list_digests(endpoint, fleet.registry.repository) if up else []
-            print(f"{region:12} {endpoint:20} {'up' if up else 'DOWN':5} {' '.join(d[:19] for d in digests)}")
+            answer = registry_answer(endpoint)
+            digests = list_digests(endpoint, fleet.registry.repository) if answer == "up" else []
+            print(f"{region:12} {endpoint:20} {answer:8} {' '.join(d[:19] for d in digests)}")
     return 0
 
 

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.localfleet
 
 LAG = 25  # long enough that the wait defers to the triggerer
 SLOW = "northeurope"  # wave 2; eastus is the home registry, which never lags
+REFUSING = "westus"  # wave 1, not home: the build's push still succeeds
 
 
 def test_a_lagging_replica_is_waited_for(local_fleet, release, faults, tmp_path):
@@ -71,3 +72,29 @@ def test_replicas_that_never_sync_are_named_at_once_and_share_one_deadline(local
     print(f"{first}: {run.duration(first):.1f} s, {second}: {run.duration(second):.1f} s")
     assert run.duration(second) < 10, run.segments[second][-2000:]
     assert snapshot(fleet) == before
+
+
+@pytest.mark.parametrize("status", [403, 401])
+def test_a_replica_that_refuses_the_credential_ends_the_wait_at_once(local_fleet, release, faults, status):
+    """Item 4 of issue 13: 401/403 from a replica cannot heal by waiting. REFUSING is wave 1, so
+    the failed wait stops the release before any region is drained or deployed."""
+    started = time.monotonic()
+    fleet = local_fleet.fleet
+    endpoint = fleet.registry.endpoint(REFUSING)
+    before = snapshot(fleet)
+    faults(registry_auth={REFUSING: status})
+    run = release({"git_sha": new_commit(fleet)}, fleet_path=local_fleet.path)
+    after = snapshot(fleet)
+    assert run.returncode != 0, run.tail()
+    wait, states = f"wait_replication_{REFUSING}", run.states()
+    assert states[wait] == "failed", states
+    cause = f"{REFUSING}: wait_replication: registry {endpoint}: HEAD manifest answered {status}"
+    assert cause in run.output, run.tail()
+    # At once: far below registry.replication_timeout_seconds, and without deferring to wait on.
+    print(f"{wait}: {run.duration(wait):.1f} s of a {fleet.registry.replication_timeout_seconds} s timeout")
+    assert run.duration(wait) < 10 <= fleet.registry.replication_timeout_seconds / 10, run.segments[wait][-2000:]
+    # No region was touched: no drain, no Helm, traffic and releases as they were.
+    ran = [t for t, s in states.items() if t.startswith("deploy_") and s not in ("upstream_failed", "skipped", None)]
+    assert not ran, {t: states[t] for t in ran}
+    assert after == before
+    timed(f"registry answers {status}", started)

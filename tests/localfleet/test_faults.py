@@ -139,3 +139,20 @@ def test_replica_knobs_and_clear_all(local_fleet):
     cli.clear_all(fleet, state)
     assert faults.read_faults(state) == {}
     assert all(kube.region_health(r, state).ok for r in cli._regions(fleet))
+
+
+def test_registry_auth_knob_shows_in_status_and_clears(local_fleet):
+    fleet, state = local_fleet.fleet, local_fleet.state
+    with pytest.raises(ValueError, match="401 or 403"):
+        cli.apply_fault(fleet, state, "registry-auth", "westus", "500", clear=False)
+    cli.apply_fault(fleet, state, "registry-auth", "westus", "403", clear=False)
+    cli.apply_fault(fleet, state, "registry-auth", "northeurope", "401", clear=False)
+    assert faults.read_faults(state) == {"registry_auth": {"westus": 403, "northeurope": 401}}
+    rows = {row["region"]: row for row in cli.status_rows(fleet, state)}
+    assert (rows["westus"]["registry"], rows["westus"]["faults"]) == ("HTTP 403", "registry_auth")
+    assert rows["northeurope"]["registry"] == "HTTP 401"
+    assert rows["eastus"]["registry"] == "up"
+    cli.apply_fault(fleet, state, "registry-auth", "westus", None, clear=True)
+    assert faults.read_faults(state) == {"registry_auth": {"northeurope": 401}}
+    cli.clear_all(fleet, state)
+    assert {row["registry"] for row in cli.status_rows(fleet, state)} == {"up"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
 import sys
 import time
 import urllib.error
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fanout.adapters.builder import BuildahBuilder
-from fanout.adapters.registry import OciRegistry
+from fanout.adapters.registry import OciRegistry, RegistryUnusable
 from fanout.fleet import Fleet
 from fanout.provenance import REVISION, SOURCE, build_labels
 from localfleet import procs, registry, replicator
@@ -236,3 +237,57 @@ def test_a_replication_record_of_another_fleet_is_not_believed(
     Replicator(fleet, tmp_path, copier=lambda src, dest: copies.append(dest), clock=lambda: 1000.0).step()
     assert f"{fleet.registry.endpoint('westus')}/{REPO}:other-fleet" in copies
     assert read_state(tmp_path)["home"] == "eastus"
+
+
+def get_v2(endpoint: str) -> tuple[int, dict[str, str], dict]:
+    try:
+        with urllib.request.urlopen(f"http://{endpoint}/v2/", timeout=2) as response:
+            return response.status, dict(response.headers), json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read() or b"{}")
+
+
+def test_the_front_carries_a_push_and_a_pull_and_the_auth_knob_flips_its_answer(
+    fleet: Fleet, push_image: Callable[[str, str], str], tmp_path: Path
+) -> None:
+    region, state = "westeurope", state_dir(fleet)
+    front, inside = fleet.registry.endpoint(region), registry.internal_endpoint(region, state)
+    assert front != inside and procs.alive(registry.front_name(region), state)
+    # A push through the front (buildah: chunked blob uploads), a pull back through it (skopeo).
+    digest = push_image(f"{front}/fanout/front:push", f"front-{time.time_ns()}")
+    assert registry.has_manifest(inside, "fanout/front", digest), "the push did not reach the registry behind"
+    pulled = tmp_path / "pulled"
+    argv = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{front}/fanout/front@{digest}"]
+    subprocess.run([*argv, f"dir:{pulled}"], check=True, capture_output=True, timeout=60)
+    assert len(list(pulled.iterdir())) >= 3  # manifest, config and layer blobs
+    reader = OciRegistry(front, insecure=True)
+    assert reader.has_manifest("fanout/front", digest)
+
+    update_faults(state, registry_auth={region: 403})
+    try:
+        status, _, body = get_v2(front)
+        assert (status, body["errors"][0]["code"]) == (403, "DENIED")
+        with pytest.raises(RegistryUnusable, match=rf"registry {front}: HEAD manifest answered 403"):
+            reader.has_manifest("fanout/front", digest)
+        assert registry.has_manifest(home(fleet), REPO, "sha256:" + "0" * 64) is False, "other regions still serve"
+        update_faults(state, registry_auth={region: 401})
+        status, headers, body = get_v2(front)
+        assert (status, body["errors"][0]["code"]) == (401, "UNAUTHORIZED")
+        assert headers["WWW-Authenticate"].startswith(f'Bearer realm="http://{front}/'), headers
+        with pytest.raises(RegistryUnusable, match="answered 401"):
+            reader.has_manifest("fanout/front", digest)
+    finally:
+        update_faults(state, registry_auth=None)
+    assert reader.has_manifest("fanout/front", digest), "clearing the knob did not restore service at once"
+
+
+def test_a_stopped_registry_leaves_no_process_and_starts_again(fleet: Fleet) -> None:
+    region, state = "westeurope", state_dir(fleet)
+    names = (registry.proc_name(region), registry.front_name(region))
+    pids = [procs.pid(name, state) for name in names]
+    assert all(pids), pids
+    assert registry.stop_registry(fleet, region, state)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), "a registry or front process outlived stop"
+    assert not procs.port_open(*procs.split_hostport(fleet.registry.endpoint(region)))
+    registry.start_registry(fleet, region, state)
+    assert registry.registry_up(fleet.registry.endpoint(region))

@@ -230,3 +230,13 @@ def test_a_local_token_that_cannot_outlive_a_helm_command_is_refused(local_data)
         f"{LOCAL}: local.token_lifetime_seconds: 200 is less than gates.rollout_timeout_seconds + 60 = 240: "
         "no token would outlive a Helm command"
     ]
+
+
+def test_a_local_fleet_cannot_name_a_registry_host_that_does_not_resolve(local_data):
+    # The local fleet's registries are loopback addresses, so its replication waits never meet a
+    # DNS failure: a name (here one that can never resolve) is refused before any run, naming it.
+    local_data["registry"]["endpoints"]["westus"] = "registry-westus.invalid:5102"
+    assert problems(local_data) == [
+        "f.yaml: registry.endpoints['westus']: registry.insecure (plain http) is allowed for loopback hosts only, "
+        "not registry-westus.invalid"
+    ]

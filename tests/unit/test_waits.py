@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEvent
@@ -17,10 +18,10 @@ from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEven
 from fanout.adapters.edge import Edge
 from fanout.airflow.hooks import FleetHook
 from fanout.airflow.region_steps import SoakGateOperator, WaitForReplicationOperator
-from fanout.airflow.triggers import HttpGateTrigger, PollingTrigger
+from fanout.airflow.triggers import HttpGateTrigger, PollingTrigger, ReplicationTrigger
 from fanout.airflow.waits import Ending, WaitingMixin
 from fanout.fleet import load_fleet
-from tests.fakes import DIGEST, LOCAL, FakeHook, FakeTI, released, run_task
+from tests.fakes import DIGEST, LOCAL, REPO, FakeHook, FakeTI, released, run_task, snapshot_of
 
 FLEET = load_fleet(LOCAL)
 
@@ -193,3 +194,26 @@ def test_the_replication_wait_defers_and_names_what_the_replica_lacks(monkeypatc
         f"northeurope: wait_replication failed: the registry replica still lacks {DIGEST} after 300 s "
         "(registry.replication_timeout_seconds): not there yet"
     )
+
+
+def test_the_replication_wait_ends_at_once_when_the_registry_host_does_not_resolve(tmp_path) -> None:
+    """A real DNS failure, not a fake: `.invalid` names never resolve (RFC 2606), and the system
+    resolver says so at once. An OCI fleet over https, as a self-hosted registry would be."""
+    data = yaml.safe_load((REPO / "include/fleets/azure-example.yaml").read_text())
+    data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")
+    regions = [r["name"] for r in data["regions"]]
+    data["registry"] = {
+        "kind": "oci", "repository": "storefront/web", "home": data["registry"]["home"],
+        "replication_timeout_seconds": 1800, "endpoints": {r: f"registry-{r}.invalid:5000" for r in regions},
+    }  # fmt: skip
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo("registry-westus2.invalid", 5000)
+    trigger = ReplicationTrigger(
+        fleet=snapshot_of(path).to_xcom(), region="westus2", digest=DIGEST, timeout_seconds=1800, poll_seconds=5
+    )
+    event = trigger.poll_inline(30)
+    assert event is not None and event["status"] == "failed", event
+    assert event["waited"] < 5, "ended at once, not at the 1800 s deadline"
+    assert event["detail"].startswith("registry registry-westus2.invalid:5000: unknown host"), event["detail"]
