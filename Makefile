@@ -48,7 +48,7 @@ demo: venv system-packages binaries
 ## DAG integrity, the local fleet's parts, integration on the real local fleet, end-to-end on a real Airflow.
 TEST_TIERS := tests/unit tests/contract tests/dags tests/localfleet tests/integration tests/e2e
 test: venv system-packages binaries
-	@$(PY) -m pytest -x $(TEST_TIERS)
+	@$(PY) -m pytest -x --durations=25 $(TEST_TIERS)
 
 test-unit: venv
 	@$(PY) -m pytest -x tests/unit tests/contract tests/dags
