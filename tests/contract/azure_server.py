@@ -33,8 +33,13 @@ ACR_SCOPE = "https://containerregistry.azure.net/.default"
 AKS_SCOPE = "6dae42f8-4368-4678-94ff-3960e28e3630/.default"
 
 
+# Registry hosts the server also answers for (`resolve_to`): the certificate names them, so a client
+# asking a regional host checks TLS against that name, as it would against ACR.
+ACR_TEST_NAMES = ("*.azurecr.io", "*.westeurope.geo.azurecr.io", "*.eastus2.geo.azurecr.io")
+
+
 def make_certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 / localhost: (cert.pem, key.pem)."""
+    """A self-signed certificate for 127.0.0.1 / localhost and ACR_TEST_NAMES: (cert.pem, key.pem)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -43,6 +48,8 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fanout contract tests")])
     now = datetime.datetime.now(datetime.UTC)
+    names = [x509.DNSName("localhost"), *map(x509.DNSName, ACR_TEST_NAMES)]
+    names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -52,7 +59,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(names),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -225,6 +232,20 @@ class ContractServer:
                 route.faults.extend(responses)
                 return
         raise KeyError(f"no route {method} {pattern}")
+
+    def resolve_to(self, monkeypatch: Any, *hosts: str) -> None:
+        """Connections to `hosts` (port 443) reach this server, as if DNS said so: the request keeps
+        its Host header and TLS name, so a test sees which host a client asked."""
+        import urllib3.util.connection as connection
+
+        real, port = connection.create_connection, self._httpd.server_address[1]
+
+        def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
+            if address[0] in hosts and address[1] == 443:
+                address = ("127.0.0.1", port)
+            return real(address, *args, **kwargs)
+
+        monkeypatch.setattr(connection, "create_connection", create_connection)
 
     def calls(self, method: str, path_regex: str) -> list[Request]:
         return [r for r in self.seen if r.method == method and re.fullmatch(path_regex, r.path)]

@@ -61,7 +61,7 @@ def test_every_arm_client_asks_for_the_scope_of_the_fleets_cloud(server, ca, clo
     [("AzurePublicCloud", "contosoprod.azurecr.io"), ("AzureUSGovernment", "contosoprod.azurecr.us"),
      ("AzureChinaCloud", "contosoprod.azurecr.cn")],
 )  # fmt: skip
-def test_registry_hosts_take_the_clouds_suffix(cloud, login_server):
+def test_registry_hosts_take_the_clouds_suffix(cloud, login_server, monkeypatch):
     data = example()
     data["azure"]["cloud"] = cloud
     fleet = parse_fleet(data, EXAMPLE)
@@ -69,6 +69,8 @@ def test_registry_hosts_take_the_clouds_suffix(cloud, login_server):
     assert fleet.registry.endpoint("westeurope") == login_server.replace("contosoprod.", "contosoprod.westeurope.geo.")
     assert fleet.registry.pull_host("westeurope") == login_server
     hook = FleetHook(fleet, access=AzureAccess(Recording(), cloud))
+    # As where ARM lacks the preview api-version that reports the hosts: the computed host is asked.
+    monkeypatch.setattr("fanout.adapters.acr.AcrReplicas.regional_endpoints", lambda self: None)
     assert hook.registry("westeurope")._client._endpoint.endswith(login_server.split(".", 1)[1])
     assert CLOUDS[cloud]["acr_audience"]
 

@@ -48,13 +48,14 @@ def test_nothing_reaches_azure_or_the_connection_until_a_client_is_asked_for(mon
     monkeypatch.setattr(
         "fanout.adapters.azure_credentials.access_from_connection", lambda conn_id: pytest.fail("read the connection")
     )
-    hook = FleetHook(parse_fleet(example(), EXAMPLE))
-    assert hook.registry_endpoint("westeurope") == "contosoprod.westeurope.geo.azurecr.io"
+    hook = FleetHook(parse_fleet(example(registry={"replica_check": "replica-status"}), EXAMPLE))
+    assert hook.registry_endpoint("westeurope") == "contosoprod.azurecr.io"
     assert hook.trigger_options() == {}, "the triggerer takes ARM from the connection"
 
 
-def test_acr_fleet_gets_acr_clients():
-    hook = hook_for(example())
+def test_acr_fleet_gets_acr_clients(server, ca):
+    acr.serve_acr(server)  # the regional host names come from ARM
+    hook = hook_for(example(), server, ca)
     replica = hook.registry("westeurope")
     assert isinstance(replica, AcrReplica) and replica.endpoint == "contosoprod.westeurope.geo.azurecr.io"
     assert isinstance(hook.acr_tasks(), AcrTasksBuilder)
@@ -146,9 +147,8 @@ def test_replication_trigger_checks_acr_with_a_credential_from_the_connection(se
     )
     data = example(registry={"repository": acr.REPO})
     data["registry"].update(subscription=acr.SUB, resource_group=acr.RG)
-    # No fleet file may name a non-ACR host; the hook the triggerer builds asks the contract server
-    # instead of contosoprod.westeurope.geo.azurecr.io (the hook lets its test ARM host through).
-    monkeypatch.setattr(FleetHook, "registry_endpoint", lambda self, region: server.host)
+    # The hook the triggerer builds asks the host ARM reports, which the contract server answers for.
+    server.resolve_to(monkeypatch, "contosoprod.westeurope.geo.azurecr.io")
     trigger = ReplicationTrigger(
         fleet=snapshot(data), hook_options={"arm_url": server.url, "connection_verify": ca},
         region="westeurope", digest=acr.DIGEST, timeout_seconds=30, poll_seconds=0.1,

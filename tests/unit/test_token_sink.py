@@ -47,8 +47,8 @@ class Wire:
     """Stands in for the network under requests: records each request and answers like Azure would
     enough to make clients send their tokens (ACR answers 401 with its challenge first)."""
 
-    def __init__(self, credential: RecordingCredential, regions: list[str]) -> None:
-        self.credential, self.regions = credential, regions
+    def __init__(self, credential: RecordingCredential, regions: list[str], cloud: str) -> None:
+        self.credential, self.regions, self.suffix = credential, regions, ACR_SUFFIX[cloud]
         self.sent: list[tuple[str, str, bool]] = []  # (scheme, host, carries a token)
 
     def send(self, session: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
@@ -64,6 +64,10 @@ class Wire:
         elif parts.path.endswith("/replications"):  # every replica Ready, so the manifest is asked next
             ready = {"provisioningState": "Succeeded", "status": {"displayStatus": "Ready"}}
             status, body = 200, {"value": [{"name": r, "location": r, "properties": ready} for r in self.regions]}
+        elif parts.path.rsplit("/", 2)[-2] == "registries":  # the regional host names ACR reports
+            name = parts.path.rsplit("/", 1)[-1].lower()
+            hosts = [f"{name}.{r}.geo{self.suffix}" for r in self.regions]
+            status, body = 200, {"properties": {"regionalEndpoints": "Enabled", "regionalEndpointHostNames": hosts}}
         elif parts.path == "/oauth2/exchange":
             status, body = 200, {"refresh_token": "acr-refresh"}
         response = requests.Response()
@@ -82,7 +86,7 @@ def token_hosts(fleet_data: dict[str, Any], cloud: str, monkeypatch: pytest.Monk
     except FleetError:
         return []
     credential = RecordingCredential()
-    wire = Wire(credential, fleet.region_names)
+    wire = Wire(credential, fleet.region_names, cloud)
     monkeypatch.setattr(requests.Session, "send", lambda session, request, **kw: wire.send(session, request, **kw))
     hook = FleetHook(fleet, access=AzureAccess(credential, cloud), azure_options={"retry_total": 0})  # type: ignore[arg-type]
     region = fleet.regions[0].name

@@ -149,11 +149,26 @@ class FleetHook(BaseHook):
         return self._keep(replicas)
 
     def registry_endpoint(self, region: str) -> str:
-        """The host asked whether `region`'s replica serves a digest."""
+        """The host asked whether `region`'s replica serves a digest. For ACR's regional endpoints
+        that is the host ARM reports (read once per hook), computed only where ARM cannot say."""
         reg = self.fleet.registry
         if reg.kind == "acr" and reg.replica_check == "replica-status" and region not in reg.endpoints:
             return reg.login_server
-        return reg.endpoint(region)
+        return self._reported_host(region) or reg.endpoint(region)
+
+    def _reported_host(self, region: str) -> str | None:
+        """The regional host ARM reports for `region` when the check asks a regional endpoint the fleet
+        file does not name; None otherwise, or where ARM lacks the preview api-version that says."""
+        reg = self.fleet.registry
+        if reg.kind != "acr" or reg.replica_check != "regional-endpoint" or region in reg.endpoints:
+            return None
+        from fanout.adapters.azure_credentials import AzureAdapterError
+        from fanout.adapters.registry import RegistryError, RegistryUnusable
+
+        try:
+            return self._acr_replicas.regional_host(region)
+        except AzureAdapterError as err:
+            raise (RegistryUnusable if err.status_code in (401, 403) else RegistryError)(str(err)) from None
 
     def registry(self, region: str) -> OciRegistry | AcrReplica:
         reg = self.fleet.registry
@@ -161,12 +176,17 @@ class FleetHook(BaseHook):
             return OciRegistry(reg.endpoint(region), insecure=reg.insecure)
         from fanout.adapters.acr import AcrReplica
 
-        endpoint = self.registry_endpoint(region)
+        reported = self._reported_host(region)
+        endpoint = reported or self.registry_endpoint(region)
         # The fleet file was checked against every cloud; the token is this connection's cloud's. The
-        # contract tests' server (arm_url, a test override) is the one other host allowed.
+        # contract tests' server (arm_url, a test override) is the one other host allowed. A host ARM
+        # reports starts with the registry's login label (`<name>-<hash>` with a domain name label),
+        # which ARM vouches for; it must still be an ACR host of this cloud.
+        owner = reported.split(".", 1)[0] if reported else reg.name or ""
         test_host = urlsplit(self._arm_url).netloc if self._arm_url else None
-        if endpoint != test_host and (why := acr_host_problem(endpoint, reg.name or "", (self.azure.cloud,))):
-            raise ValueError(f"registry.endpoints[{region!r}]: {why}")
+        if endpoint != test_host and (why := acr_host_problem(endpoint, owner, (self.azure.cloud,))):
+            where = f"the regional host ARM reports for {region}" if reported else f"registry.endpoints[{region!r}]"
+            raise ValueError(f"{where}: {why}")
         options = {k: v for k, v in self._azure_options.items() if k.startswith("retry_") or k == "timeout"}
         replica = AcrReplica(
             self.azure.credential,
