@@ -347,6 +347,22 @@ def test_regional_endpoints_switched_off_are_refused_naming_the_way_out(server, 
         replicas.require_regional_endpoints(["italynorth"])
 
 
+@pytest.mark.parametrize("login", ["contosoprod", "contosoprod-h4b2c9"])
+def test_a_registry_answering_at_another_login_server_is_refused_before_a_release(server, credential, ca, login):
+    """With a domain name label the registry is `<name>-<hash>.azurecr.io`: the clusters would pull
+    from a host that does not exist, and only after the region was drained."""
+    server.route(
+        "GET", REGISTRY, Response(200, registry_resource([f"{login}.eastus2.geo.azurecr.io"])),
+        api_version="2025-11-01", token=FakeCredential.token_for(ARM_SCOPE),
+    )  # fmt: skip
+    replicas = AcrReplicas(credential, SUB, RG, REG, base_url=server.url, connection_verify=ca, **FAST)
+    if login == REG:
+        replicas.require_login_server(f"{REG}.azurecr.io")
+        return
+    with pytest.raises(RegistryUnusable, match=rf"login server {login}\.azurecr\.io, but releases pull from {REG}"):
+        replicas.require_login_server(f"{REG}.azurecr.io")
+
+
 # -- the regional host names ARM reports ----------------------------------------------------------
 
 

@@ -252,8 +252,9 @@ class FleetHook(BaseHook):
 
     def preflight(self, regions: list[str]) -> None:
         """Before a release changes anything: each region's namespace exists and Fanout's identity may
-        do there what a release does (fanout.preflight); with `replica_check: regional-endpoint`, each
-        region's ACR replica exists with its regional endpoint on. Raises naming region and cause."""
+        do there what a release does (fanout.preflight); an ACR registry answers at the login server
+        releases pull from, and with `replica_check: regional-endpoint` each region's replica exists with
+        its regional endpoint on. Raises naming region and cause."""
         from fanout.adapters.azure_credentials import AzureAdapterError
         from fanout.adapters.registry import RegistryError
         from fanout.preflight import check_release_access
@@ -261,12 +262,15 @@ class FleetHook(BaseHook):
         for region in regions:
             check_release_access(*self.kubeconfig(region), self.fleet.app.namespace, region)
         reg = self.fleet.registry
-        if reg.kind == "acr" and reg.replica_check == "regional-endpoint":
-            unnamed = [r for r in regions if r not in reg.endpoints]  # explicit endpoints are the fleet's call
-            try:
+        if reg.kind != "acr":
+            return
+        try:
+            self._acr_replicas.require_login_server(reg.login_server)
+            if reg.replica_check == "regional-endpoint":
+                unnamed = [r for r in regions if r not in reg.endpoints]  # explicit endpoints are the fleet's call
                 self._acr_replicas.require_regional_endpoints(unnamed)
-            except AzureAdapterError as err:
-                raise RegistryError(str(err)) from None
+        except AzureAdapterError as err:
+            raise RegistryError(str(err)) from None
 
     def replication_poll_seconds(self) -> float:
         """A manifest check every 5 s for ACR (its replica's Ready status, ARM, every 30 s:
