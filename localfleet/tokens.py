@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 from urllib.request import Request, urlopen
 
 from localfleet import faults, procs
+from localfleet.http_body import content_length
 
 PROC = "tokens"
 # The one identity Fanout uses on every local cluster; the RoleBinding names it (on AKS: the object ID).
@@ -86,6 +87,9 @@ def verify(key: bytes, token: str, now: float | None = None) -> tuple[str | None
     return parts[2], ""
 
 
+MAX_BODY = 64 * 1024  # a token form or a TokenReview is well under a kilobyte
+
+
 class TokenServer(ThreadingHTTPServer):
     daemon_threads = True
     key: bytes
@@ -113,7 +117,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        length, status = content_length(self.headers, MAX_BODY)
+        if length is None:
+            self.close_connection = True  # the unread body must not be taken for the next request
+            self._reply(status, {"error": "invalid_request", "error_description": "bad Content-Length"})
+            return
+        raw = self.rfile.read(length).decode(errors="replace")
         path = urlsplit(self.path).path  # the API server adds ?timeout=…
         if path == "/token":
             form = dict(parse_qsl(raw))

@@ -38,6 +38,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from fanout.fleet import Fleet, load_fleet
 from localfleet import faults
+from localfleet.http_body import content_length
 from localfleet.tm_store import ENDPOINT_KINDS, ArmError, Store, seed_state
 
 API_VERSIONS = ("2022-04-01", "2026-09-01")
@@ -138,12 +139,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes | None:
         """The request body, or None after answering 400/413: a Content-Length that is not a number
         from 0 to MAX_BODY would block the handler (negative) or exhaust memory (huge)."""
-        text = (self.headers.get("Content-Length") or "0").strip()
-        length = int(text) if text.isdigit() else -1
-        if 0 <= length <= MAX_BODY:
+        length, status = content_length(self.headers, MAX_BODY)
+        if length is not None:
             return self.rfile.read(length)
         self.close_connection = True  # the unread body must not be taken for the next request
-        if length < 0:
+        text = (self.headers.get("Content-Length") or "").strip()
+        if status == 400:
             self._error(ArmError(400, "InvalidRequestContent", f"Content-Length {text[:20]!r} is not a length."))
         else:
             self._error(ArmError(413, "RequestEntityTooLarge", f"The request body is larger than {MAX_BODY} bytes."))

@@ -353,6 +353,35 @@ def test_the_stand_in_refuses_a_bad_content_length_at_once(standin, length, stat
     )
 
 
+@pytest.fixture
+def token_service(tmp_path):
+    """The local Entra ID stand-in (localfleet/tokens.py), in this process on a free port."""
+    import threading
+
+    from localfleet import tokens
+
+    tokens.ensure_secrets(tmp_path)
+    server = tokens.TokenServer(("127.0.0.1", 0), tokens.Handler)
+    server.key, server.client_secret = b"k" * 32, "secret"
+    server.lifetime, server.state_dir = 300.0, tmp_path
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("length", "status"), [("-5", 400), (str(10**12), 413), ("12abc", 400)])
+def test_the_token_service_refuses_a_bad_content_length_at_once(token_service, length, status):
+    """Like the Traffic Manager stand-in: a negative length would block the handler, a huge one
+    exhaust its memory; either is refused before a byte of body is read."""
+    with socket.create_connection(("127.0.0.1", token_service), timeout=5) as conn:
+        conn.sendall(f"POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\nclient_id=x".encode())
+        answer = b""
+        while chunk := conn.recv(65536):  # the service closes the connection; a blocked one times out here
+            answer += chunk
+    assert answer.decode().startswith(f"HTTP/1.0 {status} "), answer[:200]
+
+
 # -- build context, Helm, local secrets ------------------------------------------------------------
 
 
