@@ -54,12 +54,13 @@ def test_a_lagging_replica_is_waited_for(local_fleet, release, faults, tmp_path)
 
 def test_replicas_that_never_sync_are_named_at_once_and_share_one_deadline(local_fleet, release, faults, tmp_path):
     """`airflow dags test` (make demo) runs the regions' waits one after another. A replica that
-    never syncs is named as soon as its wait gives up, a wait says what it waits for while it waits,
-    and a second stuck replica does not cost a second full timeout: replication started at the push."""
+    never syncs is named as soon as its wait gives up, and a second stuck replica does not cost a
+    second full timeout: replication started at the push. (That a wait says what it still waits
+    for is tests/unit/test_waits.py's.)"""
     fleet = local_fleet.fleet
     stuck = ["northeurope", "westeurope"]  # a pair: waves 2 and 3, so the run touches nothing else
     before = snapshot(fleet)
-    path = variant_fleet(fleet, tmp_path, **{"registry.replication_timeout_seconds": 35})
+    path = variant_fleet(fleet, tmp_path, **{"registry.replication_timeout_seconds": 12})
     faults(replica_stuck=stuck)
     run = release({"git_sha": new_commit(fleet), "regions": stuck}, fleet_path=path)
     assert run.returncode != 0, run.tail()
@@ -68,16 +69,16 @@ def test_replicas_that_never_sync_are_named_at_once_and_share_one_deadline(local
         region = task.removeprefix("wait_replication_")
         cause = rf"{region}: wait_replication failed: the registry replica still lacks sha256:\w{{64}} after \d+ s"
         assert re.search(cause, run.segments[task]), run.segments[task][-2000:]
-    assert re.search(r"still waiting after 3\d s of 35 s", run.segments[first]), run.segments[first][-2000:]
     print(f"{first}: {run.duration(first):.1f} s, {second}: {run.duration(second):.1f} s")
     assert run.duration(second) < 10, run.segments[second][-2000:]
     assert snapshot(fleet) == before
 
 
-@pytest.mark.parametrize("status", [403, 401])
+@pytest.mark.parametrize("status", [403])
 def test_a_replica_that_refuses_the_credential_ends_the_wait_at_once(local_fleet, release, faults, status):
     """Item 4 of issue 13: 401/403 from a replica cannot heal by waiting. REFUSING is wave 1, so
-    the failed wait stops the release before any region is drained or deployed."""
+    the failed wait stops the release before any region is drained or deployed. (401 takes the same
+    path: the front's answer is tests/localfleet/test_registry.py's, the adapter's the contract tests'.)"""
     started = time.monotonic()
     fleet = local_fleet.fleet
     endpoint = fleet.registry.endpoint(REFUSING)

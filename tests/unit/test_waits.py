@@ -68,6 +68,17 @@ def first_event(trigger: PollingTrigger) -> TriggerEvent:
     return asyncio.run(first())
 
 
+def test_a_long_wait_says_what_it_still_waits_for(monkeypatch, capsys) -> None:
+    """A wait that has not ended logs, every PROGRESS_SECONDS, what it is waiting for: under
+    `airflow dags test` (make demo) that is the only sign of life a stuck replica gives."""
+    monkeypatch.setattr("fanout.airflow.triggers.PROGRESS_SECONDS", 0.05)
+    trigger = Countdown(done_at=0, timeout_seconds=0.3, poll_seconds=0.02)
+    assert trigger.poll_inline(1.0)["status"] == "timeout"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "still waiting after" in line]
+    assert 2 <= len(lines) < trigger.checks, lines  # now and then, not at every check
+    assert all("of 0 s: check " in line for line in lines), lines  # the limit and the last detail
+
+
 def test_a_passed_wait_ends_the_task_with_its_return_value() -> None:
     trigger = under_triggerer(Countdown(done_at=2, poll_seconds=0.01, timeout_seconds=30, ending=GATE.as_dict()))
     event = first_event(trigger)
