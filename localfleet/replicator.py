@@ -110,12 +110,11 @@ class Replicator:
 
     def owner(self) -> dict[str, Any]:
         """What replication.json must have been written for to be true of this fleet."""
-        registry_ = self.fleet.registry
         return {
             "fleet": str(self.fleet.source_path),
             "home": self.home,
             "repository": self.repo,
-            "endpoints": {r: registry_.endpoint(r) for r in self.fleet.region_names},
+            "endpoints": {r: self.endpoint(r) for r in self.fleet.region_names},
         }
 
     def lag(self, region: str, faults: dict[str, Any]) -> float:

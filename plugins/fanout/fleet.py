@@ -264,6 +264,11 @@ class Region(_Strict):
     standby: Literal["warm"] | None = None
     local: LocalRegion | None = None
 
+    @property
+    def traffic_weight(self) -> int:
+        """The weight of the users it carries: none for a warm standby, whatever its endpoint says."""
+        return 0 if self.standby else self.endpoint.weight
+
 
 RoutingMethod = Literal["Weighted", "Priority", "Performance", "Geographic"]
 
@@ -370,7 +375,8 @@ class Fleet(_Strict):
 
     @property
     def total_weight(self) -> int:
-        return sum(r.endpoint.weight for r in self.regions)
+        """The weight of every region that carries users (warm standbys carry none)."""
+        return sum(r.traffic_weight for r in self.regions)
 
     @property
     def chart_ref(self) -> str:
@@ -539,6 +545,8 @@ def routing_problems(fleet: Fleet) -> list[str]:
                 )
             else:
                 seen[prio] = region.name
+    if all(region.standby for region in fleet.regions):
+        problems.append("regions: every region is a warm standby; at least one must serve users")
     if tm.routing_method == "Geographic":
         owner: dict[str, str] = {}
         for i, region in enumerate(fleet.regions):

@@ -82,7 +82,7 @@ class Plan:
 class _Rules:
     def __init__(self, fleet: Fleet):
         self.fleet = fleet
-        self.weight = {r.name: r.endpoint.weight for r in fleet.regions}
+        self.weight = {r.name: r.traffic_weight for r in fleet.regions}
         self.pair = {r.name: r.pair for r in fleet.regions}
         self.total = fleet.total_weight
         self.size = len(fleet.regions)

@@ -54,7 +54,7 @@ def check_drain(fleet: Fleet, endpoints: dict[str, EndpointState], region: str) 
             f"draining {region} would leave {len(enabled_after)} region(s) serving "
             f"({', '.join(enabled_after) or 'none'}), below min_serving_regions {fleet.min_serving_regions}"
         )
-    weights = {r.name: r.endpoint.weight for r in fleet.regions}
+    weights = {r.name: r.traffic_weight for r in fleet.regions}
     drained = [r for r, e in by_region.items() if not e.enabled or r == region]
     drained_weight = sum(weights[r] for r in drained)
     limit = fleet.rollout.max_drain_share * fleet.total_weight

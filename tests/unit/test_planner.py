@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fanout.fleet import load_fleet, parse_fleet
+from fanout.fleet import FleetError, load_fleet, parse_fleet
 from fanout.packing import Items, fewest_bins
 from fanout.planner import PlanError, plan_waves
 
@@ -230,3 +230,26 @@ def test_the_plan_has_the_fewest_waves_brute_force_finds(case):
         min((fleet.region(r).endpoint.weight, position(r)) for r in w.regions) for w in plan.waves[bool(canary) :]
     ]
     assert lightest == sorted(lightest), "waves go in the order of their lightest region"
+
+
+def test_a_warm_standby_carries_no_weight_so_a_wave_never_drains_more_real_traffic_than_allowed():
+    """Four regions of weight 100, one a warm standby (no users): 50 % may be drained. Counting the
+    standby, two serving regions per wave (200/400) would pass, yet take 2/3 of the users away."""
+    data = fleet_data([100, 100, 100, 100], per_wave=2, share=0.5)
+    data["regions"][3]["standby"] = "warm"
+    fleet = parse_fleet(data)
+    assert fleet.total_weight == 300
+    plan = plan_waves(fleet)
+    serving = {r.name for r in fleet.regions if r.standby is None}
+    for wave in plan.waves:
+        assert len(serving & set(wave.regions)) <= 1, plan.explain()
+        assert wave.drained_weight <= 0.5 * 300
+    assert "r3" in plan.regions  # the standby is still released, riding along at no weight
+
+
+def test_a_fleet_of_standbys_only_is_refused():
+    data = fleet_data([100, 100])
+    for region in data["regions"]:
+        region["standby"] = "warm"
+    with pytest.raises(FleetError, match=r"regions: every region is a warm standby"):
+        parse_fleet(data)

@@ -257,3 +257,15 @@ def test_final_traffic_leaves_a_released_warm_standby_as_the_profile_has_it():
     serving = dict.fromkeys(fleet.region_names, D1)
     desired, warnings = final_traffic(fleet, endpoints(disabled=["westeurope"]), serving, D1)
     assert not desired["westeurope"].enabled and desired["eastus"].enabled and warnings == []
+
+
+def test_a_disabled_warm_standby_does_not_eat_the_drain_budget():
+    """A warm standby left disabled, as the profile intends, serves nobody: draining one serving
+    region (100 of the 300 serving weight) is within 50 %, a second one is not."""
+    data = FLEET.model_dump(exclude={"source_path"})
+    data["regions"][3]["standby"] = "warm"
+    data["min_serving_regions"] = 1
+    fleet = parse_fleet(data)
+    check_drain(fleet, endpoints(disabled=["westeurope"]), "westus")
+    with pytest.raises(PolicyError, match=r"200/300 of the weight"):
+        check_drain(fleet, endpoints(disabled=["westeurope", "eastus"]), "westus")

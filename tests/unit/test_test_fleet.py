@@ -2,12 +2,13 @@
 teardown, so whatever did start must be stopped before the error goes up."""
 
 import subprocess
+import sys
 
 import pytest
 
 from fanout.fleet import FleetError
 from localfleet import cli, procs
-from localfleet.testing import start_test_fleet, write_test_fleet
+from localfleet.testing import start_test_fleet, wait_until, write_test_fleet
 
 
 def test_a_fleet_that_cannot_come_up_is_stopped_again(tmp_path, monkeypatch):
@@ -37,9 +38,11 @@ def test_each_fleet_file_keeps_its_own_state_and_only_one_runs_at_a_time(tmp_pat
     running.mkdir(parents=True)
     (running / cli.FLEET_MARKER).write_text(f"{first.source_path}\n")
     assert cli.other_fleet_up(cli.state_dir(second)) is None, "a folder with nothing running is no fleet"
-    sleeper = subprocess.Popen(["sh", "-c", "sleep 60", str(running)])  # a process of the first fleet's
+    # A process of the first fleet's: its command line names the folder (python keeps its argv).
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(running)])
     try:
-        assert cli.other_fleet_up(cli.state_dir(second)) == str(first.source_path)
+        found = wait_until(lambda: cli.other_fleet_up(cli.state_dir(second)), timeout=10, what="the sleeper seen")
+        assert found == str(first.source_path)
         assert cli.other_fleet_up(cli.state_dir(first)) is None, "a fleet is not in its own way"
         with pytest.raises(FleetError, match=rf"another local fleet is up \({first.source_path}\)"):
             cli.up(second)
