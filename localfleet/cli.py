@@ -44,12 +44,16 @@ def state_dir(fleet: Fleet, cache: Path | None = None) -> Path:
 
 
 def other_fleet_up(state: Path) -> str | None:
-    """The fleet file of another local fleet still running beside `state`, if any: two local
-    fleets would fight over the default etcd ports, so only one runs at a time."""
+    """What to stop first when another local fleet still runs beside `state`: two local fleets
+    would fight over the default etcd ports, so only one runs at a time."""
     for folder in state.parent.iterdir() if state.parent.is_dir() else ():
         if folder != state and folder.is_dir() and procs.pids_mentioning(folder):
             marker = folder / FLEET_MARKER
-            return marker.read_text().strip() if marker.is_file() else str(folder)
+            if marker.is_file():
+                other = marker.read_text().strip()
+                return f"the local fleet of {other} is up: `make fleet-down FLEET={other}` first"
+            # Before fleets had a folder each, one fleet's state filled the parent folder itself.
+            return f"a local fleet started by an older Fanout is up (state in {state.parent}): stop its pids first"
     return None
 
 
@@ -118,7 +122,7 @@ def up(
     if state is None:
         state = state_dir(fleet)
         if other := other_fleet_up(state):
-            raise FleetError([f"another local fleet is up ({other}): `make fleet-down FLEET={other}` first"])
+            raise FleetError([other])
     state.mkdir(parents=True, exist_ok=True)
     (state / FLEET_MARKER).write_text(f"{fleet.source_path}\n")
     started = time.monotonic()

@@ -42,9 +42,10 @@ def test_each_fleet_file_keeps_its_own_state_and_only_one_runs_at_a_time(tmp_pat
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(running)])
     try:
         found = wait_until(lambda: cli.other_fleet_up(cli.state_dir(second)), timeout=10, what="the sleeper seen")
-        assert found == str(first.source_path)
+        other = first.source_path
+        assert found == f"the local fleet of {other} is up: `make fleet-down FLEET={other}` first"
         assert cli.other_fleet_up(cli.state_dir(first)) is None, "a fleet is not in its own way"
-        with pytest.raises(FleetError, match=rf"another local fleet is up \({first.source_path}\)"):
+        with pytest.raises(FleetError, match=rf"the local fleet of {first.source_path} is up"):
             cli.up(second)
         assert not cli.state_dir(second).exists(), "a refused up left state behind"
     finally:
