@@ -13,7 +13,8 @@ released through `fanout trigger --wait`, and everything goes down again. Printe
 - overhead = release − unavoidable, and per task on the critical path;
 - CPU seconds during the release of the scheduler process, of LocalExecutor's workers with
   every task process (and the helm/buildah/git they run), and of the other Airflow parts;
-  the peak resident memory of all Airflow processes (sampled every 0.5 s; PostgreSQL apart);
+  the peak memory of all Airflow processes, as RSS sum and PSS sum (sampled every 0.5 s;
+  PostgreSQL apart; see localfleet.proc_usage for why both);
 - with --plain, the plain script's release (with DNS waits) on the same fleet, for reference.
 
 Figures, not assertions: one size at a time, on whatever else the machine is doing.
@@ -38,7 +39,7 @@ from localfleet import cli, procs
 from localfleet.airflow_stack import COMPONENTS, AirflowStack, StackError
 from localfleet.bench_airflow import say, teardown, timed, wait_for_dag
 from localfleet.bench_release import Bench, _helm, keep_logs, scaled_fleet
-from localfleet.bench_timing import _t, breakdown, critical_path, unavoidable
+from localfleet.bench_timing import unavoidable
 from localfleet.git import repo as git_repo
 from localfleet.proc_usage import Sampler
 from localfleet.testing import REPO
@@ -52,10 +53,9 @@ def measure(bench: Bench, stack: AirflowStack, waves: list[list[str]], plain: bo
     roots = {name: procs.pid(name, stack.folder) for name in COMPONENTS}
     with Sampler(roots) as usage:
         wall, run_id = bench.fanout(sha)
-    tis, upstream, startup = bench.timings(run_id)
-    run = bench.api.get_run(bench.dag_id, run_id) or {}
-    path = breakdown(critical_path(tis, upstream), _t(run.get("start_date")) or 0.0, startup)
-    parts = unavoidable(tis, startup, waves)
+    tis, _, startup = bench.timings(run_id)
+    path = bench.analyse(run_id)
+    parts = unavoidable(tis, startup, waves, bench.latencies(run_id, tis))
     row = {
         "regions": len(bench.fleet.regions),
         "waves": len(waves),
@@ -63,9 +63,10 @@ def measure(bench: Bench, stack: AirflowStack, waves: list[list[str]], plain: bo
         "path_tasks": len(path),
         "release": wall,
         "unavoidable": parts,
-        "path": {key: sum(r[key] for r in path) for key in ("gap", "process", "parse", "work")},
+        "path": {key: sum(r[key] for r in path) for key in ("gap", "process", "parse", "work", "latency")},
         "cpu": usage.cpu,
         "peak_rss": usage.peak_rss,
+        "peak_pss": usage.peak_pss,
     }
     if plain:
         row["plain"] = bench.plain_merge(waves, dns_waits=True)[0]
@@ -112,7 +113,7 @@ COLUMNS = (  # key, title, decimals
     ("regions", "regions", 0), ("waves", "waves", 0), ("tasks", "tasks", 0), ("path_tasks", "crit", 0),
     ("release", "release s", 1), ("unavoidable_s", "unavoid s", 1), ("overhead", "overhead s", 1),
     ("per_task", "ovh/crit task", 2), ("sched_cpu", "sched CPU s", 1), ("worker_cpu", "worker CPU s", 1),
-    ("other_cpu", "other CPU s", 1), ("rss_mib", "peak RSS MiB", 0),
+    ("other_cpu", "other CPU s", 1), ("rss_mib", "peak RSS MiB", 0), ("pss_mib", "peak PSS MiB", 0),
 )  # fmt: skip
 
 
@@ -127,6 +128,7 @@ def flatten(row: dict[str, Any]) -> dict[str, Any]:
         "worker_cpu": cpu.get("workers", 0.0),
         "other_cpu": sum(v for k, v in cpu.items() if k not in ("scheduler", "workers")),
         "rss_mib": row["peak_rss"] / MIB,
+        "pss_mib": row["peak_pss"] / MIB,
     }
 
 
@@ -141,12 +143,13 @@ def report(rows: list[dict[str, Any]]) -> None:
         u = r["unavoidable"]
         waves = "  ".join(f"w{i}:{w['slowest']} {w['region']:.1f}+{w['bake']:.1f}" for i, w in enumerate(u["waves"], 1))
         print(f"    {r['regions']:>3} regions: build {u['build']:.1f}, replica {u['replica']:.1f}, {waves}")
-    print("\n  critical path sums (s): scheduling gap, process start, DAG parse, own work; plain script")
+    print("\n  critical path sums (s): scheduling gap, process start, DAG parse, own work (of which trigger"
+          " latency); plain script with DNS waits")  # fmt: skip
     for r in rows:
         p = r["path"]
         plain = f"{r['plain']:.1f}" if "plain" in r else "-"
         print(f"    {r['regions']:>3} regions: gap {p['gap']:.1f}, process {p['process']:.1f},"
-              f" parse {p['parse']:.1f}, work {p['work']:.1f}; plain script with DNS waits {plain}")  # fmt: skip
+              f" parse {p['parse']:.1f}, work {p['work']:.1f} ({p['latency']:.1f}); plain script {plain}")  # fmt: skip
     if len(flat) >= 2:
         a, b = flat[0], flat[-1]
         added = b["regions"] - a["regions"]
@@ -155,7 +158,8 @@ def report(rows: list[dict[str, Any]]) -> None:
               f" overhead {(b['overhead'] - a['overhead']) / added:+.2f} s,"
               f" worker CPU {(b['worker_cpu'] - a['worker_cpu']) / added:+.2f} s,"
               f" scheduler CPU {(b['sched_cpu'] - a['sched_cpu']) / added:+.2f} s,"
-              f" peak RSS {(b['rss_mib'] - a['rss_mib']) / added:+.0f} MiB")  # fmt: skip
+              f" peak RSS {(b['rss_mib'] - a['rss_mib']) / added:+.0f} MiB,"
+              f" peak PSS {(b['pss_mib'] - a['pss_mib']) / added:+.0f} MiB")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from fanout.trigger import AirflowApi, TriggerError
 from localfleet import binaries, cli, procs
 from localfleet.airflow_stack import AirflowStack, StackError
 from localfleet.bench_airflow import say, teardown, timed, wait_for_dag
-from localfleet.bench_timing import _t, breakdown, critical_path, print_breakdown, summary, task_startup
+from localfleet.bench_timing import _t, breakdown, critical_path, deferral, print_breakdown, summary, task_startup
 from localfleet.git import repo as git_repo
 from localfleet.plain_release import Plain
 from localfleet.testing import REPO, write_test_fleet
@@ -140,9 +140,21 @@ class Bench:
         return tis, upstream, startup
 
     def analyse(self, run_id: str) -> list[dict[str, Any]]:
+        """The critical path's breakdown, each deferred task's trigger latency added."""
         tis, upstream, startup = self.timings(run_id)
         run = self.api.get_run(self.dag_id, run_id) or {}
-        return breakdown(critical_path(tis, upstream), _t(run.get("start_date")) or 0.0, startup)
+        path = critical_path(tis, upstream)
+        rows = breakdown(path, _t(run.get("start_date")) or 0.0, startup)
+        latency = self.latencies(run_id, path)
+        for ti, row in zip(path, rows, strict=True):
+            row.update(deferred=ti["task_id"] in latency, latency=latency.get(ti["task_id"], 0.0))
+        return rows
+
+    def latencies(self, run_id: str, tis: list[dict[str, Any]]) -> dict[str, float]:
+        """Task id → trigger latency (pickup + fired → ended) of each of `tis` that deferred."""
+        logs = self.stack.home / "logs" / f"dag_id={self.dag_id}" / f"run_id={run_id}"
+        found = {ti["task_id"]: deferral(logs / f"task_id={ti['task_id']}", _t(ti.get("end_date"))) for ti in tis}
+        return {task: sum(pair) for task, pair in found.items() if pair is not None}
 
     def plain_release(
         self, sha: str, waves: list[list[str]], image: str | None, dns_waits: bool = True

@@ -13,8 +13,10 @@ from typing import Any
 
 from fanout import names
 
-# Airflow 3.3's task runner (airflow.sdk.execution_time.task_runner) logs these at INFO.
+# Airflow 3.3's task runner (airflow.sdk.execution_time.task_runner) logs these at INFO, and the
+# triggerer these into the task's `attempt=N.log.trigger.<id>.log`.
 PARSED, PRE_EXECUTE = "Worker startup parse complete", "::group::Pre Execute"
+DEFERRED, TRIGGER_STARTING, TRIGGER_FIRED = "Pausing task as DEFERRED. ", "trigger starting", "Trigger fired event"
 
 
 def _t(value: str | None) -> float | None:
@@ -78,6 +80,33 @@ def task_startup(log_file: Path, start: float | None) -> tuple[float, float]:
     return startup, parse
 
 
+def _events(path: Path) -> list[tuple[str, float]]:
+    found = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        at = _t(entry.get("timestamp"))
+        if at is not None and isinstance(entry.get("event"), str):
+            found.append((entry["event"], at))
+    return found
+
+
+def deferral(task_dir: Path, end: float | None) -> tuple[float, float] | None:
+    """For a task that deferred: (trigger pickup: deferral → its trigger starting in the triggerer,
+    trigger fired → task ended), seconds summed over its deferrals; None when it never deferred."""
+    deferred = [at for f in sorted(task_dir.glob("attempt=*.log")) for e, at in _events(f) if e == DEFERRED]
+    if not deferred:
+        return None
+    triggers = [_events(f) for f in sorted(task_dir.glob("attempt=*.log.trigger.*.log"))]
+    starts = sorted(at for events in triggers for e, at in events if e == TRIGGER_STARTING)
+    fired = sorted(at for events in triggers for e, at in events if e == TRIGGER_FIRED)
+    pickup = sum(max(0.0, s - d) for d, s in zip(sorted(deferred), starts, strict=False))
+    to_end = max(0.0, end - fired[-1]) if fired and end is not None else 0.0
+    return pickup, to_end
+
+
 def own_work(ti: dict[str, Any], startup: dict[str, tuple[float, float]]) -> float:
     """A task's start → end less its process starts and parses: what it did (and waited) itself.
     A deferred wait's own work still holds the time from its trigger firing to its end."""
@@ -88,12 +117,18 @@ def own_work(ti: dict[str, Any], startup: dict[str, tuple[float, float]]) -> flo
 
 
 def unavoidable(
-    tis: list[dict[str, Any]], startup: dict[str, tuple[float, float]], waves: list[list[str]]
+    tis: list[dict[str, Any]],
+    startup: dict[str, tuple[float, float]],
+    waves: list[list[str]],
+    latency: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The part of a release any orchestrator pays, from the task timings: the build, the slowest
-    replica wait, and per wave the slowest region's steps (drain, DNS waits, Helm/rollout, gates,
-    soak, restore, wait for Online — each its own work) plus the wave's bake. Seconds."""
-    work = {ti["task_id"]: own_work(ti, startup) for ti in tis}
+    replica wait (a plain script waits for every replica before the first wave too), and per wave
+    the slowest region's steps (drain, DNS waits, Helm/rollout, gates, soak, restore, wait for
+    Online) plus the wave's bake — each task's own work less its `latency` (a deferred wait's
+    trigger pickup and fired → ended: the triggerer's, not the wait's). Seconds."""
+    latency = latency or {}
+    work = {ti["task_id"]: max(0.0, own_work(ti, startup) - latency.get(ti["task_id"], 0.0)) for ti in tis}
     replicas = [w for task, w in work.items() if task.startswith(names.WAIT_REPLICATION + "_")]
     per_wave = []
     for number, wave in enumerate(waves, start=1):
@@ -115,12 +150,16 @@ def summary(seconds: list[float]) -> str:
     return f"min {min(seconds):6.1f} s  median {statistics.median(seconds):6.1f} s  (n={len(seconds)})"
 
 
-COLUMNS = (("gap", "sched gap"), ("process", "proc start"), ("parse", "DAG parse"), ("work", "own work"))
+# "trig lat." is part of own work: a deferred wait's trigger pickup plus trigger fired → task ended.
+COLUMNS = (("gap", "sched gap"), ("process", "proc start"), ("parse", "DAG parse"), ("work", "own work"),
+           ("latency", "trig lat."))  # fmt: skip
 
 
 def print_breakdown(rows: list[dict[str, Any]]) -> None:
     print(f"    {'task on the critical path':<36}" + "".join(f" {title:>10}" for _, title in COLUMNS))
     for r in rows:
-        print(f"    {r['task']:<36}" + "".join(f" {r[key]:10.1f}" for key, _ in COLUMNS))
+        print(f"    {r['task']:<36}" + "".join(f" {r.get(key, 0.0):10.1f}" for key, _ in COLUMNS))
     label = f"sum ({len(rows)} tasks)"
-    print(f"    {label:<36}" + "".join(f" {sum(r[key] for r in rows):10.1f}" for key, _ in COLUMNS))
+    print(f"    {label:<36}" + "".join(f" {sum(r.get(key, 0.0) for r in rows):10.1f}" for key, _ in COLUMNS))
+    waits = sum(1 for r in rows if r.get("deferred"))
+    print(f"    ({waits} of them deferred; trig lat. = trigger pickup + trigger fired → task end, within own work)")

@@ -7,7 +7,10 @@ scheduler, and each task runs in a process its worker forks (which may run helm,
 CPU of a process tree between two moments, exactly: a live process's own time (utime + stime)
 plus what it collected from children it reaped (cutime + cstime) covers every process of the
 tree that ever lived under it, so a task process that came and went between two readings is
-still counted (its worker reaped it). Memory: the sum of resident set sizes, sampled.
+still counted (its worker reaped it). Memory, sampled: the sum of resident set sizes (RSS), and
+of proportional set sizes (PSS: a page shared by n processes counts 1/n in each). Forked
+workers and task processes share most of their pages with the scheduler, so the RSS sum counts
+those pages once per process and overstates what the machine needs; the PSS sum does not.
 """
 
 from __future__ import annotations
@@ -87,10 +90,31 @@ def usage(stats: Mapping[int, Stat], roots: Mapping[str, int | None]) -> dict[st
     return out
 
 
+def members(stats: Mapping[int, Stat], roots: Mapping[str, int | None]) -> set[int]:
+    return set().union(*(tree(stats, pid) for pid in roots.values() if pid is not None))
+
+
 def rss(stats: Mapping[int, Stat], roots: Mapping[str, int | None]) -> int:
     """Bytes resident in every process of the roots' trees."""
-    pids = set().union(*(tree(stats, pid) for pid in roots.values() if pid is not None))
-    return sum(stats[p].rss for p in pids)
+    return sum(stats[p].rss for p in members(stats, roots))
+
+
+def parse_pss(text: str) -> int:
+    """Bytes of the `Pss:` line of /proc/<pid>/smaps_rollup."""
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def pss(pids: Iterable[int], proc: Path = PROC) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += parse_pss((proc / str(pid) / "smaps_rollup").read_text())
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+    return total
 
 
 class Sampler:
@@ -99,7 +123,7 @@ class Sampler:
 
     def __init__(self, roots: Mapping[str, int | None], interval: float = 0.5):
         self.roots, self.interval = dict(roots), interval
-        self.peak_rss = 0
+        self.peak_rss = self.peak_pss = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._start: dict[str, float] = {}
@@ -107,13 +131,17 @@ class Sampler:
     def __enter__(self) -> Sampler:
         stats = read_all()
         self._start = usage(stats, self.roots)
-        self.peak_rss = rss(stats, self.roots)
+        self._memory(stats)
         self._thread.start()
         return self
 
+    def _memory(self, stats: Mapping[int, Stat]) -> None:
+        self.peak_rss = max(self.peak_rss, rss(stats, self.roots))
+        self.peak_pss = max(self.peak_pss, pss(members(stats, self.roots)))
+
     def _sample(self) -> None:
         while not self._stop.wait(self.interval):
-            self.peak_rss = max(self.peak_rss, rss(read_all(), self.roots))
+            self._memory(read_all())
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()

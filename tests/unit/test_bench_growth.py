@@ -1,6 +1,7 @@
 """The benchmarks' pure parts: the generated fleet, the unavoidable part of a run, /proc accounting,
 and the plain script doing the DNS waits Fanout does (and labelling its build like CI)."""
 
+import json
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -10,8 +11,8 @@ from fanout.fleet import load_fleet
 from fanout.planner import plan_waves
 from localfleet import plain_release
 from localfleet.bench_release import scaled_fleet
-from localfleet.bench_timing import unavoidable
-from localfleet.proc_usage import PAGE, TICKS, Stat, parse_stat, rss, usage
+from localfleet.bench_timing import DEFERRED, PRE_EXECUTE, TRIGGER_FIRED, TRIGGER_STARTING, deferral, unavoidable
+from localfleet.proc_usage import PAGE, TICKS, Stat, parse_pss, parse_stat, rss, usage
 
 NOON = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
 
@@ -115,3 +116,26 @@ def test_the_plain_build_carries_the_labels_ci_would_write(monkeypatch, tmp_path
     assert plain_release.build_and_push(tmp_path, "127.0.0.1:1/app:x", tmp_path, [label]) == "sha256:abc"
     bud = argvs[0]
     assert bud[bud.index("--label") + 1] == label
+
+
+def test_trigger_latency_is_pickup_plus_fired_to_ended(tmp_path):
+    def line(second, event):
+        return json.dumps({"timestamp": f"2026-11-30T12:00:{second:06.3f}Z", "event": event})
+
+    (tmp_path / "attempt=1.log").write_text("\n".join([line(1.0, PRE_EXECUTE), line(2.0, DEFERRED)]))
+    (tmp_path / "attempt=1.log.trigger.7.log").write_text(
+        "\n".join([line(3.5, TRIGGER_STARTING), line(6.0, TRIGGER_FIRED)])
+    )
+    assert deferral(tmp_path, NOON + 6.75) == (1.5, 0.75)
+    (tmp_path / "attempt=1.log").write_text(line(1.0, PRE_EXECUTE))
+    assert deferral(tmp_path, NOON + 6.75) is None  # ended in the worker: no trigger latency
+
+
+def test_unavoidable_leaves_out_the_trigger_latency_of_deferred_waits():
+    tis = [ti("build", 0, 4), ti("deploy_a.gate_soak", 5, 10)]
+    got = unavoidable(tis, {}, [["a"]], {"deploy_a.gate_soak": 2.0})
+    assert (got["waves"][0]["region"], got["total"]) == (3.0, 7.0)
+
+
+def test_pss_is_read_from_smaps_rollup():
+    assert parse_pss("Rss:   2048 kB\nPss:    512 kB\nShared_Clean: 1 kB\n") == 512 * 1024
