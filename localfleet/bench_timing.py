@@ -17,6 +17,8 @@ from fanout import names
 # triggerer these into the task's `attempt=N.log.trigger.<id>.log`.
 PARSED, PRE_EXECUTE = "Worker startup parse complete", "::group::Pre Execute"
 DEFERRED, TRIGGER_STARTING, TRIGGER_FIRED = "Pausing task as DEFERRED. ", "trigger starting", "Trigger fired event"
+# The standard provider's DateTimeTrigger / TimeDeltaTrigger (a pause: DNS TTL, soak, bake).
+TIME_REACHED = "Sensor time condition reached"
 
 
 def _t(value: str | None) -> float | None:
@@ -95,14 +97,16 @@ def _events(path: Path) -> list[tuple[str, float]]:
 
 def deferral(task_dir: Path, end: float | None) -> tuple[float, float] | None:
     """For a task that deferred: (trigger pickup: deferral → its trigger starting in the triggerer,
-    trigger fired → task ended), seconds summed over its deferrals; None when it never deferred."""
+    trigger fired → task ended), seconds summed over its deferrals; None when it never deferred.
+    A time trigger's moment is fixed when the task defers, so its pickup delays nothing: 0."""
     deferred = [at for f in sorted(task_dir.glob("attempt=*.log")) for e, at in _events(f) if e == DEFERRED]
     if not deferred:
         return None
     triggers = [_events(f) for f in sorted(task_dir.glob("attempt=*.log.trigger.*.log"))]
     starts = sorted(at for events in triggers for e, at in events if e == TRIGGER_STARTING)
     fired = sorted(at for events in triggers for e, at in events if e == TRIGGER_FIRED)
-    pickup = sum(max(0.0, s - d) for d, s in zip(sorted(deferred), starts, strict=False))
+    timed = any(e.startswith(TIME_REACHED) for events in triggers for e, _ in events)
+    pickup = 0.0 if timed else sum(max(0.0, s - d) for d, s in zip(sorted(deferred), starts, strict=False))
     to_end = max(0.0, end - fired[-1]) if fired and end is not None else 0.0
     return pickup, to_end
 

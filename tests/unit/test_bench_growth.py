@@ -11,7 +11,15 @@ from fanout.fleet import load_fleet
 from fanout.planner import plan_waves
 from localfleet import plain_release
 from localfleet.bench_release import scaled_fleet
-from localfleet.bench_timing import DEFERRED, PRE_EXECUTE, TRIGGER_FIRED, TRIGGER_STARTING, deferral, unavoidable
+from localfleet.bench_timing import (
+    DEFERRED,
+    PRE_EXECUTE,
+    TIME_REACHED,
+    TRIGGER_FIRED,
+    TRIGGER_STARTING,
+    deferral,
+    unavoidable,
+)
 from localfleet.proc_usage import PAGE, TICKS, Stat, parse_pss, parse_stat, rss, usage
 
 NOON = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
@@ -127,6 +135,10 @@ def test_trigger_latency_is_pickup_plus_fired_to_ended(tmp_path):
         "\n".join([line(3.5, TRIGGER_STARTING), line(6.0, TRIGGER_FIRED)])
     )
     assert deferral(tmp_path, NOON + 6.75) == (1.5, 0.75)
+    (tmp_path / "attempt=1.log.trigger.7.log").write_text(
+        "\n".join([line(3.5, TRIGGER_STARTING), line(5.9, TIME_REACHED + "; marking"), line(6.0, TRIGGER_FIRED)])
+    )
+    assert deferral(tmp_path, NOON + 6.75) == (0.0, 0.75)  # a pause ends on time however late it started
     (tmp_path / "attempt=1.log").write_text(line(1.0, PRE_EXECUTE))
     assert deferral(tmp_path, NOON + 6.75) is None  # ended in the worker: no trigger latency
 
