@@ -16,7 +16,7 @@ export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 # Where a fleet file's source and chart paths may point (besides the fleet file's folder and git work tree).
 export FANOUT_PROJECT_DIR ?= $(CURDIR)
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow bench-short-waits bench-release \
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow bench-short-waits bench-release bench-growth \
 	airflow-up airflow-status airflow-env airflow-down compose-packages compose-test
 
 venv: $(STAMP)
@@ -107,6 +107,12 @@ bench-release: venv system-packages binaries
 	@$(PY) -m localfleet.bench_release --repeat $(REPEAT) --regions 12
 	@$(PY) -m localfleet.bench_parse
 	@$(PY) -m localfleet.bench_planner
+
+## How a release's cost grows with the fleet: one release each to generated fleets of SIZES regions
+## on a private real Airflow; release time, unavoidable part, overhead per task, CPU, peak memory.
+SIZES ?= 4,8,12
+bench-growth: venv system-packages binaries
+	@$(PY) -m localfleet.bench_growth --sizes $(SIZES) --plain
 
 ## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet.
 airflow-up: fleet-up

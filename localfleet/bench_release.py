@@ -1,11 +1,14 @@
 """`make bench-release`: Fanout's release against a plain script doing the same work, on a real Airflow.
 
 On a private local fleet and a private Airflow (PostgreSQL, LocalExecutor; see bench_airflow),
-each round releases a fresh digest twice: once through Fanout (`python -m fanout trigger --wait`,
-the real merge trigger) and once with localfleet.plain_release, which uses none of Fanout's
-code but does the same steps in the same waves. Then a one-region repair both ways (the region
-is first set back to an older digest with Helm, so both have real work). It prints wall times
-(min / median over --repeat rounds), their ratio, and for Fanout's median run where the time
+each round releases a fresh digest three times: once through Fanout (`python -m fanout trigger
+--wait`, the real merge trigger) and twice with localfleet.plain_release, which uses none of
+Fanout's code but does the same steps in the same waves — with the DNS waits Fanout does (the
+honest baseline) and without them (the old one). Each plain release builds a real commit of the
+fleet's git server, labelled with it, so the one-region repair that follows (both ways; the
+region is first set back to an older digest with Helm) releases that image through Fanout's
+provenance check. It prints wall times (min / median over --repeat rounds), the ratios, and for
+each Fanout run where the time
 goes along the critical path: per task the gap after its upstream ended (scheduling), its
 process start and DAG parse, and its own work. `--regions 12` does the same on a generated
 12-region fleet. Figures, not assertions: the machine may be shared and loaded.
@@ -24,7 +27,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,128 +35,54 @@ import yaml
 
 from fanout.fleet import load_fleet
 from fanout.planner import plan_waves
+from fanout.provenance import build_labels
 from fanout.trigger import AirflowApi, TriggerError
 from localfleet import binaries, cli, procs
 from localfleet.airflow_stack import AirflowStack, StackError
 from localfleet.bench_airflow import say, teardown, timed, wait_for_dag
+from localfleet.bench_timing import _t, breakdown, critical_path, deferral, print_breakdown, summary, task_startup
 from localfleet.git import repo as git_repo
 from localfleet.plain_release import Plain
 from localfleet.testing import REPO, write_test_fleet
 
-# ---- pure: where a run's time went --------------------------------------------------------------
-
-
-def _t(value: str | None) -> float | None:
-    return datetime.fromisoformat(value).timestamp() if value else None
-
-
-def critical_path(tis: list[dict[str, Any]], upstream: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """The chain of tasks that ended the run: from the last task to end, back through the upstream
-    that ended last, each time. Task instances as the REST API gives them; oldest first."""
-    by_id = {ti["task_id"]: ti for ti in tis if _t(ti.get("end_date")) is not None}
-    if not by_id:
-        return []
-    current = max(by_id.values(), key=lambda ti: _t(ti["end_date"]) or 0.0)
-    path = [current]
-    while ups := [by_id[u] for u in upstream.get(current["task_id"], []) if u in by_id]:
-        current = max(ups, key=lambda ti: _t(ti["end_date"]) or 0.0)
-        path.append(current)
-    return path[::-1]
-
-
-def breakdown(
-    path: list[dict[str, Any]], run_start: float, startup: dict[str, tuple[float, float]]
-) -> list[dict[str, Any]]:
-    """Per task of the path: gap (upstream end → start: scheduling and queueing), process start
-    and DAG parse (from `startup`: task id → (start-up, of which parse)), and own work (the rest
-    of start → end, deferred time included). Seconds."""
-    rows, previous_end = [], run_start
-    for ti in path:
-        end = _t(ti["end_date"]) or previous_end
-        start = _t(ti.get("start_date")) or end
-        boot, parse = startup.get(ti["task_id"], (0.0, 0.0))
-        boot = min(boot, end - start)
-        parse = min(parse, boot)
-        rows.append({"task": ti["task_id"], "state": ti.get("state"), "gap": max(0.0, start - previous_end),
-                     "process": boot - parse, "parse": parse, "work": end - start - boot})  # fmt: skip
-        previous_end = end
-    return rows
-
-
-def task_startup(log_file: Path, start: float | None) -> tuple[float, float]:
-    """(start-up, of which DAG parse) seconds a task spent before its own code ran, summed over
-    every start of its process (a deferred task starts again to resume). A start runs from the
-    process start (the task's start_date for the first, its first log line for later ones) to
-    Airflow's "Worker startup parse complete" line, which also tells the parse time."""
-    startup = parse = 0.0
-    segment = start
-    for line in log_file.read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        at = _t(entry.get("timestamp"))
-        if at is None:
-            continue
-        if entry.get("event") == PRE_EXECUTE and segment is None:
-            segment = at  # a later start of the process (resuming after a deferral)
-        elif entry.get("event") == PARSED and segment is not None:
-            startup += max(0.0, at - segment)
-            parse += float(entry.get("dag_file_parse_ms") or 0) / 1000
-            segment = None
-    return startup, parse
-
-
-# Airflow 3.3's task runner (airflow.sdk.execution_time.task_runner) logs these at INFO.
-PARSED, PRE_EXECUTE = "Worker startup parse complete", "::group::Pre Execute"
-
-
-def summary(seconds: list[float]) -> str:
-    return f"min {min(seconds):6.1f} s  median {statistics.median(seconds):6.1f} s  (n={len(seconds)})"
-
-
-COLUMNS = (("gap", "sched gap"), ("process", "proc start"), ("parse", "DAG parse"), ("work", "own work"))
-
-
-def print_breakdown(rows: list[dict[str, Any]]) -> None:
-    print(f"    {'task on the critical path':<36}" + "".join(f" {title:>10}" for _, title in COLUMNS))
-    for r in rows:
-        print(f"    {r['task']:<36}" + "".join(f" {r[key]:10.1f}" for key, _ in COLUMNS))
-    label = f"sum ({len(rows)} tasks)"
-    print(f"    {label:<36}" + "".join(f" {sum(r[key] for r in rows):10.1f}" for key, _ in COLUMNS))
-
-
 # ---- the fleet ---------------------------------------------------------------------------------------
 
 
-def scaled_fleet(folder: Path, regions: int, app_dir: Path) -> Path:
-    """The local test fleet grown to `regions` regions in pairs, one canary, waves of up to 4."""
+def scaled_fleet(folder: Path, regions: int) -> Path:
+    """The local test fleet grown to `regions` regions in pairs, one canary, waves of up to 4. Every
+    edge on its own loopback address and one shared port, as the profile's DNS answers need."""
     base = write_test_fleet(folder)
     data = yaml.safe_load(base.source_path.read_text())
     if regions == len(data["regions"]):
         return base.source_path
+    if regions > 254:
+        raise ValueError("at most 254 regions: one loopback address 127.0.1.N per edge")
     template = data["regions"][0]
+    edge_port = procs.free_port()
     names = [f"region{i:02d}" for i in range(regions)]
     data["regions"] = []
     for i, name in enumerate(names):
         region = json.loads(json.dumps(template))
         region.update(name=name, pair=names[i ^ 1] if (i ^ 1) < regions else None, capacity_share=round(1 / regions, 3))
         region["endpoint"] = {"name": name, "weight": 100}
-        region["edge_url"] = f"http://127.0.0.1:{procs.free_port()}"
+        region["edge_url"] = f"http://127.0.1.{i + 1}:{edge_port}"
         region["cluster"]["kubeconfig"]["context"] = name
         region["local"] = {"apiserver_port": procs.free_port(), "replication_lag_seconds": i % 4 * 2}
         data["regions"].append(region)
     data["registry"]["home"] = names[0]
     data["registry"]["endpoints"] = {n: f"127.0.0.1:{procs.free_port()}" for n in names}
-    data["rollout"].update(canary=[names[1]], max_regions_per_wave=4, max_drain_share=0.34)
+    # Users' locations name the base fleet's regions; the benchmark runs no users.
+    data["traffic_manager"]["locations"] = {}
+    # Up to 4 regions a wave whatever the size, so fleets of different sizes differ in regions, not rules.
+    data["rollout"].update(canary=[names[1]], max_regions_per_wave=4, max_drain_share=round(4 / regions + 0.01, 3))
     data["min_serving_regions"] = regions // 2
     base.source_path.write_text(yaml.safe_dump(data, sort_keys=False))
     return base.source_path
 
 
-def fresh_source(app_dir: Path, sha: str) -> None:
-    """A new VERSION, so the image built next has a digest no replica has seen."""
-    (app_dir / "VERSION").write_text(f"{sha}\n")
+def fresh_source(app_dir: Path, version: str) -> None:
+    """VERSION as commit_app writes it, so `app_dir` is the tree of that commit (a new digest)."""
+    (app_dir / "VERSION").write_text(f"{version}\n")
 
 
 # ---- one release each way ------------------------------------------------------------------------------
@@ -173,11 +101,14 @@ class Bench:
         self.api.login()
         self.digest = ""
 
-    def fanout(self, sha: str, regions: list[str] | None) -> tuple[float, list[dict[str, Any]]]:
+    def fanout(self, sha: str, regions: list[str] | None = None, image: str | None = None) -> tuple[float, str]:
+        """Wall time and run id of `fanout trigger --wait`: a merge, or with `regions` a repair."""
         argv = [sys.executable, "-m", "fanout", "trigger", "--app", self.fleet.app.name, "--git-sha", sha,
                 "--wait", "--poll", "1", "--timeout", "1800"]  # fmt: skip
         if regions:
-            argv += ["--regions", ",".join(regions), "--image", self.digest]
+            argv += ["--regions", ",".join(regions)]
+        if image:
+            argv += ["--image", image]
         started = time.monotonic()
         done = subprocess.run(argv, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=2000)
         wall = time.monotonic() - started
@@ -189,11 +120,11 @@ class Bench:
         if not regions:
             built = self.api.xcom(self.dag_id, run_id, "build", "return_value") or {}
             self.digest = built.get("digest", self.digest)
-        return wall, self.analyse(run_id)
+        return wall, run_id
 
-    def analyse(self, run_id: str) -> list[dict[str, Any]]:
+    def timings(self, run_id: str) -> tuple[list[dict[str, Any]], dict[str, list[str]], dict[str, tuple[float, float]]]:
+        """The run's task instances, each task's upstream tasks, and each task's (start-up, parse)."""
         tis = self.api.task_instances(self.dag_id, run_id)
-        run = self.api.get_run(self.dag_id, run_id) or {}
         with httpx.Client(base_url=self.stack.url, headers=self.api._client.headers, timeout=30) as client:
             tasks = client.get(f"/api/v2/dags/{self.dag_id}/tasks").raise_for_status().json()["tasks"]
         upstream: dict[str, list[str]] = {}
@@ -206,14 +137,39 @@ class Bench:
             files = sorted((logs / f"task_id={ti['task_id']}").glob("attempt=*.log"))
             found = [task_startup(f, _t(ti.get("start_date"))) for f in files]
             startup[ti["task_id"]] = (sum(s for s, _ in found), sum(p for _, p in found))
-        return breakdown(critical_path(tis, upstream), _t(run.get("start_date")) or 0.0, startup)
+        return tis, upstream, startup
 
-    def plain_release(self, sha: str, waves: list[list[str]], image: str | None) -> tuple[float, str]:
+    def analyse(self, run_id: str) -> list[dict[str, Any]]:
+        """The critical path's breakdown, each deferred task's trigger latency added."""
+        tis, upstream, startup = self.timings(run_id)
+        run = self.api.get_run(self.dag_id, run_id) or {}
+        path = critical_path(tis, upstream)
+        rows = breakdown(path, _t(run.get("start_date")) or 0.0, startup)
+        latency = self.latencies(run_id, path)
+        for ti, row in zip(path, rows, strict=True):
+            row.update(deferred=ti["task_id"] in latency, latency=latency.get(ti["task_id"], 0.0))
+        return rows
+
+    def latencies(self, run_id: str, tis: list[dict[str, Any]]) -> dict[str, float]:
+        """Task id → trigger latency (pickup + fired → ended) of each of `tis` that deferred."""
+        logs = self.stack.home / "logs" / f"dag_id={self.dag_id}" / f"run_id={run_id}"
+        found = {ti["task_id"]: deferral(logs / f"task_id={ti['task_id']}", _t(ti.get("end_date"))) for ti in tis}
+        return {task: sum(pair) for task, pair in found.items() if pair is not None}
+
+    def plain_release(
+        self, sha: str, waves: list[list[str]], image: str | None, dns_waits: bool = True
+    ) -> tuple[float, str]:
+        """The plain script: builds the app folder as commit `sha`, labelled so (as CI would label
+        it), unless `image` is given. Wall time and digest."""
+        git = self.fleet.app.source.git
         argv = [sys.executable, "-m", "localfleet.plain_release", "--fleet", str(self.fleet.source_path),
                 "--helm", self.helm, "--waves", json.dumps(waves), "--git-sha", sha,
                 "--context", str(self.app_dir)]  # fmt: skip
+        argv += [f"--label={k}={v}" for k, v in build_labels(sha, git.url if git else "").items()]
         if image:
             argv += ["--image", image]
+        if not dns_waits:
+            argv.append("--no-dns-waits")
         # No plugins/ on its path: the plain script could not import Fanout if it tried.
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         started = time.monotonic()
@@ -222,6 +178,19 @@ class Bench:
             raise RuntimeError(f"plain release exited {done.returncode}: {done.stderr[-2000:]}")
         return time.monotonic() - started, json.loads(done.stdout.strip().splitlines()[-1])["digest"]
 
+    def plain_merge(self, waves: list[list[str]], dns_waits: bool) -> tuple[float, str, str]:
+        """A merge released by the plain script: a real commit on the fleet's git server (so a
+        later Fanout repair may release its image: issue 12's provenance check), built and
+        released. Wall time, commit, digest."""
+        git = self.fleet.app.source.git
+        if git is None:
+            raise RuntimeError("the fleet has no app.source.git: nothing to commit to")
+        version = f"plain-{uuid.uuid4().hex}"
+        sha = git_repo.commit_app(git, version)
+        fresh_source(self.app_dir, version)
+        wall, digest = self.plain_release(sha, waves, None, dns_waits)
+        return wall, sha, digest
+
     def drift(self, region: str, older: str) -> None:
         self.plain.helm_upgrade(region, older, "drift")
 
@@ -229,11 +198,11 @@ class Bench:
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     app_dir = folder / "app"
     shutil.copytree(REPO / "include/app", app_dir)
-    fleet_path = scaled_fleet(folder / "fleet", args.regions, app_dir)
+    fleet_path = scaled_fleet(folder / "fleet", args.regions)
     fleet = load_fleet(fleet_path)
     state = cli.state_dir(fleet, folder / "cache")
     stack = AirflowStack(folder / "airflow", fleet_path, procs.free_port(), tuned=not args.airflow_defaults)
-    results: dict[str, Any] = {"fanout": [], "plain": [], "repair_fanout": [], "repair_plain": [], "paths": {}}
+    results: dict[str, Any] = {key: [] for key in SIDES} | {"paths": {}}
     try:
         with timed(f"local fleet of {len(fleet.regions)} regions up"):
             cli.up(
@@ -253,39 +222,49 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         git = bench.fleet.app.source.git
         for i in range(args.repeat):
             sha = git_repo.commit_app(git, f"bench-{uuid.uuid4().hex}")  # a merge: a new digest to build
-            wall, path = bench.fanout(sha, None)
+            wall, run_id = bench.fanout(sha)
             results["fanout"].append(wall)
-            results["paths"][f"release {i}"] = (wall, path)
+            results["paths"][f"release {i}"] = (wall, bench.analyse(run_id))
             say(f"round {i + 1}: Fanout released {bench.digest[:19]}… in {wall:.1f} s")
-            older, plain_sha = bench.digest, uuid.uuid4().hex
-            fresh_source(app_dir, plain_sha)
-            wall, plain_digest = bench.plain_release(plain_sha, waves, None)
-            results["plain"].append(wall)
-            say(f"round {i + 1}: plain script released a fresh digest in {wall:.1f} s")
-        bench.digest = plain_digest  # what every region runs now; the repair restores it
+            older = bench.digest
+            for key, dns in (("plain", True), ("plain_nodns", False)):
+                wall, current_sha, current = bench.plain_merge(waves, dns_waits=dns)
+                results[key].append(wall)
+                say(f"round {i + 1}: plain script ({'with' if dns else 'without'} DNS waits) released in {wall:.1f} s")
+        # Every region runs `current` now, built by the plain script from the real commit `current_sha`
+        # and labelled so: the repair restores it, through Fanout (a CI image) and through the script.
         for i in range(args.repeat):
             bench.drift(repair_region, older)
-            wall, path = bench.fanout(sha, [repair_region])  # the last merge's commit, its digest pinned
+            wall, run_id = bench.fanout(current_sha, [repair_region], image=current)
             results["repair_fanout"].append(wall)
-            results["paths"][f"repair {i}"] = (wall, path)
-            bench.drift(repair_region, older)
-            results["repair_plain"].append(bench.plain_release(uuid.uuid4().hex, [[repair_region]], plain_digest)[0])
-            say(f"round {i + 1}: repair of {repair_region}: Fanout {results['repair_fanout'][-1]:.1f} s,"
-                f" plain {results['repair_plain'][-1]:.1f} s")  # fmt: skip
+            results["paths"][f"repair {i}"] = (wall, bench.analyse(run_id))
+            for key, dns in (("repair_plain", True), ("repair_plain_nodns", False)):
+                bench.drift(repair_region, older)
+                results[key].append(bench.plain_release(current_sha, [[repair_region]], current, dns)[0])
+            last = {key: results[key][-1] for key in SIDES if key.startswith("repair")}
+            say(f"round {i + 1}: repair of {repair_region}: Fanout {last['repair_fanout']:.1f} s, plain"
+                f" {last['repair_plain']:.1f} s ({last['repair_plain_nodns']:.1f} s without DNS waits)")  # fmt: skip
         results["ok"] = True
     except (StackError, TriggerError, TimeoutError, OSError, RuntimeError, subprocess.SubprocessError) as err:
         say(f"error: {err}")
         results["ok"] = False
     finally:
-        if not results.get("ok") and (stack.home / "logs").exists():
-            kept = Path(tempfile.mkdtemp(prefix="fanout-bench-release-logs-"))
-            shutil.copytree(stack.home / "logs", kept, dirs_exist_ok=True)
-            say(f"the Airflow task logs are kept in {kept}")
+        keep_logs(results, stack)
         if args.keep:
             say(f"kept everything in {folder}")
         else:
             teardown(fleet, state, stack, folder)
     return results
+
+
+SIDES = ("fanout", "plain", "plain_nodns", "repair_fanout", "repair_plain", "repair_plain_nodns")
+
+
+def keep_logs(results: dict[str, Any], stack: AirflowStack) -> None:
+    if not results.get("ok") and (stack.home / "logs").exists():
+        kept = Path(tempfile.mkdtemp(prefix="fanout-bench-release-logs-"))
+        shutil.copytree(stack.home / "logs", kept, dirs_exist_ok=True)
+        say(f"the Airflow task logs are kept in {kept}")
 
 
 def _helm(wait: float = 900) -> str:
@@ -298,15 +277,22 @@ def _helm(wait: float = 900) -> str:
     return str(found[-1])
 
 
+PLAIN_TITLES = (("plain", "plain script, DNS waits (honest)"), ("plain_nodns", "plain script, no DNS waits"))
+
+
 def report(results: dict[str, Any], regions: int) -> None:
     print(f"\n=== bench-release: {regions}-region local fleet (shared, loaded machine: compare within a run) ===")
-    for name, fanout, plain in (("release", "fanout", "plain"), ("one-region repair", "repair_fanout", "repair_plain")):
-        if results[fanout] and results[plain]:
-            ratio = statistics.median(results[fanout]) / statistics.median(results[plain])
-            print(f"  {name}:")
-            print(f"    Fanout (fanout trigger --wait)  {summary(results[fanout])}")
-            print(f"    plain script                    {summary(results[plain])}")
-            print(f"    ratio of medians                {ratio:.2f}x")
+    for name, prefix in (("release", ""), ("one-region repair", "repair_")):
+        fanout = results[f"{prefix}fanout"] if prefix else results["fanout"]
+        if not fanout:
+            continue
+        print(f"  {name}:")
+        print(f"    Fanout (fanout trigger --wait)           {summary(fanout)}")
+        for key, title in PLAIN_TITLES:
+            plain = results[f"{prefix}{key}"]
+            if plain:
+                ratio = statistics.median(fanout) / statistics.median(plain)
+                print(f"    {title:<40} {summary(plain)}  Fanout/this {ratio:.2f}x")
     for name, (wall, rows) in results["paths"].items():
         print(f"\n  critical path of Fanout's {name} (wall {wall:.1f} s):")
         print_breakdown(rows)

@@ -3,7 +3,7 @@
 import json
 from datetime import UTC, datetime
 
-from localfleet.bench_release import breakdown, critical_path, task_startup
+from localfleet.bench_timing import breakdown, critical_path, task_startup
 
 NOON = datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp()
 
