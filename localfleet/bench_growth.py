@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from fanout.fleet import load_fleet
-from fanout.planner import plan_waves
 from fanout.trigger import TriggerError
 from localfleet import cli, procs
 from localfleet.airflow_stack import COMPONENTS, AirflowStack, StackError
-from localfleet.bench_airflow import say, teardown, timed, wait_for_dag
-from localfleet.bench_release import Bench, _helm, keep_logs, scaled_fleet
+from localfleet.bench_airflow import say, teardown, timed
+from localfleet.bench_release import Bench, keep_logs, scaled_fleet, start_bench
 from localfleet.bench_timing import unavoidable
 from localfleet.git import repo as git_repo
 from localfleet.proc_usage import Sampler
@@ -84,16 +83,7 @@ def one_size(regions: int, args: argparse.Namespace) -> dict[str, Any] | None:
     stack = AirflowStack(folder / "airflow", fleet_path, procs.free_port())
     status: dict[str, Any] = {}
     try:
-        with timed(f"local fleet of {regions} regions up"):
-            cli.up(fleet, state, progress=lambda line: say(f"  fleet: {line}"),
-                   etcd_ports=(procs.free_port(), procs.free_port()))  # fmt: skip
-        with timed("Airflow stack up"):
-            stack.up(progress=lambda line: say(f"  airflow: {line}"))
-        bench = Bench(fleet_path, stack, app_dir, _helm())
-        with timed("release DAG parsed"):
-            wait_for_dag(bench.api, bench.dag_id)
-        waves = [list(w.regions) for w in plan_waves(fleet).waves]
-        say(f"waves: {waves}")
+        bench, waves = start_bench(fleet_path, state, stack, app_dir)
         with timed(f"release to {regions} regions"):
             row = measure(bench, stack, waves, args.plain)
         status["ok"] = True

@@ -195,6 +195,22 @@ class Bench:
         self.plain.helm_upgrade(region, older, "drift")
 
 
+def start_bench(fleet_path: Path, state: Path, stack: AirflowStack, app_dir: Path) -> tuple[Bench, list[list[str]]]:
+    """The private fleet and Airflow up and the release DAG parsed: a Bench, and the plan's waves."""
+    fleet = load_fleet(fleet_path)
+    with timed(f"local fleet of {len(fleet.regions)} regions up"):
+        ports = (procs.free_port(), procs.free_port())
+        cli.up(fleet, state, progress=lambda line: say(f"  fleet: {line}"), etcd_ports=ports)
+    with timed("Airflow stack up"):
+        stack.up(progress=lambda line: say(f"  airflow: {line}"))
+    bench = Bench(fleet_path, stack, app_dir, _helm())
+    with timed("release DAG parsed"):
+        wait_for_dag(bench.api, bench.dag_id)
+    waves = [list(w.regions) for w in plan_waves(fleet).waves]
+    say(f"waves: {waves}")
+    return bench, waves
+
+
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     app_dir = folder / "app"
     shutil.copytree(REPO / "include/app", app_dir)
@@ -204,20 +220,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     stack = AirflowStack(folder / "airflow", fleet_path, procs.free_port(), tuned=not args.airflow_defaults)
     results: dict[str, Any] = {key: [] for key in SIDES} | {"paths": {}}
     try:
-        with timed(f"local fleet of {len(fleet.regions)} regions up"):
-            cli.up(
-                fleet,
-                state,
-                progress=lambda line: say(f"  fleet: {line}"),
-                etcd_ports=(procs.free_port(), procs.free_port()),
-            )
-        with timed("Airflow stack up"):
-            stack.up(progress=lambda line: say(f"  airflow: {line}"))
-        bench = Bench(fleet_path, stack, app_dir, _helm())
-        with timed("release DAG parsed"):
-            wait_for_dag(bench.api, bench.dag_id)
-        waves = [list(w.regions) for w in plan_waves(fleet).waves]
-        say(f"waves: {waves}")
+        bench, waves = start_bench(fleet_path, state, stack, app_dir)
         repair_region = waves[-1][-1]
         git = bench.fleet.app.source.git
         for i in range(args.repeat):
