@@ -315,17 +315,71 @@ class HttpGate(_Strict):
     timeout_seconds: int = Field(300, ge=1, le=DAY)
 
 
-class MetricGate(_Strict):
-    url: HttpUrl = Field(description="Prometheus-compatible query API")
-    query: str = Field(min_length=1, max_length=8192)
-    max_value: float
+PROM_NAME = r"^[a-zA-Z_:][a-zA-Z0-9_:]{0,199}$"
+LABEL_NAME = r"^[a-zA-Z_][a-zA-Z0-9_]{0,99}$"
+
+
+class MetricSource(_Strict):
+    """Where the metric gates read: a Prometheus-compatible query API, and the names of the app's
+    request counter, latency histogram and labels (defaults: what the local fleet's edges export)."""
+
+    kind: Literal["prometheus", "azure-monitor"] = "prometheus"
+    url: HttpUrl = Field(description="the query API's base URL (…/api/v1/query is appended)")
+    requests_metric: str = Field("fanout_edge_requests_total", pattern=PROM_NAME)
+    latency_histogram: str = Field("fanout_edge_request_duration_seconds", pattern=PROM_NAME)
+    region_label: str = Field("region", pattern=LABEL_NAME)
+    digest_label: str = Field("digest", pattern=LABEL_NAME)
+    status_label: str = Field("code", pattern=LABEL_NAME)
+
+
+class MetricCheck(_Strict):
+    """One verdict over the window: an absolute bound (`max`), a comparison with a baseline
+    (`compare`), or both. `error_ratio` is 5xx answers / all answers; `latency_ms` the `quantile`
+    of the latency histogram, in milliseconds."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    measure: Literal["error_ratio", "latency_ms"]
+    quantile: float = Field(0.95, gt=0, lt=1)
+    max: float | None = Field(None, ge=0)
+    compare: Literal["pair", "previous"] | None = None
+    # Comparative: fail only if the region is worse with significance AND by more than both of these.
+    tolerance: float = Field(0.2, ge=0, le=100, description="relative: worse than baseline × (1 + tolerance)")
+    margin: float = Field(0.0, ge=0, description="absolute, in the measure's unit")
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> MetricCheck:
+        if self.max is None and self.compare is None:
+            raise ValueError("give 'max' (an absolute bound), 'compare' (pair or previous), or both")
+        return self
+
+
+class MetricGates(_Strict):
+    """Gates on what users feel, read after the region is back in Traffic Manager: for
+    `window_seconds` its users' requests on the release digest are measured."""
+
+    source: MetricSource
+    window_seconds: int = Field(60, ge=5, le=DAY)
+    step_seconds: int = Field(5, ge=1, le=3600, description="one comparative sample per step")
+    min_requests: int = Field(50, ge=0, le=10**9)
+    inconclusive: Literal["pass", "fail"] = "fail"
+    significance: float = Field(0.05, gt=0, lt=0.5)
+    checks: list[MetricCheck] = Field(min_length=1, max_length=20)
+
+    @model_validator(mode="after")
+    def _shape(self) -> MetricGates:
+        names = [c.name for c in self.checks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"check names must be unique: {sorted({n for n in names if names.count(n) > 1})}")
+        if any(c.compare for c in self.checks) and self.window_seconds < 3 * self.step_seconds:
+            raise ValueError("a comparative check needs window_seconds of at least 3 × step_seconds")
+        return self
 
 
 class Gates(_Strict):
     rollout_timeout_seconds: int = Field(600, ge=1, le=DAY)
     http: HttpGate = Field(default_factory=HttpGate)
     soak_seconds: Seconds = 0
-    metric: MetricGate | None = None
+    metrics: MetricGates | None = None
 
 
 # Registry host suffix per cloud, keyed like the Azure provider's `cloud_environment` extra.

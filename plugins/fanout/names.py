@@ -41,8 +41,8 @@ RECORD = "record"
 
 # The steps of a region's group, in the order they run; `rollback` follows a failed one.
 DRAIN, HELM_DEPLOY, RESTORE, ROLLBACK = "drain", "helm_deploy", "restore", "rollback"
-GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRIC = "gate_rollout", "gate_http", "gate_soak", "gate_metric"
-GATES = (GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRIC)
+GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRICS = "gate_rollout", "gate_http", "gate_soak", "gate_metrics"
+GATES = (GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRICS)
 # Around the change: resolvers drop the drained region, users are seen gone, the monitor sees it back.
 DNS_SETTLE, CONFIRM_DRAINED, WAIT_ONLINE = "dns_settle", "confirm_drained", "wait_online"
 # Steps whose failure a region's rollback answers (StepFailure records why), in order. A failed

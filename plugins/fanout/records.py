@@ -139,7 +139,7 @@ def release_shape(fleet: Fleet, plan: Any) -> dict[str, Any]:
     new graph, so a run started on the old one must not decide from the new file."""
     return {
         "waves": [list(w.regions) for w in plan.waves],
-        "metric_gate": fleet.gates.metric is not None,
+        "metric_gates": fleet.gates.metrics is not None,
         "manual_approval": fleet.rollout.manual_approval,
         "failure_policy": fleet.failure_policy,
     }

@@ -54,6 +54,10 @@ def write(tmp_path: Path, data: Any) -> Path:
     return path
 
 
+NAN_METRIC = {"name": "e", "measure": "error_ratio", "max": float("nan")}
+NAN_METRIC_BOUND = {"gates/metrics": {"source": {"url": "http://127.0.0.1:9090"}, "checks": [NAN_METRIC]}}
+
+
 def local(**changes: Any) -> dict[str, Any]:
     return _changed(data_of(LOCAL), changes)
 
@@ -100,8 +104,8 @@ HOSTILE_FLEETS = {
     "acr insecure": (azure(**{"registry/insecure": True}), "registry.insecure"),
     # 4: non-finite numbers and absurd bounds
     "nan metric threshold": (
-        local(**{"gates/metric": {"url": "http://127.0.0.1:9090", "query": "up", "max_value": float("nan")}}),
-        "gates.metric.max_value",
+        local(**NAN_METRIC_BOUND),
+        "gates.metrics.checks[0].max",
     ),
     "inf http interval": (local(**{"gates/http/interval_seconds": float("inf")}), "gates.http.interval_seconds"),
     "bake of years": (local(**{"rollout/bake_seconds": 10**9}), "rollout.bake_seconds"),
@@ -242,8 +246,8 @@ def test_no_traceback_from_the_command_line_for_dev_zero():
 
 
 def test_the_fleet_model_refuses_nan_even_without_a_file():
-    data = local(**{"gates/metric": {"url": "http://127.0.0.1:9090", "query": "up", "max_value": float("nan")}})
-    with pytest.raises(ValueError, match=r"gates\.metric\.max_value"):
+    data = local(**NAN_METRIC_BOUND)
+    with pytest.raises(ValueError, match=r"gates\.metrics\.checks\[0\]\.max"):
         parse_fleet(data, "x.yaml")
 
 

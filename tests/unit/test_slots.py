@@ -40,7 +40,7 @@ def test_waits(task_id: str) -> None:
         "check_superseded",
         "deploy_eastus.helm_deploy",
         "deploy_eastus.drain",
-        "deploy_eastus.gate_metric",
+        "deploy_eastus.gate_metrics",
         "deploy_eastus.restore",
         "approve_after_canary",
         "bake_after_wave_x",

@@ -71,8 +71,7 @@ def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, rs.R
         kw = {"fleet_path": path, "region": region}
         drain = rs.DrainRegionOperator(task_id=names.DRAIN, **kw)
         deploy = rs.HelmDeployOperator(task_id=names.HELM_DEPLOY, **kw)
-        gate_types = [*REGION_STEPS, *([rs.MetricGateOperator] if fleet.gates.metric is not None else [])]
-        gates = [gate(task_id=gate.step, **kw) for gate in gate_types]
+        gates = [gate(task_id=gate.step, **kw) for gate in REGION_STEPS]
         restore = rs.RestoreRegionOperator(task_id=names.RESTORE, **kw)
         rollback = rs.RollbackRegionOperator(task_id=names.ROLLBACK, trigger_rule=TriggerRule.ONE_FAILED, **kw)
         # Resolvers hold the old answer for the TTL: wait it out and see users gone before Helm starts.

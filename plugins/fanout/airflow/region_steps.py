@@ -11,7 +11,6 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from fanout import names
 from fanout.adapters.helm import HelmError
-from fanout.adapters.metrics import MetricError
 from fanout.airflow.base import FanoutOperator
 from fanout.airflow.triggers import HttpGateTrigger, ReplicationTrigger, RolloutTrigger
 from fanout.airflow.waits import WaitingOperator
@@ -180,25 +179,6 @@ class SoakGateOperator(_GateOperator):
         )
         ending = self.ending(cause=f"after {soak} s of soak: {{detail}}", result={"soaked_seconds": soak})
         return self.wait(context, trigger, ending, look_first=False)
-
-
-class MetricGateOperator(_GateOperator):
-    """A Prometheus-style instant query stays at or under its threshold."""
-
-    step = names.GATE_METRIC
-
-    def run(self, context: Context) -> dict[str, Any]:
-        gate = self.fleet.gates.metric
-        assert gate is not None, "the DAG has this task only when the fleet has a metric gate"
-        try:
-            value = self.hook.metrics().max_value(gate.query)
-        except MetricError as err:
-            self.fail(context, str(err))
-        if value is None:
-            self.fail(context, f"metric query returned no samples: {gate.query}")
-        if value > gate.max_value:
-            self.fail(context, f"{gate.query} = {value:g}, above {gate.max_value:g}")
-        return {"value": value}
 
 
 class RestoreRegionOperator(_RegionStep):
