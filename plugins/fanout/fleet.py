@@ -533,11 +533,38 @@ def cross_check(fleet: Fleet) -> list[str]:
             f"gates.rollout_timeout_seconds + 60 = {needed}: no token would outlive a Helm command"
         )
     problems += routing_problems(fleet)
+    problems += _metric_problems(fleet)
     for i, region in enumerate(fleet.regions):
         if fleet.traffic_manager.kind == "azure" and region.local is not None:
             problems.append(f"regions[{i}].local: only for a fleet whose traffic_manager.kind is 'local'")
         if fleet.traffic_manager.kind == "local" and region.local is None:
             problems.append(f"regions[{i}].local: required when traffic_manager.kind is 'local'")
+    return problems
+
+
+# Where an Azure Monitor workspace's query endpoint lives, per cloud: the Entra token goes there only.
+AZURE_MONITOR_SUFFIX = {
+    "AzurePublicCloud": ".prometheus.monitor.azure.com",
+    "AzureUSGovernment": ".prometheus.monitor.azure.us",
+    "AzureChinaCloud": ".prometheus.monitor.azure.cn",
+}
+
+
+def _metric_problems(fleet: Fleet) -> list[str]:
+    gates = fleet.gates.metrics
+    if gates is None:
+        return []
+    problems = []
+    url = urlsplit(gates.source.url)
+    suffix = AZURE_MONITOR_SUFFIX[fleet.azure.cloud]
+    if gates.source.kind == "azure-monitor" and (url.scheme != "https" or not (url.hostname or "").endswith(suffix)):
+        problems.append(
+            f"gates.metrics.source.url: an azure-monitor source is https://<workspace>.<region>{suffix} "
+            f"(its query endpoint in {fleet.azure.cloud}); the fleet's Azure token goes nowhere else"
+        )
+    if any(c.compare == "pair" for c in gates.checks) and any(r.pair is None for r in fleet.regions):
+        unpaired = ", ".join(r.name for r in fleet.regions if r.pair is None)
+        problems.append(f"gates.metrics.checks: 'compare: pair' needs every region paired; {unpaired} has no pair")
     return problems
 
 

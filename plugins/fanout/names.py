@@ -42,13 +42,13 @@ RECORD = "record"
 # The steps of a region's group, in the order they run; `rollback` follows a failed one.
 DRAIN, HELM_DEPLOY, RESTORE, ROLLBACK = "drain", "helm_deploy", "restore", "rollback"
 GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRICS = "gate_rollout", "gate_http", "gate_soak", "gate_metrics"
-GATES = (GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRICS)
+GATES = (GATE_ROLLOUT, GATE_HTTP, GATE_SOAK)  # before restore; GATE_METRICS runs after wait_online
 # Around the change: resolvers drop the drained region, users are seen gone, the monitor sees it back.
 DNS_SETTLE, CONFIRM_DRAINED, WAIT_ONLINE = "dns_settle", "confirm_drained", "wait_online"
 # Steps whose failure a region's rollback answers (StepFailure records why), in order. A failed
 # confirm_drained deployed nothing, so there is nothing to roll back: the region stays drained.
-FAILING_STEPS = (DRAIN, HELM_DEPLOY, *GATES)
-RECORDING_STEPS = (DRAIN, DNS_SETTLE, CONFIRM_DRAINED, HELM_DEPLOY, *GATES, WAIT_ONLINE)
+FAILING_STEPS = (DRAIN, HELM_DEPLOY, *GATES, GATE_METRICS)
+RECORDING_STEPS = (DRAIN, DNS_SETTLE, CONFIRM_DRAINED, HELM_DEPLOY, *GATES, WAIT_ONLINE, GATE_METRICS)
 WAIT_REPLICATION = "wait_replication"
 
 

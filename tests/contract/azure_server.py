@@ -36,10 +36,12 @@ AKS_SCOPE = "6dae42f8-4368-4678-94ff-3960e28e3630/.default"
 # Registry hosts the server also answers for (`resolve_to`): the certificate names them, so a client
 # asking a regional host checks TLS against that name, as it would against ACR.
 ACR_TEST_NAMES = ("*.azurecr.io", "*.westeurope.geo.azurecr.io", "*.eastus2.geo.azurecr.io")
+# An Azure Monitor workspace's query endpoint (managed Prometheus).
+AMW_TEST_NAMES = ("*.westeurope.prometheus.monitor.azure.com",)
 
 
 def make_certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 / localhost and ACR_TEST_NAMES: (cert.pem, key.pem)."""
+    """A self-signed certificate for 127.0.0.1 / localhost, ACR_TEST_NAMES and AMW_TEST_NAMES: (cert.pem, key.pem)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,7 +50,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fanout contract tests")])
     now = datetime.datetime.now(datetime.UTC)
-    names = [x509.DNSName("localhost"), *map(x509.DNSName, ACR_TEST_NAMES)]
+    names = [x509.DNSName("localhost"), *map(x509.DNSName, ACR_TEST_NAMES + AMW_TEST_NAMES)]
     names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
     cert = (
         x509.CertificateBuilder()

@@ -77,9 +77,17 @@ def test_release_graph_follows_the_plan(dagbag, dag_id, fleet_file):
         # Promise 2: a region is deployed only after its own replica has the digest.
         assert f"wait_replication_{region}" in drain.upstream_task_ids
         assert dag.get_task(f"wait_replication_{region}").upstream_task_ids == {"build"}
-        # The group ends once Traffic Manager sees the region Online again; then traffic is rebalanced.
-        assert "rebalance" in dag.get_task(f"deploy_{region}.wait_online").downstream_task_ids
+        # The group ends once Traffic Manager sees the region Online again and, with metric gates, once
+        # its users on the release have been judged; then traffic is rebalanced.
+        last = "gate_metrics" if fleet.gates.metrics else "wait_online"
+        assert "rebalance" in dag.get_task(f"deploy_{region}.{last}").downstream_task_ids
         assert dag.get_task(f"deploy_{region}.wait_online").upstream_task_ids == {f"deploy_{region}.restore"}
+        if fleet.gates.metrics:
+            metrics = dag.get_task(f"deploy_{region}.gate_metrics")
+            assert metrics.upstream_task_ids == {f"deploy_{region}.wait_online"}
+            # A failed metric gate rolls the region back, and the release is recorded only after it passed.
+            assert f"deploy_{region}.rollback" in metrics.downstream_task_ids
+            assert "record" in metrics.downstream_task_ids
         # Promise 11: Helm starts only after the drain has settled in DNS and users are confirmed gone.
         assert dag.get_task(f"deploy_{region}.helm_deploy").upstream_task_ids == {f"deploy_{region}.confirm_drained"}
         assert dag.get_task(f"deploy_{region}.confirm_drained").upstream_task_ids == {f"deploy_{region}.dns_settle"}
@@ -88,7 +96,7 @@ def test_release_graph_follows_the_plan(dagbag, dag_id, fleet_file):
         for a in earlier.regions:
             for b in later.regions:
                 ancestors = {t.task_id for t in dag.get_task(f"deploy_{b}.drain").get_flat_relatives(upstream=True)}
-                assert f"deploy_{a}.wait_online" in ancestors, f"{b} (wave {later.number}) must wait for {a}"
+                assert f"deploy_{a}.{last}" in ancestors, f"{b} (wave {later.number}) must wait for {a}"
     # Promise 3: the two regions of a pair are never deployed at the same time.
     for region in fleet.regions:
         if region.pair:

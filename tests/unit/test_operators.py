@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
@@ -159,11 +160,26 @@ def test_rollback_returns_to_the_previous_revision_and_gives_traffic_back_when_h
     ti.xcoms[(names.region_task("eastus", names.HELM_DEPLOY), "return_value")] = {
         "changed": True, "previous_revision": 4, "revision": 5,
     }  # fmt: skip
+    hook.tm.state["eastus"] = replace(hook.tm.state["eastus"], enabled=False)  # as the drain left it
     failed(ti, "eastus", names.GATE_HTTP, "edge unhealthy")
     out = run_task(region_op(rs.RollbackRegionOperator), ti, hook)
     assert hook.helms["eastus"].calls == [("rollback", 4)]
     assert out["rolled_back_to"] == 4 and out["traffic"] == "enabled" and out["gate"] == "gate_http"
     assert hook.tm.calls == [("eastus", True, 100)]
+
+
+def test_rollback_after_a_metric_gate_drains_the_restored_region_before_helm_changes_it():
+    hook, ti = FakeHook(FLEET, serving={"eastus": OLD}), released(FakeTI())
+    ti.xcoms[(names.region_task("eastus", names.DRAIN), "return_value")] = {"was_enabled": True}
+    ti.xcoms[(names.region_task("eastus", names.HELM_DEPLOY), "return_value")] = {
+        "changed": True, "previous_revision": 4, "revision": 5,
+    }  # fmt: skip
+    failed(ti, "eastus", names.GATE_METRICS, "eastus errors: fail: error ratio 0.2000 > max 0.0200")
+    out = run_task(region_op(rs.RollbackRegionOperator), ti, hook)
+    assert out["gate"] == "gate_metrics" and out["traffic"] == "enabled"
+    # Off Traffic Manager first (users were on the bad build), back once the old build runs.
+    assert hook.tm.calls == [("eastus", False, None), ("eastus", True, 100)]
+    assert hook.helms["eastus"].calls == [("rollback", 4)]
 
 
 def test_rollback_of_a_first_install_keeps_the_region_drained():

@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
-from airflow.sdk import DAG, Param, TaskGroup, TriggerRule
+from airflow.sdk import DAG, BaseOperator, Param, TaskGroup, TriggerRule
 
 from fanout import names
 from fanout.airflow import consistency as cc
@@ -66,7 +66,8 @@ def release_params(fleet: Fleet) -> dict[str, Param]:
 REGION_STEPS = (rs.RolloutGateOperator, rs.HttpGateOperator, rs.SoakGateOperator)
 
 
-def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, rs.RestoreRegionOperator]:
+def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, BaseOperator]:
+    """The region's group, and its last step a good release passes (what `record` waits for)."""
     with TaskGroup(group_id=names.deploy_group(region), tooltip=f"drain, deploy, gate and restore {region}") as group:
         kw = {"fleet_path": path, "region": region}
         drain = rs.DrainRegionOperator(task_id=names.DRAIN, **kw)
@@ -84,9 +85,16 @@ def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, rs.R
             prev = gate
         prev >> restore
         # The next wave drains only once this region is back in Traffic Manager's answers.
-        restore >> dns_waits.WaitOnlineOperator(task_id=names.WAIT_ONLINE, **kw)
+        online = dns_waits.WaitOnlineOperator(task_id=names.WAIT_ONLINE, **kw)
+        restore >> online
+        last: BaseOperator = restore
+        if fleet.gates.metrics is not None:
+            # Users feel a build only once they reach it: measured with the region back online.
+            last = rs.MetricGatesOperator(task_id=names.GATE_METRICS, **kw)
+            online >> last
+            gates.append(last)
         [deploy, *gates] >> rollback
-    return group, restore
+    return group, last
 
 
 def build_release_dag(fleet: Fleet, path: str) -> DAG:
@@ -113,16 +121,20 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
         }
         build >> list(waits.values())
 
-        restores, all_groups = [], []
+        lasts, all_ends = [], []
         previous = None
         for wave in plan.waves:
-            groups = []
+            groups, wave_lasts = [], []
             for region in wave.regions:
-                group, restore = _deploy_group(fleet, path, region)
+                group, last = _deploy_group(fleet, path, region)
                 waits[region] >> group
                 groups.append(group)
-                restores.append(restore)
-            all_groups.extend(groups)
+                wave_lasts.append(last)
+            # A metric gate is not a leaf of its group (the rollback follows it), so what comes
+            # after the wave names it: a region whose users were never judged must stop the release.
+            ends = [*groups, *wave_lasts]
+            lasts += wave_lasts
+            all_ends.extend(ends)
             if previous is not None:
                 previous >> groups
             if wave.number < len(plan.waves):
@@ -133,7 +145,7 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
                     wave_regions=list(wave.regions),
                     **kw,
                 )
-                groups >> bake
+                ends >> bake
                 previous = bake
                 if wave.canary and fleet.rollout.manual_approval:
                     approve = ApprovalOperator(
@@ -150,13 +162,13 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
         record = fs.RecordReleaseOperator(
             task_id=names.RECORD, trigger_rule=TriggerRule.NONE_FAILED, outlets=[release_asset(app)], **kw
         )
-        all_groups >> rebalance
+        all_ends >> rebalance
         if fleet.failure_policy == "rollback-all":
             # all_done, not one_failed: one_failed fires at the first failure, while the other
             # regions of that wave are still deploying; the task itself skips when nothing failed.
             rollback_all = fs.RollbackAllOperator(task_id=names.ROLLBACK_ALL, trigger_rule=TriggerRule.ALL_DONE, **kw)
-            all_groups >> rollback_all >> rebalance
-        [*restores, rebalance] >> record
+            all_ends >> rollback_all >> rebalance
+        [*lasts, rebalance] >> record
     return dag
 
 

@@ -19,11 +19,12 @@ from fanout.adapters.cluster import Cluster
 from fanout.adapters.edge import Edge
 from fanout.adapters.git_source import DevDirectory, GitRepository
 from fanout.adapters.helm import Helm, helm_binary
-from fanout.adapters.metrics import PrometheusQuery
+from fanout.adapters.metrics import AZURE_MONITOR_SCOPE, MetricError, PrometheusQuery
 from fanout.adapters.registry import OciRegistry
 from fanout.cache import cache_dir
 from fanout.fleet import Fleet, Registry
 from fanout.fleet_checks import acr_host_problem
+from fanout.redact import scrub
 
 if TYPE_CHECKING:
     from fanout.adapters.acr import AcrReplica, AcrReplicas
@@ -301,10 +302,22 @@ class FleetHook(BaseHook):
         return Edge(self.fleet.region(region).edge_url, gate.health_path, gate.version_path)
 
     def metrics(self) -> PrometheusQuery:
-        gate = self.fleet.gates.metric
-        if gate is None:
-            raise ValueError("gates.metric: this fleet has no metric gate")
-        return PrometheusQuery(gate.url)
+        """The metric gates' query API; an Azure Monitor workspace gets the fleet's Entra token."""
+        gates = self.fleet.gates.metrics
+        if gates is None:
+            raise ValueError("gates.metrics: this fleet has no metric gates")
+        verify = True if self._verify is None else self._verify
+        if gates.source.kind != "azure-monitor":
+            return self._keep(PrometheusQuery(gates.source.url, verify=verify))
+        scope = AZURE_MONITOR_SCOPE[self.fleet.azure.cloud]
+
+        def token() -> str:
+            try:
+                return self.azure.credential.get_token(scope).token
+            except Exception as err:  # whatever azure-identity raises: the gate says why, and retries
+                raise MetricError(f"no Entra token for {scope}: {scrub(str(err))}") from None
+
+        return self._keep(PrometheusQuery(gates.source.url, token=token, verify=verify))
 
     def builder(self) -> BuildahBuilder:
         """The local image builder (registry kind `oci`); ACR builds with acr_tasks()."""

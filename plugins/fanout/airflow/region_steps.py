@@ -12,8 +12,9 @@ from airflow.sdk.exceptions import AirflowSkipException
 from fanout import names
 from fanout.adapters.helm import HelmError
 from fanout.airflow.base import FanoutOperator
-from fanout.airflow.triggers import HttpGateTrigger, ReplicationTrigger, RolloutTrigger
+from fanout.airflow.triggers import HttpGateTrigger, MetricGatesTrigger, ReplicationTrigger, RolloutTrigger
 from fanout.airflow.waits import WaitingOperator
+from fanout.metric_gates import baseline_regions
 from fanout.policy import (
     PolicyError,
     chart_values,
@@ -181,6 +182,45 @@ class SoakGateOperator(_GateOperator):
         return self.wait(context, trigger, ending, look_first=False)
 
 
+class MetricGatesOperator(_GateOperator):
+    """After the region is back online: measure its users on the release digest for the window,
+    then judge them with the fleet's metric gates (deferred the whole time)."""
+
+    step = names.GATE_METRICS
+    SCRAPE_SLACK_SECONDS = 3.0  # the window's last requests must be scraped before it is read
+    READ_RETRY_SECONDS = 120.0  # how long an unreadable metric source is retried
+
+    def run(self, context: Context) -> Any:
+        gates, region = self.fleet.gates.metrics, self.fleet.region(str(self.region))
+        assert gates is not None, "the DAG has this task only when the fleet has metric gates"
+        if region.traffic_weight == 0:
+            self.log.info("%s is a warm standby: no users, nothing to measure", region.name)
+            return {"skipped": "warm standby: no users"}
+        waves, subset = self.snapshot(context).waves, context["params"].get("regions")
+        baselines = {
+            check.name: baseline_regions(self.fleet, waves, region.name, check.compare, subset)
+            for check in gates.checks
+            if check.compare is not None
+        }
+        start = time.time()
+        end = start + gates.window_seconds + self.SCRAPE_SLACK_SECONDS
+        self.log.info(
+            "measuring %s's users on the release for %d s; baselines: %s",
+            region.name, gates.window_seconds, baselines or "none",
+        )  # fmt: skip
+        trigger = MetricGatesTrigger(
+            **self.trigger_kwargs(context),
+            digest=self.release(context).digest,
+            window_start=start,
+            baselines=baselines,
+            timeout_seconds=end - start + self.READ_RETRY_SECONDS,
+            poll_seconds=5.0,
+            not_before=end,
+        )
+        ending = self.ending(cause=f"{gates.source.url} could not be read: {{detail}}")
+        return self.wait(context, trigger, ending, look_first=False)
+
+
 class RestoreRegionOperator(_RegionStep):
     """Enable the region's endpoint at its configured weight."""
 
@@ -220,6 +260,7 @@ class RollbackRegionOperator(_RegionStep):
         drained = DrainOutcome.from_xcom(ti.xcom_pull(task_ids=names.region_task(region, names.DRAIN)))
         rolled_back_to = None
         if deployed and deployed.changed and deployed.previous_revision:
+            self._take_users_off(region)
             self.log.info("%s: rolling back to helm revision %s", region, deployed.previous_revision)
             done = self.hook.helm(region).rollback(app.name, app.namespace, deployed.previous_revision, wait=True)
             rolled_back_to = deployed.previous_revision
@@ -244,3 +285,18 @@ class RollbackRegionOperator(_RegionStep):
             region, failure.gate, failure.cause, rolled_back_to, traffic, probe.detail,
         )  # fmt: skip
         return outcome.to_xcom()
+
+    def _take_users_off(self, region: str) -> None:
+        """A region that failed after its restore (a metric gate) has users on the bad build: drain it
+        again before the rollback changes it, unless the drain rules forbid it now."""
+        tm = self.hook.traffic_manager()
+        endpoints = tm.endpoints()
+        if not endpoints[self.endpoint_name()].enabled:
+            return
+        try:
+            check_drain(self.fleet, endpoints, region)
+        except PolicyError as err:
+            self.log.warning("%s: rolling back with users on it (the drain is refused: %s)", region, err)
+            return
+        tm.set_endpoint(self.endpoint_name(), enabled=False)
+        self.log.info("%s: drained again before the rollback", region)

@@ -15,10 +15,12 @@ from airflow.triggers.base import TriggerEvent
 from fanout.adapters.azure_credentials import AzureAdapterError, scrub
 from fanout.adapters.builder import BuildError
 from fanout.adapters.cluster import ClusterError
+from fanout.adapters.metrics import MetricError
 from fanout.adapters.registry import RegistryError, RegistryUnusable
 from fanout.airflow.hooks import FleetHook
 from fanout.airflow.waits import EndingTrigger
 from fanout.fleet import Fleet, FleetError
+from fanout.metric_gates import Verdict, evaluate, gate_outcome
 from fanout.policy import rollout_status
 from fanout.records import FleetSnapshot
 
@@ -338,3 +340,44 @@ class AcrRunTrigger(FleetTrigger):
             return {**out, "digest": digest, "images": list(state.images), "detail": f"pushed {pushed}"}
         tail = tasks.log_tail(self.run_id)
         return {**out, "status": "failed", "error": state.error, "log_tail": tail, "detail": tasks.failure(state, tail)}
+
+
+class MetricGatesTrigger(FleetTrigger):
+    """Once `region`'s window is over, what its users felt on `digest` against the fleet's metric
+    gates. Ends `ok` with every verdict, or `failed` naming check, observed, baseline and threshold;
+    an unreadable metric source is retried until the deadline."""
+
+    def __init__(self, *, region: str, digest: str, window_start: float, baselines: dict[str, list[str]],
+                 **kwargs: Any):  # fmt: skip
+        super().__init__(**kwargs)
+        self.region, self.digest, self.window_start, self.baselines = region, digest, window_start, baselines
+        self.verdicts: list[dict[str, Any]] = []
+
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"region": self.region, "digest": self.digest, "window_start": self.window_start,
+                "baselines": self.baselines}  # fmt: skip
+
+    def _judge(self, hook: FleetHook) -> tuple[bool, str, list[Verdict]]:
+        gates = hook.fleet.gates.metrics
+        if gates is None:
+            raise WaitFailed("the run's fleet snapshot has no gates.metrics")
+        end = self.window_start + gates.window_seconds
+        verdicts = evaluate(gates, hook.metrics(), self.region, self.digest, self.baselines, self.window_start, end)
+        return *gate_outcome(gates, verdicts), verdicts
+
+    async def check(self) -> tuple[bool, str]:
+        hook = await self.hook()
+        try:
+            passed, line, verdicts = await asyncio.to_thread(self._judge, hook)
+        except MetricError as err:
+            return False, str(err)
+        self.verdicts = [v.to_xcom() for v in verdicts]
+        for verdict in verdicts:
+            self.log.info("%s", verdict.line())
+        if not passed:
+            raise WaitFailed(line)
+        return True, line
+
+    async def _poll(self, budget: float | None) -> dict[str, Any] | None:
+        event = await super()._poll(budget)
+        return None if event is None else {**event, "verdicts": self.verdicts}
