@@ -39,6 +39,8 @@ OUR_LOG = re.compile(r"\[(info|warning|error)\s*\] (.*?) \[(?:airflow\.task\.ope
 FINISHED = re.compile(r"DagRun Finished: .*?state=(\w+)")
 BUILT = re.compile(r"built and pushed \S+ as (sha256:[0-9a-f]{64})")
 REUSED = re.compile(r"reusing (sha256:[0-9a-f]{64})")
+# A metric gate's verdict, as fanout.metric_gates.Verdict.line() writes it.
+VERDICT = re.compile(r"^\S+ \S+: (pass|fail|inconclusive|skipped): ")
 
 
 def publish_app(fleet: Fleet) -> str:
@@ -96,6 +98,13 @@ def build_outcome(home: Path) -> str:
     if m := REUSED.search(text):
         return f"reused {m.group(1)} (built earlier from this commit: nothing was built)"
     return "no digest (see the log)"
+
+
+def metric_verdicts(home: Path) -> list[str]:
+    """Every metric gate verdict of the run, in the order they were reached, from its log."""
+    text = (home / "logs" / "demo-last-run.log").read_text(errors="replace")
+    lines = (m.group(2) for line in text.splitlines() if (m := OUR_LOG.search(line)))
+    return list(dict.fromkeys(line for line in lines if VERDICT.match(line)))
 
 
 def region_table(fleet: Fleet) -> list[dict[str, str]]:
@@ -166,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     until = time.time()
     print()
     print_table(region_table(fleet))
+    if fleet.gates.metrics is not None:
+        print("\nmetric gates: what each region's users felt on the release (region check: verdict: values)")
+        print("\n".join(f"  {line}" for line in metric_verdicts(home)) or "  no verdict reached (see the log)")
     print(f"\nreleased commit {conf['git_sha']}: {build_outcome(home)}")
     print(f"release {state} in {time.monotonic() - started:.0f} s")
     kept = True

@@ -202,18 +202,20 @@ class MetricGatesOperator(_GateOperator):
             for check in gates.checks
             if check.compare is not None
         }
-        start = time.time()
+        # Resolvers still hold answers without this region for up to a TTL: its users are back after it.
+        ttl = self.fleet.traffic_manager.dns_ttl_seconds
+        start = time.time() + ttl
         end = start + gates.window_seconds + self.SCRAPE_SLACK_SECONDS
         self.log.info(
-            "measuring %s's users on the release for %d s; baselines: %s",
-            region.name, gates.window_seconds, baselines or "none",
+            "measuring %s's users on the release for %d s, from one DNS TTL (%d s) after it is back; baselines: %s",
+            region.name, gates.window_seconds, ttl, baselines or "none",
         )  # fmt: skip
         trigger = MetricGatesTrigger(
             **self.trigger_kwargs(context),
             digest=self.release(context).digest,
             window_start=start,
             baselines=baselines,
-            timeout_seconds=end - start + self.READ_RETRY_SECONDS,
+            timeout_seconds=end - time.time() + self.READ_RETRY_SECONDS,
             poll_seconds=5.0,
             not_before=end,
         )
