@@ -8,7 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from fanout.fleet import Fleet
 from localfleet import edge, procs
 from localfleet.edge import ClusterUnreachable, Edge, make_server, parse_digest
 from localfleet.faults import update_faults
+from localfleet.testing import apply_deployment
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -152,50 +153,6 @@ def test_http_server(tmp_path: Path) -> None:
 # -- on a real control plane (localfleet.kube) --------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, make_fleet: Callable[..., Fleet]) -> Iterator[Fleet]:
-    """One real region (westus) on free ports, and a fleet file whose kubeconfig points at it."""
-    from localfleet import kube
-
-    state = tmp_path_factory.mktemp("kube")
-    region = kube.Region("westus", procs.free_port())
-    # Only the admin kubeconfig here: the edge (fleet infrastructure) reads the one beside the fleet's.
-    kubeconfig = state / "admin.kubeconfig"
-    try:
-        kube.start_fleet(
-            [region], state, kubeconfig, etcd_client_port=procs.free_port(), etcd_peer_port=procs.free_port()
-        )
-        yield make_fleet(state / "fleet", kubeconfig=kubeconfig)
-    finally:
-        kube.stop_all(state)
-
-
-def apply_deployment(fleet: Fleet, digest: str) -> None:
-    from kubernetes import client, config
-
-    api = config.new_client_from_config(str(fleet.resolve(fleet.region("westus").cluster.kubeconfig.path)), "westus")
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    ns, name = fleet.app.namespace, fleet.app.name
-    if ns not in [n.metadata.name for n in core.list_namespace().items]:
-        core.create_namespace({"metadata": {"name": ns}})
-    labels = {"app": name}
-    body = {
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": f"{fleet.registry.endpoint('westus')}/x@{digest}"}]},
-            },
-        },
-    }
-    if name in [d.metadata.name for d in apps.list_namespaced_deployment(ns).items]:
-        apps.patch_namespaced_deployment(name, ns, body)
-    else:
-        apps.create_namespaced_deployment(ns, body)
-
-
 def wait_for(url: str, check: Callable[[int, dict[str, Any]], bool], timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     status, body = 0, {}
@@ -219,10 +176,10 @@ def test_edge_reports_what_the_region_runs(cluster: Fleet) -> None:
         body = wait_for(f"{base}/healthz", lambda s, b: s == 503)
         assert "not found" in body["reason"]
         first, second = "sha256:" + "1" * 64, "sha256:" + "2" * 64
-        apply_deployment(cluster, first)
+        apply_deployment(cluster, "westus", first)
         wait_for(f"{base}/version", lambda s, b: s == 200 and b["digest"] == first and b["ready_replicas"] == 2)
         assert get(f"{base}/healthz")[0] == 200
-        apply_deployment(cluster, second)
+        apply_deployment(cluster, "westus", second)
         body = wait_for(f"{base}/version", lambda s, b: b.get("digest") == second and b["updated_replicas"] == 2)
         assert body["observed_generation"] == body["generation"] == 2
         kube.stop_region("westus", cluster.source_path.parent.parent)
