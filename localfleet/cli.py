@@ -271,7 +271,10 @@ def bad_build(fleet: Fleet, state: Path, region: str, kind: str | None, amount: 
     if (key == "error_rate" and not 0 <= value <= 1) or value < 0:
         raise ValueError(f"bad-build {kind} takes {'a ratio from 0 to 1' if key == 'error_rate' else 'ms >= 0'}")
     # Read before taking the faults lock: it asks the region's API server (as the edge does).
-    running = edge.running_digests(fleet, region, state)
+    try:
+        running = edge.running_digests(fleet, region, state)
+    except edge.ClusterUnreachable as err:
+        raise edge.ClusterUnreachable(f"{region}: cannot read which digest it runs (the good build): {err}") from None
     with faults.edit(state) as data:
         knobs = data.setdefault("bad_build", {}).setdefault(region, {})
         good = knobs[key]["good"] if key in knobs else running

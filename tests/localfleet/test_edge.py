@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,97 @@ def test_http_server(tmp_path: Path) -> None:
         assert get(f"http://127.0.0.1:{port}/version?x=1")[1]["digest"] == DIGEST
         status, body = get(f"http://127.0.0.1:{port}/nope")
         assert status == 404 and "/healthz" in body["paths"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# -- what users feel: /metrics and the bad-build knob ----------------------------------------
+
+GOOD, BAD = DIGEST, "sha256:" + "cd" * 32
+
+
+def sample(e: Edge, name: str, **labels: str) -> float:
+    return e.metrics.get_sample_value(name, {"region": "westus", **labels}) or 0.0
+
+
+def test_every_user_request_is_counted_by_digest_and_status(tmp_path: Path) -> None:
+    e = make_edge(deployment(), tmp_path)
+    for _ in range(3):
+        assert e.serve_user()[0] == 200
+    e.health(), e.version()  # probes are not users
+    assert sample(e, "fanout_edge_requests_total", digest=DIGEST, code="200") == 3
+    assert sample(e, "fanout_edge_request_duration_seconds_count", digest=DIGEST) == 3
+    down = make_edge(deployment(ready=0), tmp_path)
+    assert down.serve_user()[0] == 503
+    assert sample(down, "fanout_edge_requests_total", digest="none", code="503") == 1
+    text = e.exposition().decode()
+    assert f'fanout_edge_requests_total{{code="200",digest="{DIGEST}",region="westus"}} 3.0' in text
+    assert f'fanout_edge_request_duration_seconds_bucket{{digest="{DIGEST}",le="0.005",region="westus"}}' in text
+    assert '"2.5"' in text and 'le="5.0"' in text and 'le="+Inf"' in text
+
+
+def edge_on(image_digest: str, tmp_path: Path, now: list[float]) -> Edge:
+    """An edge whose clock only the injected latency moves (its sleep advances `now`)."""
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    reader = FakeReader(deployment(image=f"127.0.0.1:5101/fanout/hello@{image_digest}"))
+    return Edge("westus", "hello", "hello", reader, tmp_path, clock=lambda: now[0], sleep=sleep)
+
+
+@pytest.mark.parametrize(("ratio", "requests", "failed"), [(0.2, 50, 10), (0.1, 30, 3), (0.3, 7, 2), (1, 4, 4)])
+def test_bad_build_fails_an_exact_share_of_user_requests(
+    ratio: float, requests: int, failed: int, tmp_path: Path
+) -> None:
+    update_faults(tmp_path, bad_build={"westus": {"error_rate": {"ratio": ratio, "good": [GOOD]}}})
+    bad = edge_on(BAD, tmp_path, [0.0])
+    codes = [bad.serve_user()[0] for _ in range(requests)]
+    assert codes.count(500) == failed and set(codes) <= {200, 500}
+    # Spread out, not bunched: the first k requests hold floor(k × ratio) failures, for every k.
+    assert all(codes[:k].count(500) == int(Fraction(str(ratio)) * k) for k in range(requests + 1))
+    assert sample(bad, "fanout_edge_requests_total", digest=BAD, code="500") == failed
+    assert sample(bad, "fanout_edge_requests_total", digest=BAD, code="200") == requests - failed
+    # The digest that ran when the knob was set stays good; health and version never notice.
+    good = edge_on(GOOD, tmp_path, [0.0])
+    assert {good.serve_user()[0] for _ in range(20)} == {200}
+    assert bad.health()[0] == 200 and bad.version()[1]["healthy"] is True
+
+
+def test_bad_build_pattern_is_deterministic(tmp_path: Path) -> None:
+    update_faults(tmp_path, bad_build={"westus": {"error_rate": {"ratio": 0.25, "good": []}}})
+    patterns = [[e.serve_user()[0] for _ in range(8)] for e in (edge_on(BAD, tmp_path, [0.0]) for _ in range(2))]
+    assert patterns[0] == patterns[1] == [200, 200, 200, 500, 200, 200, 200, 500]
+
+
+def test_bad_build_latency_is_what_the_histogram_measures(tmp_path: Path) -> None:
+    knobs = {"latency": {"ms": 300, "good": [GOOD]}, "error_rate": {"ratio": 0.5, "good": [GOOD]}}
+    update_faults(tmp_path, bad_build={"westus": knobs})
+    now = [0.0]
+    bad, good = edge_on(BAD, tmp_path, now), edge_on(GOOD, tmp_path, now)
+    assert [bad.serve_user()[0] for _ in range(4)] == [200, 500, 200, 500]  # both knobs at once
+    assert good.serve_user()[0] == 200
+    assert sample(bad, "fanout_edge_request_duration_seconds_sum", digest=BAD) == pytest.approx(1.2)
+    assert sample(bad, "fanout_edge_request_duration_seconds_bucket", digest=BAD, le="0.25") == 0
+    assert sample(bad, "fanout_edge_request_duration_seconds_bucket", digest=BAD, le="0.5") == 4
+    assert sample(good, "fanout_edge_request_duration_seconds_sum", digest=GOOD) == 0
+    # Another region's knob is not this one's.
+    update_faults(tmp_path, bad_build={"eastus": knobs})
+    assert {bad.serve_user()[0] for _ in range(4)} == {200}
+
+
+def test_metrics_over_http(tmp_path: Path) -> None:
+    port = procs.free_port()
+    e = make_edge(deployment(), tmp_path)
+    server = make_server(e, "127.0.0.1", port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        get(f"http://127.0.0.1:{port}/")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            kind, text = resp.headers["Content-Type"], resp.read().decode()
+        assert kind.startswith("text/plain; version=0.0.4")
+        assert f'fanout_edge_requests_total{{code="200",digest="{DIGEST}",region="westus"}} 1.0' in text
     finally:
         server.shutdown()
         server.server_close()
