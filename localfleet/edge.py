@@ -169,6 +169,7 @@ class Edge:
             LATENCY_METRIC, "User requests' latency as the edge measured it, injected latency included",
             ["region", "digest"], buckets=LATENCY_BUCKETS, registry=self.metrics,
         )  # fmt: skip
+        self._requests.labels(region, NO_DIGEST, "503")
 
     def _observe(self) -> tuple[dict[str, Any] | None, str | None]:
         """(summary, None) or (None, reason why there is none)."""
@@ -182,7 +183,18 @@ class Edge:
                 except ClusterUnreachable as err:
                     summary, reason = None, f"cluster unreachable: {err}"
                 self._cached = (now, summary, reason)
+                if summary is not None:
+                    self._zero_series(summary["digest"] or NO_DIGEST)
             return self._cached[1], self._cached[2]
+
+    def _zero_series(self, digest: str) -> None:
+        """Export a digest's series at 0 as soon as the edge sees it run, before any user request:
+        increase() over a window counts nothing of a series' first sample, so a series born at 5
+        would hide the release's first 5 requests from the gates. (The health gates' probes see
+        the digest long before the region is back in Traffic Manager and its users return.)"""
+        for code in ("200", "500"):
+            self._requests.labels(self.region, digest, code)
+        self._latency.labels(self.region, digest)
 
     def _fault(self) -> bool:
         return self.region in (read_faults(self.state_dir).get("edge_unhealthy") or [])

@@ -176,6 +176,17 @@ def test_every_user_request_is_counted_by_digest_and_status(tmp_path: Path) -> N
     assert '"2.5"' in text and 'le="5.0"' in text and 'le="+Inf"' in text
 
 
+def test_a_digest_is_exported_at_zero_before_its_first_user_request(tmp_path: Path) -> None:
+    """So that increase() over the gate's window counts the release's first requests too."""
+    e = make_edge(deployment(), tmp_path)
+    assert 'fanout_edge_requests_total{code="503",digest="none",region="westus"} 0.0' in e.exposition().decode()
+    e.version()  # a health gate's probe: the edge now knows what runs
+    text = e.exposition().decode()
+    for code in ("200", "500"):
+        assert f'fanout_edge_requests_total{{code="{code}",digest="{DIGEST}",region="westus"}} 0.0' in text
+    assert f'fanout_edge_request_duration_seconds_count{{digest="{DIGEST}",region="westus"}} 0.0' in text
+
+
 def edge_on(image_digest: str, tmp_path: Path, now: list[float]) -> Edge:
     """An edge whose clock only the injected latency moves (its sleep advances `now`)."""
 

@@ -93,6 +93,9 @@ def test_prometheus_reads_what_users_feel_and_only_the_next_build_is_bad(cluster
 
         apply_deployment(fleet, "westus", SECOND)
         wait_until(lambda: version(base).get("digest") == SECOND, timeout=30, what="westus runs SECOND")
+        # The edge exports SECOND's series at 0 once it sees it run, before any user request.
+        on_second = f'{{region="westus",digest="{SECOND}"}}'
+        wait_until(lambda: prometheus.query(url, f"fanout_edge_requests_total{on_second}"), timeout=10)
         codes = [get(f"{base}/") for _ in range(50)]
         assert codes.count(500) == 10 and codes.count(200) == 40
         assert get(f"{base}/healthz") == 200 and version(base)["healthy"] is True  # gates see nothing
@@ -101,8 +104,13 @@ def test_prometheus_reads_what_users_feel_and_only_the_next_build_is_bad(cluster
             rows = prometheus.query(url, 'sum by (digest, code) (fanout_edge_requests_total{region="westus"})')
             return {(r["metric"]["digest"], r["metric"]["code"]): float(r["value"][1]) for r in rows}
 
-        expected = {(FIRST, "200"): 30.0, (SECOND, "200"): 40.0, (SECOND, "500"): 10.0}
+        # Every digest's series start at 0 (see Edge._zero_series): FIRST never failed, no 503s.
+        zeros = {(FIRST, "500"): 0.0, ("none", "503"): 0.0}
+        expected = {(FIRST, "200"): 30.0, (SECOND, "200"): 40.0, (SECOND, "500"): 10.0, **zeros}
         wait_until(lambda: counted() == expected, timeout=15, what=f"Prometheus counts {expected}")
+        # What a metric gate asks: none of SECOND's 50 requests is lost to a series born above 0.
+        gate = f"sum(increase(fanout_edge_requests_total{on_second}[20s]))"
+        wait_until(lambda: float(prometheus.query(url, gate)[0]["value"][1]) >= 50, timeout=10, what=gate)
         buckets = 'sum by (le, digest) (fanout_edge_request_duration_seconds_bucket{region="westus"})'
         median = {
             r["metric"]["digest"]: float(r["value"][1])
