@@ -29,9 +29,13 @@ $(STAMP): requirements.txt constraints.txt
 # Debian packages the local fleet runs: the CNCF registry, skopeo (replication), buildah (builds);
 # postgresql for the local Airflow's database (make airflow-up, the e2e tests); git for the
 # local fleet's git server (git http-backend) and for fetching the commit a release builds;
-# docker-compose (1.29) checks docker-compose.yaml in the tests without a Docker engine.
+# docker-compose (1.29) checks docker-compose.yaml in the tests without a Docker engine;
+# prometheus (2.42) is what the metric gates query (localfleet/metrics). Its postinst asks
+# invoke-rc.d to start a system-wide prometheus on :9090; without systemd or a runlevel (these
+# machines) invoke-rc.d refuses, and policy-rc.d (exit 101, if the image has one) refuses too, so
+# none is left running: the fleet starts its own on the fleet file's port, with its state.
 system-packages:
-	@missing=$$(for p in docker-registry skopeo buildah postgresql git docker-compose; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in docker-registry skopeo buildah postgresql git docker-compose prometheus; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

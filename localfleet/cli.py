@@ -26,6 +26,7 @@ from localfleet.binaries import ensure_binaries
 from localfleet.git import repo as git_repo
 from localfleet.kube_files import admin_kubeconfig_beside, region_dir, serving_ca, write_private
 from localfleet.kube_files import kubeconfig as kubeconfig_dict
+from localfleet.metrics import prometheus
 from localfleet.traffic import users
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +131,8 @@ def up(
     def step(what: str) -> None:
         progress(f"[{time.monotonic() - started:5.1f}s] {what}")
 
-    registry.ensure_debian_packages(["docker-registry", "skopeo", "buildah", "git"])
+    wants_prometheus = prometheus.listen_address(fleet) is not None
+    registry.ensure_debian_packages(["docker-registry", "skopeo", "buildah", "git"] + ["prometheus"] * wants_prometheus)
     ensure_binaries(progress)
     url = _token_url(state)
     tokens.start(state, int(url.rsplit(":", 1)[1]), fleet.local.token_lifetime_seconds, f"{REPO / 'plugins'}:{REPO}")
@@ -152,6 +154,9 @@ def up(
     for region in fleet.region_names:
         edge.start_edge(fleet, region, state)
     step("replicator and edges up")
+    if wants_prometheus:
+        prometheus.start(fleet, state)
+        step(f"Prometheus up at {prometheus.url_of(fleet)}, scraping every edge each {prometheus.SCRAPE_SECONDS} s")
     start_traffic_manager(fleet, state)
     dns = f"; DNS name {fleet.traffic_manager.profile}.trafficmanager.net on port {fleet.traffic_manager.dns_port}"
     step(
@@ -168,6 +173,7 @@ def down(fleet: Fleet, state: Path | None = None, progress: Progress = print) ->
     """Stop every process `up` started, by pid; data stays for the next `up`."""
     state = state or state_dir(fleet)
     users.stop(state)
+    prometheus.stop(state)
     procs.stop(TM_PROC, state)
     git_repo.stop_server(state)
     for region in fleet.region_names:
@@ -240,6 +246,44 @@ def apply_fault(fleet: Fleet, state: Path, knob: str, region: str | None, value:
     raise ValueError(f"unknown fault {knob!r}")
 
 
+BAD_BUILD = {"error-rate": ("error_rate", "ratio"), "latency": ("latency", "ms")}
+
+
+def bad_build(fleet: Fleet, state: Path, region: str, kind: str | None, amount: str | None, clear: bool) -> str:
+    """Make the builds `region` does not run yet misbehave for users: fail `amount` (a ratio) of
+    their requests with 500, or answer them `amount` ms late. The digests it runs now are recorded
+    as good when a knob is first set, so the release after it is the bad build; setting the knob
+    again only changes the amount. With `clear`, `kind` None clears both."""
+    fleet.region(region)  # KeyError names an unknown region
+    if clear:
+        with faults.edit(state) as data:
+            regions = data.get("bad_build") or {}
+            knobs = regions.get(region) or {}
+            for name in [kind] if kind else list(BAD_BUILD):
+                knobs.pop(BAD_BUILD[name][0], None)
+            if not knobs:
+                regions.pop(region, None)
+            if not regions:
+                data.pop("bad_build", None)
+        return f"{region}: bad build {kind or 'error-rate and latency'} cleared"
+    key, unit = BAD_BUILD[kind]
+    value = float(amount)
+    if (key == "error_rate" and not 0 <= value <= 1) or value < 0:
+        raise ValueError(f"bad-build {kind} takes {'a ratio from 0 to 1' if key == 'error_rate' else 'ms >= 0'}")
+    # Read before taking the faults lock: it asks the region's API server (as the edge does).
+    try:
+        running = edge.running_digests(fleet, region, state)
+    except edge.ClusterUnreachable as err:
+        raise edge.ClusterUnreachable(f"{region}: cannot read which digest it runs (the good build): {err}") from None
+    with faults.edit(state) as data:
+        knobs = data.setdefault("bad_build", {}).setdefault(region, {})
+        good = knobs[key]["good"] if key in knobs else running
+        knobs[key] = {unit: value, "good": good}
+    what = f"fail {value:g} of user requests with 500" if key == "error_rate" else f"answer users {value:g} ms late"
+    spared = ", ".join(d[7:19] for d in good) or "none"
+    return f"{region}: every digest but the good ones ({spared}) will {what}; /healthz and /version unaffected"
+
+
 def clear_all(fleet: Fleet, state: Path) -> list[str]:
     """Undo every fault: restart downed regions, make pods ready again, empty faults.json."""
     current = faults.read_faults(state)
@@ -266,6 +310,8 @@ def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]
     except (TrafficManagerError, OSError):
         endpoints, tm_state = {}, "TM error"
     rows = []
+    scraped = prometheus.target_health(url) if (url := prometheus.url_of(fleet)) else {}
+    targets = prometheus.edge_targets(fleet)
     for region, kregion in zip(fleet.regions, _regions(fleet), strict=True):
         health = kube.region_health(kregion, state)
         endpoint = fleet.registry.endpoint(region.name)
@@ -282,10 +328,21 @@ def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]
                 "endpoint": ("Enabled" if ep.enabled else "Disabled") if ep else tm_state,
                 "weight": str(ep.weight) if ep else "?",
                 "monitor": (ep.monitor_status or "?") if ep else "?",
-                "faults": ",".join(faults.regions_with(current_faults, region.name)) or "-",
+                "metrics": "-" if url is None else scraped.get(targets[region.name], "no prometheus"),
+                "faults": ",".join(_fault_notes(current_faults, region.name)) or "-",
             }
         )
     return rows
+
+
+def _fault_notes(current: dict, region: str) -> list[str]:
+    notes = faults.regions_with(current, region)
+    bad = (current.get("bad_build") or {}).get(region) or {}
+    if "bad_build" in notes:
+        parts = [f"{bad['error_rate']['ratio']:g} 500s"] if "error_rate" in bad else []
+        parts += [f"+{bad['latency']['ms']:g}ms"] if "latency" in bad else []
+        notes[notes.index("bad_build")] = f"bad_build({' '.join(parts)})"
+    return notes
 
 
 def print_table(rows: list[dict[str, str]], out: Callable[[str], None] = print) -> None:
@@ -299,14 +356,18 @@ def print_table(rows: list[dict[str, str]], out: Callable[[str], None] = print) 
 
 KNOBS = (
     "region-down", "replica-lag", "replica-stuck", "registry-auth", "rollout-unhealthy", "edge-unhealthy",
-    "tm-errors", "token-lifetime", "resolver-stuck", "clear-all",
+    "tm-errors", "token-lifetime", "resolver-stuck", "bad-build", "clear-all",
 )  # fmt: skip
 
 
 def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     state = state_dir(fleet)
+    if args.extra is not None and args.knob != "bad-build":
+        parser.error(f"{args.knob} takes no third argument ({args.extra!r})")
     if args.knob == "clear-all":
         return clear_all(fleet, state)
+    if args.knob == "bad-build":
+        return [_bad_build_command(fleet, state, parser, args)]
     if args.knob == "token-lifetime":
         if not args.clear and not (args.region or "").isdigit():
             parser.error("token-lifetime takes the seconds new tokens live, e.g. token-lifetime 60")
@@ -325,6 +386,19 @@ def _fault_command(fleet: Fleet, parser: argparse.ArgumentParser, args: argparse
     if args.knob == "registry-auth" and not args.clear and args.value not in ("401", "403"):
         parser.error("registry-auth needs the status its registry answers, e.g. registry-auth westus 403")
     return [apply_fault(fleet, state, args.knob, args.region, args.value, args.clear)]
+
+
+def _bad_build_command(fleet: Fleet, state: Path, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    usage = "bad-build error-rate REGION RATIO | latency REGION MS, e.g. bad-build error-rate westus 0.2"
+    if args.region in BAD_BUILD:
+        kind, region, amount = args.region, args.value, args.extra
+    else:  # `bad-build REGION --clear`: both knobs
+        kind, region, amount = None, args.region, args.value
+    if not region or (not args.clear and (kind is None or not re.fullmatch(r"\d+(\.\d+)?", amount or ""))):
+        parser.error(usage)
+    if not args.clear and kind == "error-rate" and float(amount) > 1:
+        parser.error(f"bad-build error-rate takes a ratio from 0 to 1, not {amount}")
+    return bad_build(fleet, state, region, kind, amount, args.clear)
 
 
 def users_command(fleet: Fleet, args: argparse.Namespace) -> list[str]:
@@ -358,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     fault.add_argument(
         "value", nargs="?", help="replica-lag: seconds; registry-auth: 401 or 403; tm-errors: STATUSxCOUNT, e.g. 429x3"
     )
+    fault.add_argument(
+        "extra", nargs="?", help="bad-build error-rate REGION RATIO | latency REGION MS (bad-build REGION --clear)"
+    )
     fault.add_argument("--clear", action="store_true", help="undo this knob")
     args = parser.parse_args(argv)
     try:
@@ -372,13 +449,16 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(_fault_command(fleet, parser, args)))
         else:
             print_table(status_rows(fleet))
+            if url := prometheus.url_of(fleet):
+                pid = procs.pid(prometheus.PROC, state_dir(fleet))
+                print(f"prometheus {url}: " + (f"up (pid {pid})" if pid else "not running"))
     except FleetError as err:
         print("\n".join(err.problems), file=sys.stderr)
         return 2
     except KeyError as err:
         print(f"localfleet: {err.args[0]!r} is not a region of {args.fleet}", file=sys.stderr)
         return 2
-    except (kube.KubeError, procs.ProcError, registry.RegistryError) as err:
+    except (kube.KubeError, procs.ProcError, registry.RegistryError, edge.ClusterUnreachable) as err:
         print(f"localfleet: {err}", file=sys.stderr)
         return 1
     return 0

@@ -10,6 +10,10 @@ that region's cluster (kubeconfig context from the fleet file):
                        "updated_replicas", "observed_generation", "generation", "healthy"}
     GET /         a user's request: 200 {"region", "digest", "generation"} while a replica is ready, else 503
     GET /_fanout/requests  {"requests": n, "last_at": epoch of the last user request, "now"}
+    GET /metrics  what users felt, in Prometheus' text format: the counter
+                  fanout_edge_requests_total{region, digest, code} (one per GET /; digest "none"
+                  when no replica served it) and the histogram fanout_edge_request_duration_seconds
+                  {region, digest} of each one's latency as the edge measured it
 
 Each region's edge listens on its own loopback address (the host of `edge_url`, e.g.
 127.0.1.2) so that a DNS answer — an address, no port — really picks the region. The request
@@ -18,6 +22,11 @@ counter is what the release asks to confirm that users stopped arriving after a 
 HTTP gates and the Traffic Manager stand-in probe these. Answers are cached for up to
 one second so that many probers cost one API read. `"edge_unhealthy": ["westus"]` in
 `<state_dir>/faults.json` makes /healthz fail while /version keeps answering.
+
+`"bad_build": {"westus": {"error_rate": {"ratio": 0.2, "good": [digests]}, "latency": {"ms": 300,
+"good": [...]}}}` makes user requests served by any digest not in `good` (the ones the region ran
+when the knob was set) fail with 500 at exactly that ratio, and/or answer that much later. /healthz
+and /version stay as they are: a bad build passes the health gates and only users feel it.
 """
 
 from __future__ import annotations
@@ -30,10 +39,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from fractions import Fraction
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Histogram, generate_latest
 
 from fanout.fleet import Fleet, load_fleet
 from localfleet import procs
@@ -43,6 +55,11 @@ from localfleet.kube_files import admin_kubeconfig_beside
 log = logging.getLogger("localfleet.edge")
 CACHE_SECONDS = 1.0
 _DIGEST = re.compile(r"@(sha256:[0-9a-f]{64})\Z")
+# What Fanout's metric gates query (fanout.fleet.MetricSource's defaults name the same).
+REQUESTS_METRIC = "fanout_edge_requests_total"
+LATENCY_METRIC = "fanout_edge_request_duration_seconds"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+NO_DIGEST = "none"  # the digest label of a request no replica served
 
 
 class ClusterUnreachable(RuntimeError):
@@ -131,15 +148,28 @@ class Edge:
         reader: DeploymentReader,
         state_dir: str | Path,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.region, self.app, self.namespace = region, app, namespace
         self.reader = reader
         self.state_dir = Path(state_dir)
-        self.clock = clock
+        self.clock, self.sleep = clock, sleep
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any] | None, str | None] | None = None
         self._last_health: str | None = None
         self.user_requests, self.last_user_request = 0, None
+        self._bad_served: dict[str, int] = {}  # per bad digest: user requests it served under error_rate
+        # Its own registry, not the process-wide one: tests run several edges in one process.
+        self.metrics = CollectorRegistry()
+        self._requests = Counter(
+            REQUESTS_METRIC, "User requests (GET /) the edge answered, by the digest that served them and the status",
+            ["region", "digest", "code"], registry=self.metrics,
+        )  # fmt: skip
+        self._latency = Histogram(
+            LATENCY_METRIC, "User requests' latency as the edge measured it, injected latency included",
+            ["region", "digest"], buckets=LATENCY_BUCKETS, registry=self.metrics,
+        )  # fmt: skip
+        self._requests.labels(region, NO_DIGEST, "503")
 
     def _observe(self) -> tuple[dict[str, Any] | None, str | None]:
         """(summary, None) or (None, reason why there is none)."""
@@ -153,7 +183,18 @@ class Edge:
                 except ClusterUnreachable as err:
                     summary, reason = None, f"cluster unreachable: {err}"
                 self._cached = (now, summary, reason)
+                if summary is not None:
+                    self._zero_series(summary["digest"] or NO_DIGEST)
             return self._cached[1], self._cached[2]
+
+    def _zero_series(self, digest: str) -> None:
+        """Export a digest's series at 0 as soon as the edge sees it run, before any user request:
+        increase() over a window counts nothing of a series' first sample, so a series born at 5
+        would hide the release's first 5 requests from the gates. (The health gates' probes see
+        the digest long before the region is back in Traffic Manager and its users return.)"""
+        for code in ("200", "500"):
+            self._requests.labels(self.region, digest, code)
+        self._latency.labels(self.region, digest)
 
     def _fault(self) -> bool:
         return self.region in (read_faults(self.state_dir).get("edge_unhealthy") or [])
@@ -182,15 +223,50 @@ class Edge:
         healthy = summary["ready_replicas"] >= 1 and not self._fault()
         return 200, {"region": self.region, **summary, "healthy": healthy}
 
+    def _bad_build(self, digest: str | None) -> tuple[float, bool]:
+        """(seconds to hold the answer, whether to fail it) for a user request `digest` serves.
+
+        Failures are spread exactly, without randomness: the n-th request (from 0) a bad digest
+        serves fails when floor((n+1)·ratio) > floor(n·ratio), so any N requests hold floor(N·ratio)
+        failures and a run repeats. Fraction keeps 0.1 × 10 from rounding below 1."""
+        knobs = (read_faults(self.state_dir).get("bad_build") or {}).get(self.region) or {}
+        latency, errors = knobs.get("latency"), knobs.get("error_rate")
+        delay = float(latency["ms"]) / 1000 if latency and digest not in latency.get("good", []) else 0.0
+        if not errors or digest in errors.get("good", []):
+            return delay, False
+        ratio = Fraction(str(errors["ratio"]))
+        with self._lock:
+            n = self._bad_served.get(digest or NO_DIGEST, 0)
+            self._bad_served[digest or NO_DIGEST] = n + 1
+        return delay, (n + 1) * ratio // 1 > n * ratio // 1
+
     def serve_user(self) -> tuple[int, dict[str, Any]]:
+        started = self.clock()
         with self._lock:
             self.user_requests += 1
             self.last_user_request = time.time()
         summary, reason = self._observe()
+        digest = None
         if summary is None or summary["ready_replicas"] < 1:
-            return 503, {"region": self.region, "digest": None, "reason": reason or "no ready replica"}
-        # The generation tells a user-side recorder that the region changed under it.
-        return 200, {"region": self.region, "digest": summary["digest"], "generation": summary["generation"]}
+            status, body = 503, {"region": self.region, "digest": None, "reason": reason or "no ready replica"}
+        else:
+            digest = summary["digest"]
+            # The generation tells a user-side recorder that the region changed under it.
+            status, body = 200, {"region": self.region, "digest": digest, "generation": summary["generation"]}
+            delay, fail = self._bad_build(digest)
+            if delay:
+                self.sleep(delay)
+            if fail:
+                status, body = 500, {**body, "error": "bad build (fault injected)"}
+        label = digest or NO_DIGEST
+        self._requests.labels(self.region, label, str(status)).inc()
+        self._latency.labels(self.region, label).observe(max(0.0, self.clock() - started))
+        return status, body
+
+    def exposition(self) -> bytes:
+        """/metrics: the counter and histogram in Prometheus' text format (0.0.4, which every
+        Prometheus 2 parses)."""
+        return generate_latest(self.metrics)
 
     def requests(self) -> tuple[int, dict[str, Any]]:
         with self._lock:
@@ -203,11 +279,16 @@ def make_server(edge: Edge, host: str, port: int) -> ThreadingHTTPServer:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            route = routes.get(urlsplit(self.path).path)
-            status, body = route() if route else (404, {"error": f"no such path {self.path}", "paths": list(routes)})
-            data = json.dumps(body).encode()
+            path = urlsplit(self.path).path
+            if path == "/metrics":
+                status, data, kind = 200, edge.exposition(), CONTENT_TYPE_PLAIN_0_0_4
+            else:
+                route = routes.get(path)
+                paths = [*routes, "/metrics"]
+                status, body = route() if route else (404, {"error": f"no such path {self.path}", "paths": paths})
+                data, kind = json.dumps(body).encode(), "application/json"
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
@@ -228,6 +309,15 @@ def edge_for(fleet: Fleet, region: str, state_dir: str | Path) -> Edge:
     # The edge stands in for the cluster's load balancer: fleet infrastructure, so the admin's view.
     reader = KubeReader(admin_kubeconfig_beside(fleet.resolve(access.path)), access.context)
     return Edge(region, fleet.app.name, fleet.app.namespace, reader, state_dir)
+
+
+def running_digests(fleet: Fleet, region: str, state_dir: str | Path) -> list[str]:
+    """The digest `region` serves users now, read as its edge reads it ([] if it runs none);
+    ClusterUnreachable if its API server does not answer."""
+    reader = edge_for(fleet, region, state_dir).reader
+    deployment = reader.read_deployment(fleet.app.namespace, fleet.app.name)
+    digest = summarize(deployment)["digest"] if deployment is not None else None
+    return [digest] if digest else []
 
 
 def listen_address(fleet: Fleet, region: str) -> tuple[str, int]:

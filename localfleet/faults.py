@@ -9,7 +9,9 @@ Knobs: "replica_lag" {region: seconds}, "replica_stuck" [regions], "registry_aut
 {region: 401 | 403} (the region's registry front refuses every request with that status),
 "edge_unhealthy" [regions], "tm_errors" {"status", "remaining"}, "region_down" [regions],
 "rollout_unhealthy" [regions], "resolver_stuck" true (the simulated users' resolvers),
-"token_lifetime" seconds (tokens the local Entra ID stand-in mints while it is set live that long).
+"token_lifetime" seconds (tokens the local Entra ID stand-in mints while it is set live that long),
+"bad_build" {region: {"error_rate": {"ratio", "good": [digests]}, "latency": {"ms", "good"}}} (the
+region's edge fails or delays user requests served by any digest not in "good").
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ def write_test_fleet(
     traffic: dict[str, Any] | None = None,
     regions: dict[str, dict[str, Any]] | None = None,
     base: Path = LOCAL_FLEET,
+    metrics: bool = True,
     **top: Any,
 ) -> Fleet:
     """A local fleet file (`base`, include/fleets/local.yaml unless given) on free ports, its
@@ -40,6 +41,8 @@ def write_test_fleet(
     `lags` overrides replication lags by region; `top` replaces top-level keys
     (e.g. gates=…, failure_policy=…); `traffic` updates traffic_manager keys (routing_method=…);
     `regions` updates regions by name ({"westus": {"standby": "warm"}}, endpoint keys merged).
+    The metric gates' Prometheus (started with the fleet) gets a free port; `metrics=False` drops
+    `gates.metrics`, so that the fleet starts no Prometheus.
     The file names this repository's app and chart by absolute path, so this repository is the
     project its paths may point into (FANOUT_PROJECT_DIR)."""
     os.environ.setdefault(PROJECT_ENV, str(REPO))
@@ -61,6 +64,11 @@ def write_test_fleet(
         if lags and region["name"] in lags:
             region["local"]["replication_lag_seconds"] = lags[region["name"]]
     data["traffic_manager"].update(traffic or {})
+    gates = data.get("gates") or {}
+    if not metrics:
+        gates.pop("metrics", None)
+    elif gates.get("metrics"):
+        gates["metrics"]["source"]["url"] = f"http://127.0.0.1:{procs.free_port()}"
     for region in data["regions"]:
         change = dict((regions or {}).get(region["name"], {}))
         region["endpoint"].update(change.pop("endpoint", {}))
@@ -121,6 +129,33 @@ def migrate(env: dict[str, str]) -> None:
     if not marker.exists():
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
         marker.touch()
+
+
+def apply_deployment(fleet: Fleet, region: str, digest: str, replicas: int = 2) -> None:
+    """Create or update the app's Deployment in `region` (as the cluster admin, no Helm) so that it
+    runs `digest`: what a release leaves behind, for tests of the parts that read it."""
+    from kubernetes import client, config
+
+    access = fleet.region(region).cluster.kubeconfig
+    api = config.new_client_from_config(str(fleet.resolve(access.path)), access.context)
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    ns, name = fleet.app.namespace, fleet.app.name
+    if ns not in [n.metadata.name for n in core.list_namespace().items]:
+        core.create_namespace({"metadata": {"name": ns}})
+    labels = {"app": name}
+    image = f"{fleet.registry.endpoint(region)}/x@{digest}"
+    body = {
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": image}]}},
+        },
+    }
+    if name in [d.metadata.name for d in apps.list_namespaced_deployment(ns).items]:
+        apps.patch_namespaced_deployment(name, ns, body)
+    else:
+        apps.create_namespaced_deployment(ns, body)
 
 
 T = TypeVar("T")

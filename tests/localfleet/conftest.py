@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fanout.fleet import Fleet
+from localfleet import procs
 from localfleet.testing import write_test_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,3 +45,21 @@ def push_image(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str],
         return digestfile.read_text().strip()
 
     return push
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, make_fleet: Callable[..., Fleet]) -> Iterator[Fleet]:
+    """One real region (westus) on free ports, and a fleet file whose kubeconfig points at it."""
+    from localfleet import kube
+
+    state = tmp_path_factory.mktemp("kube")
+    region = kube.Region("westus", procs.free_port())
+    # Only the admin kubeconfig here: the edge (fleet infrastructure) reads the one beside the fleet's.
+    kubeconfig = state / "admin.kubeconfig"
+    try:
+        kube.start_fleet(
+            [region], state, kubeconfig, etcd_client_port=procs.free_port(), etcd_peer_port=procs.free_port()
+        )
+        yield make_fleet(state / "fleet", kubeconfig=kubeconfig)
+    finally:
+        kube.stop_all(state)

@@ -8,7 +8,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from fanout.fleet import Fleet
 from localfleet import edge, procs
 from localfleet.edge import ClusterUnreachable, Edge, make_server, parse_digest
 from localfleet.faults import update_faults
+from localfleet.testing import apply_deployment
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -149,51 +151,109 @@ def test_http_server(tmp_path: Path) -> None:
         server.server_close()
 
 
-# -- on a real control plane (localfleet.kube) --------------------------------------------
+# -- what users feel: /metrics and the bad-build knob ----------------------------------------
+
+GOOD, BAD = DIGEST, "sha256:" + "cd" * 32
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, make_fleet: Callable[..., Fleet]) -> Iterator[Fleet]:
-    """One real region (westus) on free ports, and a fleet file whose kubeconfig points at it."""
-    from localfleet import kube
+def sample(e: Edge, name: str, **labels: str) -> float:
+    return e.metrics.get_sample_value(name, {"region": "westus", **labels}) or 0.0
 
-    state = tmp_path_factory.mktemp("kube")
-    region = kube.Region("westus", procs.free_port())
-    # Only the admin kubeconfig here: the edge (fleet infrastructure) reads the one beside the fleet's.
-    kubeconfig = state / "admin.kubeconfig"
+
+def test_every_user_request_is_counted_by_digest_and_status(tmp_path: Path) -> None:
+    e = make_edge(deployment(), tmp_path)
+    for _ in range(3):
+        assert e.serve_user()[0] == 200
+    e.health(), e.version()  # probes are not users
+    assert sample(e, "fanout_edge_requests_total", digest=DIGEST, code="200") == 3
+    assert sample(e, "fanout_edge_request_duration_seconds_count", digest=DIGEST) == 3
+    down = make_edge(deployment(ready=0), tmp_path)
+    assert down.serve_user()[0] == 503
+    assert sample(down, "fanout_edge_requests_total", digest="none", code="503") == 1
+    text = e.exposition().decode()
+    assert f'fanout_edge_requests_total{{code="200",digest="{DIGEST}",region="westus"}} 3.0' in text
+    assert f'fanout_edge_request_duration_seconds_bucket{{digest="{DIGEST}",le="0.005",region="westus"}}' in text
+    assert '"2.5"' in text and 'le="5.0"' in text and 'le="+Inf"' in text
+
+
+def test_a_digest_is_exported_at_zero_before_its_first_user_request(tmp_path: Path) -> None:
+    """So that increase() over the gate's window counts the release's first requests too."""
+    e = make_edge(deployment(), tmp_path)
+    assert 'fanout_edge_requests_total{code="503",digest="none",region="westus"} 0.0' in e.exposition().decode()
+    e.version()  # a health gate's probe: the edge now knows what runs
+    text = e.exposition().decode()
+    for code in ("200", "500"):
+        assert f'fanout_edge_requests_total{{code="{code}",digest="{DIGEST}",region="westus"}} 0.0' in text
+    assert f'fanout_edge_request_duration_seconds_count{{digest="{DIGEST}",region="westus"}} 0.0' in text
+
+
+def edge_on(image_digest: str, tmp_path: Path, now: list[float]) -> Edge:
+    """An edge whose clock only the injected latency moves (its sleep advances `now`)."""
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    reader = FakeReader(deployment(image=f"127.0.0.1:5101/fanout/hello@{image_digest}"))
+    return Edge("westus", "hello", "hello", reader, tmp_path, clock=lambda: now[0], sleep=sleep)
+
+
+@pytest.mark.parametrize(("ratio", "requests", "failed"), [(0.2, 50, 10), (0.1, 30, 3), (0.3, 7, 2), (1, 4, 4)])
+def test_bad_build_fails_an_exact_share_of_user_requests(
+    ratio: float, requests: int, failed: int, tmp_path: Path
+) -> None:
+    update_faults(tmp_path, bad_build={"westus": {"error_rate": {"ratio": ratio, "good": [GOOD]}}})
+    bad = edge_on(BAD, tmp_path, [0.0])
+    codes = [bad.serve_user()[0] for _ in range(requests)]
+    assert codes.count(500) == failed and set(codes) <= {200, 500}
+    # Spread out, not bunched: the first k requests hold floor(k × ratio) failures, for every k.
+    assert all(codes[:k].count(500) == int(Fraction(str(ratio)) * k) for k in range(requests + 1))
+    assert sample(bad, "fanout_edge_requests_total", digest=BAD, code="500") == failed
+    assert sample(bad, "fanout_edge_requests_total", digest=BAD, code="200") == requests - failed
+    # The digest that ran when the knob was set stays good; health and version never notice.
+    good = edge_on(GOOD, tmp_path, [0.0])
+    assert {good.serve_user()[0] for _ in range(20)} == {200}
+    assert bad.health()[0] == 200 and bad.version()[1]["healthy"] is True
+
+
+def test_bad_build_pattern_is_deterministic(tmp_path: Path) -> None:
+    update_faults(tmp_path, bad_build={"westus": {"error_rate": {"ratio": 0.25, "good": []}}})
+    patterns = [[e.serve_user()[0] for _ in range(8)] for e in (edge_on(BAD, tmp_path, [0.0]) for _ in range(2))]
+    assert patterns[0] == patterns[1] == [200, 200, 200, 500, 200, 200, 200, 500]
+
+
+def test_bad_build_latency_is_what_the_histogram_measures(tmp_path: Path) -> None:
+    knobs = {"latency": {"ms": 300, "good": [GOOD]}, "error_rate": {"ratio": 0.5, "good": [GOOD]}}
+    update_faults(tmp_path, bad_build={"westus": knobs})
+    now = [0.0]
+    bad, good = edge_on(BAD, tmp_path, now), edge_on(GOOD, tmp_path, now)
+    assert [bad.serve_user()[0] for _ in range(4)] == [200, 500, 200, 500]  # both knobs at once
+    assert good.serve_user()[0] == 200
+    assert sample(bad, "fanout_edge_request_duration_seconds_sum", digest=BAD) == pytest.approx(1.2)
+    assert sample(bad, "fanout_edge_request_duration_seconds_bucket", digest=BAD, le="0.25") == 0
+    assert sample(bad, "fanout_edge_request_duration_seconds_bucket", digest=BAD, le="0.5") == 4
+    assert sample(good, "fanout_edge_request_duration_seconds_sum", digest=GOOD) == 0
+    # Another region's knob is not this one's.
+    update_faults(tmp_path, bad_build={"eastus": knobs})
+    assert {bad.serve_user()[0] for _ in range(4)} == {200}
+
+
+def test_metrics_over_http(tmp_path: Path) -> None:
+    port = procs.free_port()
+    e = make_edge(deployment(), tmp_path)
+    server = make_server(e, "127.0.0.1", port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        kube.start_fleet(
-            [region], state, kubeconfig, etcd_client_port=procs.free_port(), etcd_peer_port=procs.free_port()
-        )
-        yield make_fleet(state / "fleet", kubeconfig=kubeconfig)
+        get(f"http://127.0.0.1:{port}/")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            kind, text = resp.headers["Content-Type"], resp.read().decode()
+        assert kind.startswith("text/plain; version=0.0.4")
+        assert f'fanout_edge_requests_total{{code="200",digest="{DIGEST}",region="westus"}} 1.0' in text
     finally:
-        kube.stop_all(state)
+        server.shutdown()
+        server.server_close()
 
 
-def apply_deployment(fleet: Fleet, digest: str) -> None:
-    from kubernetes import client, config
-
-    api = config.new_client_from_config(str(fleet.resolve(fleet.region("westus").cluster.kubeconfig.path)), "westus")
-    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    ns, name = fleet.app.namespace, fleet.app.name
-    if ns not in [n.metadata.name for n in core.list_namespace().items]:
-        core.create_namespace({"metadata": {"name": ns}})
-    labels = {"app": name}
-    body = {
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": f"{fleet.registry.endpoint('westus')}/x@{digest}"}]},
-            },
-        },
-    }
-    if name in [d.metadata.name for d in apps.list_namespaced_deployment(ns).items]:
-        apps.patch_namespaced_deployment(name, ns, body)
-    else:
-        apps.create_namespaced_deployment(ns, body)
+# -- on a real control plane (localfleet.kube) --------------------------------------------
 
 
 def wait_for(url: str, check: Callable[[int, dict[str, Any]], bool], timeout: float = 60) -> dict[str, Any]:
@@ -219,10 +279,10 @@ def test_edge_reports_what_the_region_runs(cluster: Fleet) -> None:
         body = wait_for(f"{base}/healthz", lambda s, b: s == 503)
         assert "not found" in body["reason"]
         first, second = "sha256:" + "1" * 64, "sha256:" + "2" * 64
-        apply_deployment(cluster, first)
+        apply_deployment(cluster, "westus", first)
         wait_for(f"{base}/version", lambda s, b: s == 200 and b["digest"] == first and b["ready_replicas"] == 2)
         assert get(f"{base}/healthz")[0] == 200
-        apply_deployment(cluster, second)
+        apply_deployment(cluster, "westus", second)
         body = wait_for(f"{base}/version", lambda s, b: b.get("digest") == second and b["updated_replicas"] == 2)
         assert body["observed_generation"] == body["generation"] == 2
         kube.stop_region("westus", cluster.source_path.parent.parent)

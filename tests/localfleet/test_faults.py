@@ -9,8 +9,9 @@ import pytest
 from kubernetes import client, config
 
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, TrafficManagerError
-from localfleet import cli, faults, kube
+from localfleet import cli, faults, kube, procs
 from localfleet.kube_files import admin_kubeconfig_beside
+from localfleet.metrics import prometheus
 from localfleet.testing import wait_until
 
 pytestmark = pytest.mark.localfleet
@@ -156,3 +157,18 @@ def test_registry_auth_knob_shows_in_status_and_clears(local_fleet):
     assert faults.read_faults(state) == {"registry_auth": {"northeurope": 401}}
     cli.clear_all(fleet, state)
     assert {row["registry"] for row in cli.status_rows(fleet, state)} == {"up"}
+
+
+def test_prometheus_comes_up_with_the_fleet_and_bad_build_shows_in_status(local_fleet):
+    fleet, state = local_fleet.fleet, local_fleet.state
+    url = prometheus.url_of(fleet)
+    assert procs.pid(prometheus.PROC, state) is not None and prometheus.ready(url)
+    wait_until(lambda: {row["metrics"] for row in cli.status_rows(fleet, state)} == {"up"}, timeout=15)
+    scraped = prometheus.query(url, 'up{job="fanout-edges"} == 1')
+    assert len(scraped) == len(fleet.regions)
+    cli.bad_build(fleet, state, "westus", "error-rate", "0.25", clear=False)
+    cli.bad_build(fleet, state, "westus", "latency", "200", clear=False)
+    rows = {row["region"]: row for row in cli.status_rows(fleet, state)}
+    assert rows["westus"]["faults"] == "bad_build(0.25 500s +200ms)" and rows["eastus"]["faults"] == "-"
+    cli.clear_all(fleet, state)
+    assert faults.read_faults(state) == {}

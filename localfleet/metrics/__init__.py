@@ -1,0 +1,1 @@
+"""Azure Monitor's counterpart for the local fleet: a real Prometheus that scrapes the edges."""
