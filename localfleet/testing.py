@@ -32,7 +32,7 @@ def write_test_fleet(
     traffic: dict[str, Any] | None = None,
     regions: dict[str, dict[str, Any]] | None = None,
     base: Path = LOCAL_FLEET,
-    metrics: bool = True,
+    metrics: bool = False,
     **top: Any,
 ) -> Fleet:
     """A local fleet file (`base`, include/fleets/local.yaml unless given) on free ports, its
@@ -41,8 +41,8 @@ def write_test_fleet(
     `lags` overrides replication lags by region; `top` replaces top-level keys
     (e.g. gates=…, failure_policy=…); `traffic` updates traffic_manager keys (routing_method=…);
     `regions` updates regions by name ({"westus": {"standby": "warm"}}, endpoint keys merged).
-    The metric gates' Prometheus (started with the fleet) gets a free port; `metrics=False` drops
-    `gates.metrics`, so that the fleet starts no Prometheus.
+    `gates.metrics` is dropped (a release without users would wait out every window for nothing)
+    unless `metrics`; then its Prometheus (started with the fleet) gets a free port.
     The file names this repository's app and chart by absolute path, so this repository is the
     project its paths may point into (FANOUT_PROJECT_DIR)."""
     os.environ.setdefault(PROJECT_ENV, str(REPO))

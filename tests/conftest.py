@@ -32,6 +32,28 @@ def local_fleet(tmp_path_factory):
     cli.down(fleet, state, progress=lambda _: None)
 
 
+@pytest.fixture(scope="session")
+def metered_fleet(local_fleet, tmp_path_factory) -> Iterator[Fleet]:
+    """The session fleet with the local fleet file's metric gates (the session's own file has none:
+    its releases run without users) and their Prometheus up, scraping the session fleet's edges."""
+    import yaml
+
+    from fanout.fleet import load_fleet
+    from localfleet import procs
+    from localfleet.metrics import prometheus
+    from localfleet.testing import LOCAL_FLEET
+
+    data = yaml.safe_load(local_fleet.path.read_text())
+    data["gates"]["metrics"] = yaml.safe_load(LOCAL_FLEET.read_text())["gates"]["metrics"]
+    data["gates"]["metrics"]["source"]["url"] = f"http://127.0.0.1:{procs.free_port()}"
+    path = tmp_path_factory.mktemp("metered") / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    fleet = load_fleet(path)
+    prometheus.start(fleet, local_fleet.state)
+    yield fleet
+    prometheus.stop(local_fleet.state)
+
+
 @dataclass
 class LocalFleet:
     fleet: Fleet

@@ -159,8 +159,8 @@ def test_registry_auth_knob_shows_in_status_and_clears(local_fleet):
     assert {row["registry"] for row in cli.status_rows(fleet, state)} == {"up"}
 
 
-def test_prometheus_comes_up_with_the_fleet_and_bad_build_shows_in_status(local_fleet):
-    fleet, state = local_fleet.fleet, local_fleet.state
+def test_prometheus_scrapes_every_edge_and_bad_build_shows_in_status(local_fleet, metered_fleet):
+    fleet, state = metered_fleet, local_fleet.state
     url = prometheus.url_of(fleet)
     assert procs.pid(prometheus.PROC, state) is not None and prometheus.ready(url)
     wait_until(lambda: {row["metrics"] for row in cli.status_rows(fleet, state)} == {"up"}, timeout=15)

@@ -24,14 +24,14 @@ FIRST, SECOND = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
 
 def test_where_prometheus_listens_and_what_it_scrapes(make_fleet: Callable[..., Fleet], tmp_path: Path) -> None:
-    fleet = make_fleet(tmp_path / "with")
+    fleet = make_fleet(tmp_path / "with", metrics=True)
     host, port = prometheus.listen_address(fleet)
     assert host == "127.0.0.1" and port != 7170  # a free port, not the developer's fleet's
     cfg = prometheus.config(fleet)
     job = cfg["scrape_configs"][0]
     assert cfg["global"]["scrape_interval"] == "1s" and job["honor_labels"] is True
     assert job["static_configs"][0]["targets"] == [r.edge_url.split("://")[1] for r in fleet.regions]
-    assert prometheus.listen_address(make_fleet(tmp_path / "without", metrics=False)) is None
+    assert prometheus.listen_address(make_fleet(tmp_path / "without")) is None
     # A source that is not on loopback is a real monitoring service: the local fleet runs none.
     data = yaml.safe_load(fleet.source_path.read_text())
     data["gates"]["metrics"]["source"]["url"] = "https://prometheus.example.com"
@@ -40,7 +40,7 @@ def test_where_prometheus_listens_and_what_it_scrapes(make_fleet: Callable[..., 
 
 
 def test_a_fleet_without_metric_gates_starts_no_prometheus(make_fleet: Callable[..., Fleet], tmp_path: Path) -> None:
-    fleet = make_fleet(tmp_path, metrics=False)
+    fleet = make_fleet(tmp_path)
     assert fleet.gates.metrics is None
     assert prometheus.start(fleet, tmp_path / "state") is None
     assert procs.pid(prometheus.PROC, tmp_path / "state") is None
@@ -135,7 +135,7 @@ def test_bad_build_command_line(
     make_fleet: Callable[..., Fleet], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setenv("FANOUT_CACHE", str(tmp_path / "cache"))
-    fleet = make_fleet(tmp_path)
+    fleet = make_fleet(tmp_path, metrics=True)
     state = cli.state_dir(fleet)
     run = ["--fleet", str(fleet.source_path), "fault", "bad-build"]
     for wrong in (["westus", "0.2"], ["error-rate", "westus"], ["error-rate", "westus", "2"], ["latency", "westus"]):

@@ -1,0 +1,156 @@
+"""Metric gates on the real local fleet: simulated users reach the regions through DNS, every edge
+counts what they get by region and digest, Debian's Prometheus scrapes the edges, and the release's
+`gate_metrics` judges the region's users on the new digest through Prometheus's query API.
+
+A bad build is made by the `bad-build` knob: only a digest released after it was set misbehaves in
+that region, while its health check stays green — so the rollout, HTTP and soak gates pass and only
+what users feel can stop it. Each test releases a new commit from a variant of the session fleet's
+file with metric gates (short windows: the test fleet's DNS TTL is 2 s)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from release_checks import history, new_commit, serving, snapshot, timed, variant_fleet
+
+from fanout import names
+from fanout.fleet import Fleet, load_fleet
+from localfleet import cli
+from localfleet.traffic import users
+
+pytestmark = pytest.mark.localfleet
+
+LATER_WAVES = ["eastus", "northeurope", "westeurope"]
+ERRORS = {"name": "errors", "measure": "error_ratio", "max": 0.05}
+P95 = {"name": "p95-latency", "measure": "latency_ms", "quantile": 0.95, "max": 500}
+P95_VS_PREVIOUS = {
+    "name": "p95-vs-previous", "measure": "latency_ms", "quantile": 0.95, "compare": "previous",
+    "tolerance": 0.5, "margin": 20,
+}  # fmt: skip
+
+
+def metered(metered_fleet: Fleet, folder: Path, **changes: Any) -> Path:
+    settings = {
+        "gates.metrics.window_seconds": 10, "gates.metrics.step_seconds": 2, "gates.metrics.min_requests": 25,
+        "gates.metrics.inconclusive": "fail", "gates.metrics.checks": [ERRORS, P95, P95_VS_PREVIOUS],
+    }  # fmt: skip
+    return variant_fleet(metered_fleet, folder, **{**settings, **changes})
+
+
+@pytest.fixture
+def serving_fleet(local_fleet, release):
+    """The session fleet with the app in every region: users of an empty region only get errors."""
+    if any(serving(local_fleet.fleet, r) is None for r in local_fleet.fleet.region_names):
+        first = release({"git_sha": new_commit(local_fleet.fleet)})
+        assert first.returncode == 0, first.tail()
+    return local_fleet
+
+
+@contextlib.contextmanager
+def users_running(local_fleet, fleet: Fleet) -> Iterator[None]:
+    users.start(fleet, local_fleet.state, users=8, rate=4, duration=600)
+    try:
+        time.sleep(3)  # every user has resolved and sent a few requests
+        yield
+    finally:
+        users.stop(local_fleet.state)
+
+
+@contextlib.contextmanager
+def bad_build(local_fleet, region: str, kind: str, amount: str) -> Iterator[None]:
+    cli.bad_build(local_fleet.fleet, local_fleet.state, region, kind, amount, clear=False)
+    try:
+        yield
+    finally:
+        cli.bad_build(local_fleet.fleet, local_fleet.state, region, None, None, clear=True)
+
+
+def verdicts(run) -> dict[tuple[str, str], str]:
+    """(region, check) -> the verdict line the run logged."""
+    found = re.findall(r"\] (\S+) (\S+): ((?:pass|fail|inconclusive|skipped): [^\[]*)", run.output)
+    return {(region, check): line.strip() for region, check, line in found}
+
+
+def test_a_build_that_fails_users_stops_at_the_canary(serving_fleet, metered_fleet, release, tmp_path):
+    local_fleet = serving_fleet
+    started, fleet = time.monotonic(), local_fleet.fleet
+    path = metered(metered_fleet, tmp_path)
+    before = snapshot(fleet)
+    with users_running(local_fleet, load_fleet(path)), bad_build(local_fleet, "westus", "error-rate", "0.3"):
+        run = release({"git_sha": new_commit(fleet, "bad-errors")}, fleet_path=path)
+    after, states = snapshot(fleet), run.states()
+    assert run.returncode != 0, run.tail()
+    assert states["deploy_westus.gate_rollout"] == states["deploy_westus.gate_http"] == "success"
+    assert states["deploy_westus.gate_metrics"] == "failed" and states["deploy_westus.rollback"] == "success"
+    # The failure names region, check, observed value and threshold.
+    line = verdicts(run)[("westus", "errors")]
+    assert re.match(r"fail: error ratio 0\.[2-4]\d* > max 0\.0500 over 10 s \(\d+ requests\)", line), line
+    assert re.search(r"westus: gate_metrics: westus errors: fail: error ratio 0\.\d+ > max 0\.0500", run.output)
+    # The canary is back on the build it ran before, serving users again; no other region was touched.
+    assert history(fleet, "westus")[-1].description == f"Rollback to {before['westus'].revision}"
+    assert after["westus"].digest == before["westus"].digest and after["westus"].enabled
+    for region in LATER_WAVES:
+        assert states[names.region_task(region, names.DRAIN)] == "upstream_failed", region
+        assert after[region] == before[region], region
+    timed("metric gate: bad build at the canary", started)
+
+
+def test_a_slow_build_in_wave_two_is_caught_only_by_the_comparison(serving_fleet, metered_fleet, release, tmp_path):
+    local_fleet = serving_fleet
+    started, fleet = time.monotonic(), local_fleet.fleet
+    path = metered(metered_fleet, tmp_path)
+    before = snapshot(fleet)
+    with users_running(local_fleet, load_fleet(path)), bad_build(local_fleet, "eastus", "latency", "150"):
+        run = release({"git_sha": new_commit(fleet, "bad-latency")}, fleet_path=path)
+    after, states, seen = snapshot(fleet), run.states(), verdicts(run)
+    for key, line in sorted(seen.items()):
+        print(key, line)
+    assert run.returncode != 0, run.tail()
+    # The canary (a good build there) passed every check, against the three regions still on the old build.
+    assert states["deploy_westus.gate_metrics"] == "success"
+    assert all(seen[("westus", c)].startswith("pass") for c in ("errors", "p95-latency", "p95-vs-previous")), seen
+    assert "(eastus, northeurope, westeurope)" in seen[("westus", "p95-vs-previous")]
+    # eastus: the absolute bound alone lets 150 ms through; the comparison with westeurope does not.
+    assert seen[("eastus", "p95-latency")].startswith("pass: p95 latency 1"), seen
+    comparison = seen[("eastus", "p95-vs-previous")]
+    assert re.match(r"fail: p95 latency 1\d\d\.\d ms against \d+\.\d ms on previous \(westeurope\)", comparison)
+    assert "threshold" in comparison and "Mann-Whitney U p=" in comparison
+    assert states["deploy_eastus.gate_metrics"] == "failed" and states["deploy_eastus.rollback"] == "success"
+    assert after["eastus"].digest == before["eastus"].digest
+    # Wave 3 never started.
+    assert states[names.region_task("westeurope", names.DRAIN)] == "upstream_failed"
+    assert after["westeurope"] == before["westeurope"]
+    timed("metric gate: slow build in wave 2", started)
+
+
+def test_a_window_without_enough_users_is_inconclusive(local_fleet, metered_fleet, tmp_path):
+    """No release: the gate's own trigger, asked about a digest no user reached, against the real Prometheus."""
+    from fanout.airflow.triggers import MetricGatesTrigger
+    from fanout.records import FleetSnapshot
+
+    started = time.monotonic()
+    path = metered(metered_fleet, tmp_path, **{"gates.metrics.window_seconds": 6, "gates.metrics.step_seconds": 2})
+    nobody = "sha256:" + "e" * 64
+    outcomes = {}
+    for policy in ("fail", "pass"):
+        text = path.read_text().replace("inconclusive: fail", f"inconclusive: {policy}")
+        path.write_text(text)
+        assert load_fleet(path).gates.metrics.inconclusive == policy
+        trigger = MetricGatesTrigger(
+            fleet=FleetSnapshot.of_file(path).to_xcom(), region="westus", digest=nobody,
+            window_start=time.time() - 6, baselines={"p95-vs-previous": ["eastus"]}, timeout_seconds=30,
+        )  # fmt: skip
+        outcomes[policy] = trigger.poll_inline(10)
+    print(outcomes)
+    assert outcomes["fail"]["status"] == "failed"
+    assert "westus errors: inconclusive: 0 requests on the release digest in 6 s" in outcomes["fail"]["detail"]
+    assert "gates.metrics.inconclusive: fail" in outcomes["fail"]["detail"]
+    assert outcomes["pass"]["status"] == "ok"
+    assert {v["outcome"] for v in outcomes["pass"]["verdicts"]} == {"inconclusive"}
+    timed("metric gate: inconclusive", started)
