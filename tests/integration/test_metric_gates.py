@@ -116,10 +116,11 @@ def test_a_slow_build_in_wave_two_is_caught_only_by_the_comparison(serving_fleet
     assert states["deploy_westus.gate_metrics"] == "success"
     assert all(seen[("westus", c)].startswith("pass") for c in ("errors", "p95-latency", "p95-vs-previous")), seen
     assert "(eastus, northeurope, westeurope)" in seen[("westus", "p95-vs-previous")]
-    # eastus: the absolute bound alone lets 150 ms through; the comparison with westeurope does not.
-    assert seen[("eastus", "p95-latency")].startswith("pass: p95 latency 1"), seen
+    # eastus: the absolute bound alone lets 150 ms more through (the histogram puts p95 in its
+    # 100–250 ms bucket); the comparison with westeurope, still on the old build, does not.
+    assert re.match(r"pass: p95 latency (1\d\d|2[0-4]\d)\.\d ms <= max 500\.0 ms", seen[("eastus", "p95-latency")])
     comparison = seen[("eastus", "p95-vs-previous")]
-    assert re.match(r"fail: p95 latency 1\d\d\.\d ms against \d+\.\d ms on previous \(westeurope\)", comparison)
+    assert re.match(r"fail: p95 latency \d+\.\d ms against \d+\.\d ms on previous \(westeurope\)", comparison)
     assert "threshold" in comparison and "Mann-Whitney U p=" in comparison
     assert states["deploy_eastus.gate_metrics"] == "failed" and states["deploy_eastus.rollback"] == "success"
     assert after["eastus"].digest == before["eastus"].digest

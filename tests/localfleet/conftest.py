@@ -60,6 +60,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, make_fleet: Callable[..., 
         kube.start_fleet(
             [region], state, kubeconfig, etcd_client_port=procs.free_port(), etcd_peer_port=procs.free_port()
         )
-        yield make_fleet(state / "fleet", kubeconfig=kubeconfig)
+        yield make_fleet(state / "fleet", kubeconfig=kubeconfig, metrics=True)
     finally:
         kube.stop_all(state)
