@@ -138,16 +138,18 @@ def absolute(gates: MetricGates, check: MetricCheck, region: str, value: float |
 
 def comparative(gates: MetricGates, check: MetricCheck, region: str, canary: Sequence[float],
                 baseline: Sequence[float], requests: tuple[float | None, float | None],
-                baseline_names: Sequence[str]) -> Verdict:  # fmt: skip
+                baseline_names: Sequence[str], no_baseline: str | None = None) -> Verdict:  # fmt: skip
     """Is `canary` (samples of the region on the release) worse than `baseline`, beyond doubt and tolerance?"""
     from scipy.stats import mannwhitneyu  # a worker-side import: DAG parsing never needs scipy
 
     counts = (round(requests[0] or 0), round(requests[1] or 0))
     base = {"check": check.name, "region": region, "requests": counts[0], "baseline_regions": tuple(baseline_names)}
     against = f"{check.compare} ({', '.join(baseline_names)})"
-    if not baseline_names:
-        what = "no pair partner serves" if check.compare == "pair" else "no region serves the previous digest any more"
-        return Verdict(outcome="skipped", detail=f"no baseline: {what}", **base)
+    if not baseline_names or no_baseline:
+        default = (
+            "no pair partner serves" if check.compare == "pair" else "no region serves the previous digest any more"
+        )
+        return Verdict(outcome="skipped", detail=f"no baseline: {no_baseline or default}", **base)
     short = [f"{side} has {n} requests" for side, n in zip(("the region", "the baseline"), counts, strict=True)
              if n < gates.min_requests]  # fmt: skip
     if short or min(len(canary), len(baseline)) < MIN_SAMPLES:
@@ -184,12 +186,15 @@ def evaluate(gates: MetricGates, reader: MetricReader, region: str, digest: str,
             names = baselines.get(check.name, [])
             canary = reader.series(measure_query(source, check, mine, step), start + step, end, step)
             baseline: list[float] = []
-            others = None
+            others, why = None, None
             if names:
                 theirs = selector(source, names, digest, same_digest=False)
                 baseline = reader.series(measure_query(source, check, theirs, step), start + step, end, step)
                 others = reader.value(requests_query(source, theirs, window), end)
-            verdicts.append(comparative(gates, check, region, canary, baseline, (requests, others), names))
+                if not others and reader.value(requests_query(source, selector(source, names, digest), window), end):
+                    # A digest released again: its users are all on it already, there is no previous build.
+                    why = f"{', '.join(names)} already serve the release digest"
+            verdicts.append(comparative(gates, check, region, canary, baseline, (requests, others), names, why))
     return verdicts
 
 

@@ -95,6 +95,10 @@ def test_comparative_check_without_baseline_is_skipped_and_with_thin_traffic_inc
     c = check(compare="previous")
     none = mg.comparative(gates(), c, "westeurope", _samples(1, 5), [], (200, None), [])
     assert none.outcome == "skipped" and "no region serves the previous digest" in none.detail
+    again = mg.comparative(
+        gates(), c, "eastus", _samples(1, 5), [], (200, 0), ["x"], "x already serve the release digest"
+    )
+    assert again.outcome == "skipped" and again.detail == "no baseline: x already serve the release digest"
     thin = mg.comparative(gates(min_requests=30), c, "eastus", _samples(1, 5), _samples(2, 5), (200, 3), ["x"])
     assert thin.outcome == "inconclusive" and "the baseline has 3 requests" in thin.detail
 
@@ -141,6 +145,18 @@ def test_evaluate_asks_over_the_window_and_judges_every_check():
     ]  # fmt: skip
     # The absolute gate alone would have let a 50x slower build through.
     assert any("[20s]" in q for q in reader.asked) and any("[2s]" in q for q in reader.asked)
+
+
+def test_a_digest_released_again_has_no_previous_build_to_compare_with():
+    class EveryoneOnTheRelease(FakeReader):
+        def value(self, query: str, at: float) -> float | None:
+            if query.startswith("sum(increase("):  # requests: the baseline has none on another digest
+                return 0 if 'digest!="' in query else 300
+            return 5.0
+
+    reader = EveryoneOnTheRelease(mine={"series": _samples(1, 5)}, theirs={"series": []})
+    verdicts = mg.evaluate(GATES, reader, "eastus", DIGEST, {"p95-vs-previous": ["westeurope"]}, 1000.0, 1016.0)
+    assert verdicts[-1].outcome == "skipped" and "westeurope already serve the release digest" in verdicts[-1].detail
 
 
 # -- the baseline ---------------------------------------------------------------------------------
