@@ -16,7 +16,7 @@ export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 # Where a fleet file's source and chart paths may point (besides the fleet file's folder and git work tree).
 export FANOUT_PROJECT_DIR ?= $(CURDIR)
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check bench bench-airflow bench-short-waits bench-release bench-growth \
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check test-matrix bench bench-airflow bench-short-waits bench-release bench-growth bench-metric-gates \
 	airflow-up airflow-status airflow-env airflow-down compose-packages compose-test
 
 venv: $(STAMP)
@@ -52,7 +52,11 @@ demo: venv system-packages binaries
 ## DAG integrity, the local fleet's parts, integration on the real local fleet, end-to-end on a real Airflow.
 TEST_TIERS := tests/unit tests/contract tests/dags tests/localfleet tests/integration tests/e2e
 test: venv system-packages binaries
-	@$(PY) -m pytest -x --durations=25 $(TEST_TIERS)
+	@$(PY) -m pytest -x --durations=25 -m "not matrix" $(TEST_TIERS)
+
+## The variants make test leaves out (other routing methods, the rollback-all policy, a stuck resolver).
+test-matrix: venv system-packages binaries
+	@$(PY) -m pytest -x --durations=10 -m matrix $(TEST_TIERS)
 
 test-unit: venv
 	@$(PY) -m pytest -x tests/unit tests/contract tests/dags
@@ -117,6 +121,10 @@ bench-release: venv system-packages binaries
 SIZES ?= 4,8,12
 bench-growth: venv system-packages binaries
 	@$(PY) -m localfleet.bench_growth --sizes $(SIZES) --plain
+
+## The metric gates' comparison: false alarms over good-build windows, and a slow build let through.
+bench-metric-gates: venv system-packages binaries
+	@$(PY) -m localfleet.bench_metric_gates --windows $(or $(WINDOWS),20)
 
 ## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet.
 airflow-up: fleet-up

@@ -18,6 +18,7 @@ import yaml
 from fanout.fleet import Fleet, load_fleet
 from fanout.fleet_checks import PROJECT_ENV
 from localfleet import cli, procs
+from localfleet.kube_files import admin_kubeconfig_beside
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,13 +132,15 @@ def migrate(env: dict[str, str]) -> None:
         marker.touch()
 
 
-def apply_deployment(fleet: Fleet, region: str, digest: str, replicas: int = 2) -> None:
-    """Create or update the app's Deployment in `region` (as the cluster admin, no Helm) so that it
-    runs `digest`: what a release leaves behind, for tests of the parts that read it."""
+def apply_deployment(fleet: Fleet, region: str, digest: str, replicas: int = 2, admin: bool = False) -> None:
+    """Create or update the app's Deployment in `region` (no Helm) so that it runs `digest`: what a
+    release leaves behind, for tests of the parts that read it. With `admin`, as the cluster admin
+    (the kubeconfig beside the fleet's); otherwise the fleet's own kubeconfig must be an admin's."""
     from kubernetes import client, config
 
     access = fleet.region(region).cluster.kubeconfig
-    api = config.new_client_from_config(str(fleet.resolve(access.path)), access.context)
+    path = fleet.resolve(access.path)
+    api = config.new_client_from_config(str(admin_kubeconfig_beside(path) if admin else path), access.context)
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     ns, name = fleet.app.namespace, fleet.app.name
     if ns not in [n.metadata.name for n in core.list_namespace().items]:

@@ -104,6 +104,7 @@ def test_a_gate_failure_in_wave_two_rolls_back_and_halts(local_fleet, release, f
     timed("gate failure, halt", started)
 
 
+@pytest.mark.matrix  # the other failure policy of the same failure (make test-matrix)
 def test_rollback_all_returns_every_changed_region(local_fleet, release, faults, tmp_path):
     started = time.monotonic()
     fleet = local_fleet.fleet

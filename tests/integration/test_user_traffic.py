@@ -81,7 +81,15 @@ def priority_regions(local_fleet) -> list[dict[str, Any]]:
     return regions
 
 
-@pytest.mark.parametrize("method", ["Weighted", "Performance", "Priority"])
+# Weighted in make test; the other methods keep the same promise through other answers (make test-matrix).
+@pytest.mark.parametrize(
+    "method",
+    [
+        "Weighted",
+        pytest.param("Performance", marks=pytest.mark.matrix),
+        pytest.param("Priority", marks=pytest.mark.matrix),
+    ],
+)
 def test_a_release_keeps_the_promise_to_users(local_fleet, release, tmp_path, method):
     changes: dict[str, Any] = {"traffic_manager.routing_method": method}
     if method == "Priority":
@@ -132,6 +140,7 @@ def test_a_geography_s_only_answer_is_refused_before_anything_changes(local_flee
         assert snapshot(local_fleet.fleet) == before
 
 
+@pytest.mark.matrix  # a fault of the users' side: in the fault matrix (make test-matrix)
 def test_a_stuck_resolver_stops_the_release_before_helm_with_a_clear_message(local_fleet, release, tmp_path, faults):
     changes = {"traffic_manager.routing_method": "Priority", "regions": priority_regions(local_fleet)}
     before = snapshot(local_fleet.fleet)
