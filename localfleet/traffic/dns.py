@@ -83,7 +83,8 @@ class TrafficManagerResolver(BaseResolver):
 
 def serve_dns(fleet: Fleet, view: Callable[[], Mapping[str, Any]], host: str, port: int) -> list[DNSServer]:
     """Start UDP and TCP servers in background threads; stop each with `.stop()`."""
-    resolver = TrafficManagerResolver(fleet, view)
+    # Seeded: the weighted answers come in the same order each run, so a test's traffic repeats.
+    resolver = TrafficManagerResolver(fleet, view, random.Random(f"{fleet.traffic_manager.profile}/dns"))
     quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
     servers = [DNSServer(resolver, port=port, address=host, tcp=tcp, logger=quiet) for tcp in (False, True)]
     for server in servers:
