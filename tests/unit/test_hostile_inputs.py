@@ -329,9 +329,12 @@ def test_plain_http_to_loopback_is_still_fine_for_the_local_airflow(capsys):
 
 @pytest.fixture
 def standin(tmp_path):
+    from localfleet.procs import free_port
     from localfleet.trafficmanager import serve
 
-    server, _ = serve(parse_fleet(yaml.safe_load(LOCAL.read_text()), LOCAL), tmp_path / "state", port=0)
+    # Its own DNS port: the local fleet `make demo` left up may hold the file's.
+    data = local(**{"traffic_manager/dns_port": free_port()})
+    server, _ = serve(parse_fleet(data, LOCAL), tmp_path / "state", port=0)
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
