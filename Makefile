@@ -61,11 +61,11 @@ test-matrix: venv system-packages binaries
 test-unit: venv
 	@$(PY) -m pytest -x tests/unit tests/contract tests/dags
 
-# Collecting the compose tests too: they run last in CI, so a module that no longer imports should
-# fail here in seconds rather than after the whole of `make test`.
+# Collecting every test, the compose ones too (they run last in CI): a module that no longer imports,
+# or two test modules of one name, fail here in seconds rather than after the whole of `make test`.
 lint: venv
 	@$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
-	@$(PY) -m pytest --collect-only -q -m compose tests/compose -p no:cacheprovider >/dev/null
+	@$(PY) -m pytest --collect-only -q $(TEST_TIERS) tests/compose -p no:cacheprovider >/dev/null
 
 plan: venv
 	@$(PY) -m fanout plan $(FLEET) $(if $(REGIONS),--regions $(REGIONS))
