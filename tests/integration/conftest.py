@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from release_checks import Run
+from release_checks import Run, new_commit, serving
 
 Release = Callable[..., Run]
 
@@ -24,3 +24,13 @@ def release(run_dag, airflow_home) -> Release:
         return Run(done.stdout, done.returncode, airflow_home / "airflow.db")
 
     return run
+
+
+@pytest.fixture
+def serving_fleet(local_fleet, release):
+    """The session fleet with the app in every region, whichever test runs first: a rollback needs
+    a revision to return to, and users of an empty region only get errors."""
+    if any(serving(local_fleet.fleet, r) is None for r in local_fleet.fleet.region_names):
+        first = release({"git_sha": new_commit(local_fleet.fleet)})
+        assert first.returncode == 0, first.tail()
+    return local_fleet

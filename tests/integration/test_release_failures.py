@@ -87,7 +87,8 @@ def heal(local_fleet, faults):
     assert all(e.enabled for e in traffic(local_fleet.fleet).values())
 
 
-def test_a_gate_failure_in_wave_two_rolls_back_and_halts(local_fleet, release, faults, tmp_path):
+def test_a_gate_failure_in_wave_two_rolls_back_and_halts(serving_fleet, release, faults, tmp_path):
+    local_fleet = serving_fleet
     started = time.monotonic()
     fleet = local_fleet.fleet
     try:
@@ -105,7 +106,8 @@ def test_a_gate_failure_in_wave_two_rolls_back_and_halts(local_fleet, release, f
 
 
 @pytest.mark.matrix  # the other failure policy of the same failure (make test-matrix)
-def test_rollback_all_returns_every_changed_region(local_fleet, release, faults, tmp_path):
+def test_rollback_all_returns_every_changed_region(serving_fleet, release, faults, tmp_path):
+    local_fleet = serving_fleet
     started = time.monotonic()
     fleet = local_fleet.fleet
     try:

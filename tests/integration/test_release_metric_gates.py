@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from release_checks import history, new_commit, serving, snapshot, timed, variant_fleet
+from release_checks import history, new_commit, snapshot, timed, variant_fleet
 
 from fanout import names
 from fanout.fleet import Fleet, load_fleet
@@ -41,15 +41,6 @@ def metered(metered_fleet: Fleet, folder: Path, **changes: Any) -> Path:
         "gates.metrics.inconclusive": "fail", "gates.metrics.checks": [ERRORS, P95, P95_VS_PREVIOUS],
     }  # fmt: skip
     return variant_fleet(metered_fleet, folder, **{**settings, **changes})
-
-
-@pytest.fixture
-def serving_fleet(local_fleet, release):
-    """The session fleet with the app in every region: users of an empty region only get errors."""
-    if any(serving(local_fleet.fleet, r) is None for r in local_fleet.fleet.region_names):
-        first = release({"git_sha": new_commit(local_fleet.fleet)})
-        assert first.returncode == 0, first.tail()
-    return local_fleet
 
 
 @contextlib.contextmanager
