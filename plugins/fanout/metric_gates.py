@@ -193,7 +193,7 @@ def evaluate(gates: MetricGates, reader: MetricReader, region: str, digest: str,
                 others = reader.value(requests_query(source, theirs, window), end)
                 if not others and reader.value(requests_query(source, selector(source, names, digest), window), end):
                     # A digest released again: its users are all on it already, there is no previous build.
-                    why = f"{', '.join(names)} already serve the release digest"
+                    why = f"every baseline region ({', '.join(names)}) already runs the release digest"
             verdicts.append(comparative(gates, check, region, canary, baseline, (requests, others), names, why))
     return verdicts
 
