@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fanout.adapters.metrics import PrometheusQuery
 from fanout.fleet import Fleet
-from fanout.metric_gates import Verdict, baseline_regions, evaluate
+from fanout.metric_gates import SCRAPE_SLACK_SECONDS, Verdict, baselines, evaluate
 from fanout.planner import plan_waves
 from localfleet import cli
 from localfleet.metrics import prometheus
@@ -41,12 +41,11 @@ def judge(fleet: Fleet, digest: str, source: PrometheusQuery) -> list[Verdict]:
     gates = fleet.gates.metrics
     assert gates is not None
     waves = [list(w.regions) for w in plan_waves(fleet).waves]
-    compared = [c for c in gates.checks if c.compare is not None]
-    baselines = {c.name: baseline_regions(fleet, waves, CANARY, c.compare or "", None) for c in compared}
+    only_comparisons = gates.model_copy(update={"checks": [c for c in gates.checks if c.compare is not None]})
+    compared_with = baselines(fleet, only_comparisons, waves, CANARY, None)
     start = time.time()
-    time.sleep(gates.window_seconds + 3)  # the window, and its last scrape
-    only_comparisons = gates.model_copy(update={"checks": compared})
-    return evaluate(only_comparisons, source, CANARY, digest, baselines, start, start + gates.window_seconds)
+    time.sleep(gates.window_seconds + SCRAPE_SLACK_SECONDS)
+    return evaluate(only_comparisons, source, CANARY, digest, compared_with, start, start + gates.window_seconds)
 
 
 def windows(fleet: Fleet, digest: str, count: int, source: PrometheusQuery, label: str) -> list[str]:

@@ -24,6 +24,7 @@ from fanout.fleet import Fleet, MetricCheck, MetricGates, MetricSource
 
 Outcome = Literal["pass", "fail", "inconclusive", "skipped"]
 MIN_SAMPLES = 3  # per side: fewer and no rank test can be significant
+SCRAPE_SLACK_SECONDS = 3.0  # a window is read this long after it ends: its last requests are scraped by then
 UNITS = {"error_ratio": "", "latency_ms": " ms"}
 
 
@@ -105,6 +106,16 @@ def baseline_regions(fleet: Fleet, waves: Sequence[Sequence[str]], region: str, 
         name for name in fleet.region_names
         if name != region and name in serving and (name not in in_run or wave_of.get(name, mine) > mine)
     ]  # fmt: skip
+
+
+def baselines(fleet: Fleet, gates: MetricGates, waves: Sequence[Sequence[str]], region: str,
+              run_regions: Sequence[str] | None) -> dict[str, list[str]]:  # fmt: skip
+    """Each comparative check's baseline regions for `region` (see baseline_regions)."""
+    return {
+        check.name: baseline_regions(fleet, waves, region, check.compare, run_regions)
+        for check in gates.checks
+        if check.compare is not None
+    }
 
 
 # -- verdicts ----------------------------------------------------------------------------------

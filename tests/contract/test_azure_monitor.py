@@ -43,7 +43,7 @@ def test_instant_and_range_queries_carry_the_workspace_token(workspace, ca, cred
     matrix = {"resultType": "matrix", "result": [{"metric": {}, "values": [[1, "3"], [3, "NaN"], [5, "4.5"]]}]}
     workspace.route("GET", r"/api/v1/query_range", Response(200, {"status": "success", "data": matrix}), token=token)
     hook = hook_for(ca, credential)
-    source = hook.metrics()
+    source = hook.metrics
     assert source.value("sum(up)", 1700000000.5) == 0.25
     assert source.series("sum(up)", 1700000000, 1700000020, 2) == [3.0, 4.5], "NaN steps are left out"
     instant, ranged = workspace.calls("GET", "/api/v1/query")[0], workspace.calls("GET", "/api/v1/query_range")[0]
@@ -51,6 +51,7 @@ def test_instant_and_range_queries_carry_the_workspace_token(workspace, ca, cred
     assert instant.query == {"query": "sum(up)", "time": "1700000000.500"}
     assert ranged.query == {"query": "sum(up)", "start": "1700000000.000", "end": "1700000020.000", "step": "2"}
     assert credential.scopes and set(credential.scopes) == {(SCOPE,)}, "only the workspace's resource, never ARM"
+    assert hook.metrics is source, "one client per hook: the trigger asks at every poll"
     hook.close()
     workspace.assert_clean()
 
@@ -59,7 +60,7 @@ def test_a_refused_query_names_the_status_and_the_error_but_not_the_token(worksp
     refusal = {"status": "error", "errorType": "Forbidden", "error": "caller lacks Monitoring Data Reader"}
     workspace.route("GET", r"/api/v1/query", Response(403, refusal))
     with pytest.raises(MetricError) as err:
-        hook_for(ca, credential).metrics().value("sum(up)", 1)
+        hook_for(ca, credential).metrics.value("sum(up)", 1)
     message = str(err.value)
     assert "HTTP 403" in message and "Monitoring Data Reader" in message
     assert FakeCredential.token_for(SCOPE) not in message
@@ -71,5 +72,5 @@ def test_a_credential_that_fails_is_a_metric_error_the_gate_retries(ca):
             raise RuntimeError("AADSTS7000215: Invalid client secret provided. client_secret=abc123")
 
     with pytest.raises(MetricError, match=r"no Entra token for https://prometheus\.monitor\.azure\.com") as err:
-        hook_for(ca, Broken()).metrics().value("sum(up)", 1)
+        hook_for(ca, Broken()).metrics.value("sum(up)", 1)
     assert "abc123" not in str(err.value)

@@ -62,20 +62,31 @@ def bad_build(local_fleet, region: str, kind: str, amount: str) -> Iterator[None
         cli.bad_build(local_fleet.fleet, local_fleet.state, region, None, None, clear=True)
 
 
+@pytest.fixture
+def bad_release(serving_fleet, metered_fleet, release, tmp_path):
+    """bad_release(region, kind, amount) -> (run, the fleet before, after): with users on the fleet, a
+    new commit released from a metered fleet file while `region`'s next build is bad."""
+
+    def run(region: str, kind: str, amount: str):
+        path, fleet = metered(metered_fleet, tmp_path), serving_fleet.fleet
+        before = snapshot(fleet)
+        with users_running(serving_fleet, load_fleet(path)), bad_build(serving_fleet, region, kind, amount):
+            done = release({"git_sha": new_commit(fleet, f"bad-{kind}")}, fleet_path=path)
+        return done, before, snapshot(fleet)
+
+    return run
+
+
 def verdicts(run) -> dict[tuple[str, str], str]:
     """(region, check) -> the verdict line the run logged."""
     found = re.findall(r"\] (\S+) (\S+): ((?:pass|fail|inconclusive|skipped): [^\[]*)", run.output)
     return {(region, check): line.strip() for region, check, line in found}
 
 
-def test_a_build_that_fails_users_stops_at_the_canary(serving_fleet, metered_fleet, release, tmp_path):
-    local_fleet = serving_fleet
-    started, fleet = time.monotonic(), local_fleet.fleet
-    path = metered(metered_fleet, tmp_path)
-    before = snapshot(fleet)
-    with users_running(local_fleet, load_fleet(path)), bad_build(local_fleet, "westus", "error-rate", "0.3"):
-        run = release({"git_sha": new_commit(fleet, "bad-errors")}, fleet_path=path)
-    after, states = snapshot(fleet), run.states()
+def test_a_build_that_fails_users_stops_at_the_canary(serving_fleet, bad_release):
+    started, fleet = time.monotonic(), serving_fleet.fleet
+    run, before, after = bad_release("westus", "error-rate", "0.3")
+    states = run.states()
     assert run.returncode != 0, run.tail()
     assert states["deploy_westus.gate_rollout"] == states["deploy_westus.gate_http"] == "success"
     assert states["deploy_westus.gate_metrics"] == "failed" and states["deploy_westus.rollback"] == "success"
@@ -92,14 +103,10 @@ def test_a_build_that_fails_users_stops_at_the_canary(serving_fleet, metered_fle
     timed("metric gate: bad build at the canary", started)
 
 
-def test_a_slow_build_in_wave_two_is_caught_only_by_the_comparison(serving_fleet, metered_fleet, release, tmp_path):
-    local_fleet = serving_fleet
-    started, fleet = time.monotonic(), local_fleet.fleet
-    path = metered(metered_fleet, tmp_path)
-    before = snapshot(fleet)
-    with users_running(local_fleet, load_fleet(path)), bad_build(local_fleet, "eastus", "latency", "150"):
-        run = release({"git_sha": new_commit(fleet, "bad-latency")}, fleet_path=path)
-    after, states, seen = snapshot(fleet), run.states(), verdicts(run)
+def test_a_slow_build_in_wave_two_is_caught_only_by_the_comparison(bad_release):
+    started = time.monotonic()
+    run, before, after = bad_release("eastus", "latency", "150")
+    states, seen = run.states(), verdicts(run)
     for key, line in sorted(seen.items()):
         print(key, line)
     assert run.returncode != 0, run.tail()

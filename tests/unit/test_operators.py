@@ -154,12 +154,17 @@ def test_rollback_skips_when_no_step_of_the_region_failed():
     assert hook.helms["eastus"].calls == [] and hook.tm.calls == []
 
 
-def test_rollback_returns_to_the_previous_revision_and_gives_traffic_back_when_healthy():
-    hook, ti = FakeHook(FLEET, serving={"eastus": OLD}), released(FakeTI())
+def upgraded_from_4(ti: FakeTI) -> FakeTI:
+    """eastus drained from enabled, then upgraded from helm revision 4 to 5 in this run."""
     ti.xcoms[(names.region_task("eastus", names.DRAIN), "return_value")] = {"was_enabled": True}
     ti.xcoms[(names.region_task("eastus", names.HELM_DEPLOY), "return_value")] = {
         "changed": True, "previous_revision": 4, "revision": 5,
     }  # fmt: skip
+    return ti
+
+
+def test_rollback_returns_to_the_previous_revision_and_gives_traffic_back_when_healthy():
+    hook, ti = FakeHook(FLEET, serving={"eastus": OLD}), upgraded_from_4(released(FakeTI()))
     hook.tm.state["eastus"] = replace(hook.tm.state["eastus"], enabled=False)  # as the drain left it
     failed(ti, "eastus", names.GATE_HTTP, "edge unhealthy")
     out = run_task(region_op(rs.RollbackRegionOperator), ti, hook)
@@ -169,11 +174,7 @@ def test_rollback_returns_to_the_previous_revision_and_gives_traffic_back_when_h
 
 
 def test_rollback_after_a_metric_gate_drains_the_restored_region_before_helm_changes_it():
-    hook, ti = FakeHook(FLEET, serving={"eastus": OLD}), released(FakeTI())
-    ti.xcoms[(names.region_task("eastus", names.DRAIN), "return_value")] = {"was_enabled": True}
-    ti.xcoms[(names.region_task("eastus", names.HELM_DEPLOY), "return_value")] = {
-        "changed": True, "previous_revision": 4, "revision": 5,
-    }  # fmt: skip
+    hook, ti = FakeHook(FLEET, serving={"eastus": OLD}), upgraded_from_4(released(FakeTI()))
     failed(ti, "eastus", names.GATE_METRICS, "eastus errors: fail: error ratio 0.2000 > max 0.0200")
     out = run_task(region_op(rs.RollbackRegionOperator), ti, hook)
     assert out["gate"] == "gate_metrics" and out["traffic"] == "enabled"

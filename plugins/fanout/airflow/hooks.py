@@ -101,6 +101,7 @@ class FleetHook(BaseHook):
                 client.close()
         self.__dict__.pop("_acr_replicas", None)
         self.__dict__.pop("_traffic_manager", None)
+        self.__dict__.pop("metrics", None)
         if self._kubeconfigs is not None:
             self._kubeconfigs.close()
             self._kubeconfigs = None
@@ -301,8 +302,10 @@ class FleetHook(BaseHook):
         gate = self.fleet.gates.http
         return Edge(self.fleet.region(region).edge_url, gate.health_path, gate.version_path)
 
+    @cached_property
     def metrics(self) -> PrometheusQuery:
-        """The metric gates' query API; an Azure Monitor workspace gets the fleet's Entra token."""
+        """The metric gates' query API (one client per hook); an Azure Monitor workspace gets the
+        fleet's Entra token."""
         gates = self.fleet.gates.metrics
         if gates is None:
             raise ValueError("gates.metrics: this fleet has no metric gates")

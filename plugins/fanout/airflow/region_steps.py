@@ -14,7 +14,7 @@ from fanout.adapters.helm import HelmError
 from fanout.airflow.base import FanoutOperator
 from fanout.airflow.triggers import HttpGateTrigger, MetricGatesTrigger, ReplicationTrigger, RolloutTrigger
 from fanout.airflow.waits import WaitingOperator
-from fanout.metric_gates import baseline_regions
+from fanout.metric_gates import SCRAPE_SLACK_SECONDS, baselines
 from fanout.policy import (
     PolicyError,
     chart_values,
@@ -187,7 +187,6 @@ class MetricGatesOperator(_GateOperator):
     then judge them with the fleet's metric gates (deferred the whole time)."""
 
     step = names.GATE_METRICS
-    SCRAPE_SLACK_SECONDS = 3.0  # the window's last requests must be scraped before it is read
     READ_RETRY_SECONDS = 120.0  # how long an unreadable metric source is retried
 
     def run(self, context: Context) -> Any:
@@ -197,24 +196,20 @@ class MetricGatesOperator(_GateOperator):
             self.log.info("%s is a warm standby: no users, nothing to measure", region.name)
             return {"skipped": "warm standby: no users"}
         waves, subset = self.snapshot(context).waves, context["params"].get("regions")
-        baselines = {
-            check.name: baseline_regions(self.fleet, waves, region.name, check.compare, subset)
-            for check in gates.checks
-            if check.compare is not None
-        }
+        compared_with = baselines(self.fleet, gates, waves, region.name, subset)
         # Resolvers still hold answers without this region for up to a TTL: its users are back after it.
         ttl = self.fleet.traffic_manager.dns_ttl_seconds
         start = time.time() + ttl
-        end = start + gates.window_seconds + self.SCRAPE_SLACK_SECONDS
+        end = start + gates.window_seconds + SCRAPE_SLACK_SECONDS
         self.log.info(
             "measuring %s's users on the release for %d s, from one DNS TTL (%d s) after it is back; baselines: %s",
-            region.name, gates.window_seconds, ttl, baselines or "none",
+            region.name, gates.window_seconds, ttl, compared_with or "none",
         )  # fmt: skip
         trigger = MetricGatesTrigger(
             **self.trigger_kwargs(context),
             digest=self.release(context).digest,
             window_start=start,
-            baselines=baselines,
+            baselines=compared_with,
             timeout_seconds=end - time.time() + self.READ_RETRY_SECONDS,
             poll_seconds=5.0,
             not_before=end,

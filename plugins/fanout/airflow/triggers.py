@@ -362,7 +362,7 @@ class MetricGatesTrigger(FleetTrigger):
         if gates is None:
             raise WaitFailed("the run's fleet snapshot has no gates.metrics")
         end = self.window_start + gates.window_seconds
-        verdicts = evaluate(gates, hook.metrics(), self.region, self.digest, self.baselines, self.window_start, end)
+        verdicts = evaluate(gates, hook.metrics, self.region, self.digest, self.baselines, self.window_start, end)
         return *gate_outcome(gates, verdicts), verdicts
 
     async def check(self) -> tuple[bool, str]:
