@@ -37,7 +37,7 @@ P95_VS_PREVIOUS = {
 
 def metered(metered_fleet: Fleet, folder: Path, **changes: Any) -> Path:
     settings = {
-        "gates.metrics.window_seconds": 10, "gates.metrics.step_seconds": 2, "gates.metrics.min_requests": 25,
+        "gates.metrics.window_seconds": 14, "gates.metrics.step_seconds": 2, "gates.metrics.min_requests": 25,
         "gates.metrics.inconclusive": "fail", "gates.metrics.checks": [ERRORS, P95, P95_VS_PREVIOUS],
     }  # fmt: skip
     return variant_fleet(metered_fleet, folder, **{**settings, **changes})
@@ -45,7 +45,8 @@ def metered(metered_fleet: Fleet, folder: Path, **changes: Any) -> Path:
 
 @contextlib.contextmanager
 def users_running(local_fleet, fleet: Fleet) -> Iterator[None]:
-    users.start(fleet, local_fleet.state, users=8, rate=4, duration=600)
+    # Enough users that every region gets requests in each 2 s step of the window, on a loaded machine too.
+    users.start(fleet, local_fleet.state, users=16, rate=4, duration=600)
     try:
         time.sleep(3)  # every user has resolved and sent a few requests
         yield
@@ -92,7 +93,7 @@ def test_a_build_that_fails_users_stops_at_the_canary(serving_fleet, bad_release
     assert states["deploy_westus.gate_metrics"] == "failed" and states["deploy_westus.rollback"] == "success"
     # The failure names region, check, observed value and threshold.
     line = verdicts(run)[("westus", "errors")]
-    assert re.match(r"fail: error ratio 0\.[2-4]\d* > max 0\.0500 over 10 s \(\d+ requests\)", line), line
+    assert re.match(r"fail: error ratio 0\.[2-4]\d* > max 0\.0500 over 14 s \(\d+ requests\)", line), line
     assert re.search(r"westus: gate_metrics: westus errors: fail: error ratio 0\.\d+ > max 0\.0500", run.output)
     # The canary is back on the build it ran before, serving users again; no other region was touched.
     assert history(fleet, "westus")[-1].description == f"Rollback to {before['westus'].revision}"
