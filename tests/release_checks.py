@@ -239,6 +239,13 @@ class Run:
             ).fetchall()
         return dict(rows)
 
+    def recorded(self) -> dict[str, Any] | None:
+        """What the run's `record` task put in the release Asset event (None: nothing recorded)."""
+        with sqlite3.connect(self.db) as db:
+            query = "SELECT extra FROM asset_event WHERE source_dag_id = ? AND source_run_id = ?"
+            row = db.execute(query, (self.dag_id, self.run_id)).fetchone()
+        return json.loads(row[0]) if row else None
+
     def duration(self, task: str) -> float:
         return self.ended[task] - self.started[task]
 

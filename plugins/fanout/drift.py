@@ -28,10 +28,12 @@ from fanout.redact import scrub
 # Worst first: a region's state is the first class that applies. Each later class is only
 # judged when the earlier ones do not hold, because their facts cannot be trusted then
 # (an unreachable cluster says nothing; a locked Helm release pins nothing yet).
-UNREACHABLE, STUCK, STALE, DRIFTED, TRAFFIC, IN_SYNC = (
-    "unreachable", "stuck", "stale", "drifted", "traffic-mismatch", "in-sync",
+UNREACHABLE, STUCK, STALE, HELD_BACK, DRIFTED, TRAFFIC, IN_SYNC = (
+    "unreachable", "stuck", "stale", "held-back", "drifted", "traffic-mismatch", "in-sync",
 )  # fmt: skip
-PRECEDENCE = (UNREACHABLE, STUCK, STALE, DRIFTED, TRAFFIC, IN_SYNC)
+# held-back: not on the release because the release itself rolled it back and went on without it
+# (rollout.wave_quorum); repairing it would release the build its gates just refused.
+PRECEDENCE = (UNREACHABLE, STUCK, STALE, HELD_BACK, DRIFTED, TRAFFIC, IN_SYNC)
 NO_RELEASE = "no-release"
 
 
@@ -94,7 +96,7 @@ def traffic_problem(
     the release policy then keeps stale regions enabled (old code beats NXDOMAIN). A warm
     `standby` on the release is in sync whatever its endpoint: the profile decides when it serves.
     """
-    if endpoint is None or content == UNREACHABLE or (standby and content == IN_SYNC):
+    if endpoint is None or content in (UNREACHABLE, HELD_BACK) or (standby and content == IN_SYNC):
         return None
     enabled, have = bool(endpoint.get("enabled")), endpoint.get("weight")
     if content == IN_SYNC:
@@ -125,9 +127,12 @@ def classify_fleet(
     `releases` maps older release digests to their git sha, to name what a stale region runs.
     """
     checked_at = now.isoformat()
-    digest = (desired or {}).get("digest")
+    digest, held_back = (desired or {}).get("digest"), (desired or {}).get("held_back") or {}
     contents = {r: content_state(digest, observations.get(r)) if digest else _unjudged(observations.get(r))
                 for r in weights}  # fmt: skip
+    for region, cause in held_back.items():
+        if contents.get(region, (None,))[0] == STALE:
+            contents[region] = (HELD_BACK, f"held back by the release: {cause}; {contents[region][1]}")
     serving = sum(1 for c, _ in contents.values() if c == IN_SYNC)
     tolerate = serving < min_serving
     regions: dict[str, Any] = {}
@@ -218,6 +223,9 @@ def repair_plan(report: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if state == UNREACHABLE:
             skipped[region] = "unreachable: nothing can be deployed there; the next check tries again"
+            continue
+        if state == HELD_BACK:
+            skipped[region] = "held back by the release: a person releases it again once the cause is fixed"
             continue
         if state == STUCK:
             target = (r.get("helm") or {}).get("rollback_to")

@@ -301,6 +301,16 @@ class Rollout(_Strict):
     bake_seconds: Seconds = 0
     manual_approval: bool = False
     approval_timeout_minutes: int = Field(60, ge=1, le=7 * 24 * 60)
+    # A wave passes when this many of its regions pass ("all", or N of the wave's M); the others are
+    # rolled back and held back while the release goes on. The canary wave always needs all.
+    wave_quorum: Literal["all"] | int = "all"
+
+    @field_validator("wave_quorum", mode="before")
+    @classmethod
+    def _quorum(cls, value: Any) -> Any:
+        if value == "all" or (type(value) is int and 1 <= value <= 100):
+            return value
+        raise ValueError(f'must be "all" or a whole number of regions from 1 to 100, not {value!r}')
 
 
 class HttpGate(_Strict):

@@ -52,6 +52,11 @@ RECORDING_STEPS = (DRAIN, DNS_SETTLE, CONFIRM_DRAINED, HELM_DEPLOY, *GATES, WAIT
 WAIT_REPLICATION = "wait_replication"
 
 
+def final_step(metric_gates: bool) -> str:
+    """The step a region passed the release with, once it succeeded: every earlier one did too."""
+    return GATE_METRICS if metric_gates else WAIT_ONLINE
+
+
 def deploy_group(region: str) -> str:
     return f"deploy_{region}"
 

@@ -273,3 +273,47 @@ def superseding_run(me: RunRequest, queued: Collection[RunRequest]) -> RunReques
         and (run.regions is None or (me.regions is not None and set(me.regions) <= set(run.regions)))
     ]
     return max(candidates, key=lambda run: (run.run_after, run.run_id), default=None)
+
+
+@dataclass(frozen=True)
+class WaveVerdict:
+    """Whether a wave lets the release go on: at least `needed` of the wave's regions in this run
+    passed every step. The others were rolled back by their own rollback and are held back."""
+
+    number: int
+    regions: tuple[str, ...]  # the wave's regions in this run
+    passed: tuple[str, ...]
+    needed: int
+    started: bool  # False: an earlier wave stopped the release before this one drained anything
+
+    @property
+    def ok(self) -> bool:
+        return self.started and len(self.passed) >= self.needed
+
+    @property
+    def held_back(self) -> tuple[str, ...]:
+        return tuple(r for r in self.regions if r not in self.passed)
+
+    def line(self) -> str:
+        if not self.started:
+            return f"wave {self.number} did not start: an earlier wave stopped the release"
+        held = f"; held back: {', '.join(self.held_back)}" if self.held_back else ""
+        verdict = "passes" if self.ok else "fails"
+        counts = f"{len(self.passed)} of {len(self.regions)} regions passed, {self.needed} needed"
+        return f"wave {self.number} {verdict}: {counts}{held}"
+
+
+def wave_verdict(number: int, regions: Collection[str], passed: Collection[str], started: bool,
+                 quorum: int | str, canary: bool) -> WaveVerdict:  # fmt: skip
+    """The verdict on wave `number` given the regions of it this run targets and those that passed.
+
+    `quorum` is rollout.wave_quorum: "all", or N — at least N of the wave's M regions (all of them
+    when M <= N). A canary wave always needs every region: a failed canary is the signal it exists for."""
+    ordered = tuple(regions)
+    needed = len(ordered) if quorum == "all" or canary else min(int(quorum), len(ordered))
+    return WaveVerdict(number, ordered, tuple(r for r in ordered if r in passed), needed, started)
+
+
+def tolerated_failures(verdicts: Collection[WaveVerdict]) -> set[str]:
+    """The regions whose failure the release tolerates: held back in a wave that passed."""
+    return {region for v in verdicts if v.ok for region in v.held_back}

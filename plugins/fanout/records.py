@@ -54,6 +54,9 @@ class StepFailure(_Record):
     region: str | None
     gate: str
     cause: str
+    # True when the step failed only because an earlier failure stopped the release (a wave's
+    # verdict): the run's message names the causes, not their consequences.
+    consequence: bool = False
 
     def line(self) -> str:
         return f"{self.region or 'release'}: {self.gate}: {self.cause}"

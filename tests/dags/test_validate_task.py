@@ -11,7 +11,7 @@ from fanout.airflow.fleet_steps import ValidateReleaseOperator
 from fanout.fleet import load_fleet
 from fanout.planner import plan_waves
 from fanout.records import release_shape
-from tests.fakes import FakeTI
+from tests.fakes import FakeTI, snapshot_of
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS = {"git_sha": "0123abc", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
@@ -119,9 +119,10 @@ def test_bake_waits_only_after_waves_this_run_touched(tmp_path, monkeypatch):
     data = yaml.safe_load(path.read_text())
     data["rollout"]["bake_seconds"] = 3
     path.write_text(yaml.safe_dump(data))
-    bake = BakeOperator(task_id="bake_after_wave_1", fleet_path=str(path), wave_regions=["westus"])
+    bake = BakeOperator(task_id="bake_after_wave_1", fleet_path=str(path), wave_number=1, wave_regions=["westus"])
     bake._fleet = load_fleet(path)
-    ti = FakeTI({("validate", "snapshot"): {"path": str(path)}})  # the run was validated
+    ti = FakeTI({("validate", "snapshot"): snapshot_of(path).to_xcom()})  # the run was validated
+    ti.states["deploy_westus.gate_metrics"] = "success"  # and its canary passed
     paused = []
     monkeypatch.setattr(BakeOperator, "pause", lambda self, seconds, *_: paused.append(seconds))
     bake.execute({"params": {**PARAMS, "regions": ["westeurope"]}, "ti": ti})

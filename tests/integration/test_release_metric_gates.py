@@ -68,8 +68,8 @@ def bad_release(serving_fleet, metered_fleet, release, tmp_path):
     """bad_release(region, kind, amount) -> (run, the fleet before, after): with users on the fleet, a
     new commit released from a metered fleet file while `region`'s next build is bad."""
 
-    def run(region: str, kind: str, amount: str):
-        path, fleet = metered(metered_fleet, tmp_path), serving_fleet.fleet
+    def run(region: str, kind: str, amount: str, **changes: Any):
+        path, fleet = metered(metered_fleet, tmp_path, **changes), serving_fleet.fleet
         before = snapshot(fleet)
         with users_running(serving_fleet, load_fleet(path)), bad_build(serving_fleet, region, kind, amount):
             done = release({"git_sha": new_commit(fleet, f"bad-{kind}")}, fleet_path=path)
@@ -127,6 +127,30 @@ def test_a_slow_build_in_wave_two_is_caught_only_by_the_comparison(bad_release):
     assert states[names.region_task("westeurope", names.DRAIN)] == "upstream_failed"
     assert after["westeurope"] == before["westeurope"]
     timed("metric gate: slow build in wave 2", started)
+
+
+def test_a_wave_of_two_that_needs_one_holds_its_bad_region_back_and_goes_on(serving_fleet, bad_release):
+    """rollout.wave_quorum 1: wave 2 (eastus, northeurope) passes with one region; eastus, whose
+    build fails users, is rolled back alone and the release reaches every other region."""
+    started = time.monotonic()
+    run, before, after = bad_release("eastus", "error-rate", "0.3", **{"rollout.wave_quorum": 1})
+    states = run.states()
+    assert run.returncode == 0, run.tail()
+    assert states["deploy_eastus.gate_metrics"] == "failed" and states["deploy_eastus.rollback"] == "success"
+    assert states["bake_after_wave_2"] == "success"
+    assert "wave 2 passes: 1 of 2 regions passed, 1 needed; held back: eastus" in run.output
+    digest = after["westus"].digest
+    assert digest != before["westus"].digest
+    for region in ("westus", "northeurope", "westeurope"):
+        assert after[region].digest == digest and after[region].enabled, region
+    # eastus serves its users the build it ran before, and the record says why it was held back.
+    assert after["eastus"].digest == before["eastus"].digest and after["eastus"].enabled
+    assert history(serving_fleet.fleet, "eastus")[-1].description.startswith("Rollback to")
+    recorded = run.recorded()
+    assert recorded and recorded["digest"] == digest
+    why = recorded["held_back"]["eastus"]
+    assert re.match(r"gate_metrics: eastus errors: fail: error ratio 0\.\d+ > max 0\.0500", why), why
+    timed("metric gate: N-of-M wave", started)
 
 
 def test_a_window_without_enough_users_is_inconclusive(local_fleet, metered_fleet, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 
 from fanout.drift import (
     DRIFTED,
+    HELD_BACK,
     IN_SYNC,
     NO_RELEASE,
     STALE,
@@ -210,6 +211,19 @@ def test_repair_takes_every_fixable_region():
 def test_repair_leaves_unreachable_regions_alone():
     plan = repair_plan(report(fleet(westus={"reachable": False, "error": "down"})))
     assert plan["release"] == [] and "unreachable" in plan["skipped"]["westus"]
+
+
+def test_a_region_the_release_held_back_is_reported_and_never_repaired_to_the_refused_build():
+    held = {**DESIRED, "held_back": {"eastus": "gate_metrics: errors: fail: error ratio 0.3"}}
+    r = report(fleet(eastus=obs(digest=D1)), desired=held)
+    eastus = r["regions"]["eastus"]
+    assert eastus["state"] == HELD_BACK and set(eastus["classes"]) == {HELD_BACK}  # enabled on D1 is expected
+    assert eastus["detail"].startswith("held back by the release: gate_metrics: errors: fail")
+    plan = repair_plan(r)
+    assert plan["release"] == [] and plan["skipped"]["eastus"].startswith("held back by the release")
+    # Released again by hand, it is simply in sync; edited behind Helm, it is drifted as any region.
+    assert report(fleet(), desired=held)["regions"]["eastus"]["state"] == IN_SYNC
+    assert report(fleet(eastus=obs(digest=D3, helm_digest=D2)), desired=held)["regions"]["eastus"]["state"] == DRIFTED
 
 
 def test_stuck_is_rolled_back_only_when_an_earlier_check_saw_it():

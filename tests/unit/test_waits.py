@@ -92,7 +92,7 @@ def test_a_failed_gate_ends_the_task_with_its_failure_record() -> None:
     event = first_event(trigger)
     assert isinstance(event, TaskFailedEvent)
     cause = event.xcoms["failure"]["cause"]
-    assert event.xcoms == {"failure": {"region": "eastus", "gate": "gate_http", "cause": cause}}
+    assert event.xcoms == {"failure": {"region": "eastus", "gate": "gate_http", "cause": cause, "consequence": False}}
     assert cause.startswith("after 2 s of soak: check ")
 
 
@@ -155,7 +155,8 @@ def test_the_worker_path_records_the_failure_and_names_region_gate_and_cause() -
     op, ti = Wait(task_id="gate_http", trigger=Countdown(done_at=0, timeout_seconds=0)), FakeTi()
     with pytest.raises(AirflowFailException, match=r"^eastus: gate_http failed: check 1 \(gave up after 0 s\)$"):
         op.execute({"ti": ti})
-    assert ti.pushed == {"failure": {"region": "eastus", "gate": "gate_http", "cause": "check 1 (gave up after 0 s)"}}
+    failure = {"region": "eastus", "gate": "gate_http", "cause": "check 1 (gave up after 0 s)", "consequence": False}
+    assert ti.pushed == {"failure": failure}
 
 
 def test_a_task_end_event_replayed_by_dags_test_keeps_its_state() -> None:

@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from fanout import names
 from fanout.airflow.hooks import FleetHook
 from fanout.fleet import Fleet
-from fanout.policy import DIGEST
+from fanout.policy import DIGEST, WaveVerdict, tolerated_failures, wave_verdict
 from fanout.records import FleetSnapshot, Release, StepFailure
 
 SNAPSHOT_KEY = "snapshot"
@@ -101,11 +101,11 @@ class FanoutOperator(BaseOperator):
     def run(self, context: Context) -> Any:
         raise NotImplementedError(f"{type(self).__name__} ({self.task_id}) has no implementation")
 
-    def fail(self, context: Context, cause: str) -> NoReturn:
+    def fail(self, context: Context, cause: str, consequence: bool = False) -> NoReturn:
         """Record why this step failed (rollback and the run's final message read it), then fail."""
-        failure = StepFailure(self.region, self.step or self.task_id, cause)
+        failure = StepFailure(self.region, self.step or self.task_id, cause, consequence)
         context["ti"].xcom_push(key=names.FAILURE_KEY, value=failure.to_xcom())
-        raise AirflowFailException(f"{self.region}: {failure.gate} failed: {cause}")
+        raise AirflowFailException(f"{self.region or 'release'}: {failure.gate} failed: {cause}")
 
     # -- shared facts of the run -------------------------------------------------------
     def release(self, context: Context) -> Release:
@@ -126,7 +126,8 @@ class FanoutOperator(BaseOperator):
         return {task: (str(state) if state is not None else None) for task, state in states.get(ti.run_id, {}).items()}
 
     def failures(self, context: Context) -> list[StepFailure]:
-        """What failed in this run, one entry per failed task, each naming region, step and cause."""
+        """What failed in this run, one entry per failed task, each naming region, step and cause;
+        a task that failed only as the consequence of another is left out."""
         ti = context["ti"]
         known = names.failing_tasks(self.fleet.region_names)
         found = []
@@ -135,5 +136,37 @@ class FanoutOperator(BaseOperator):
                 continue
             recorded = StepFailure.from_xcom(ti.xcom_pull(task_ids=task_id, key=names.FAILURE_KEY))
             region, step = known.get(task_id, (None, task_id))
-            found.append(recorded or StepFailure(region, step, f"task {task_id} failed; see its log"))
+            if not (recorded and recorded.consequence):
+                found.append(recorded or StepFailure(region, step, f"task {task_id} failed; see its log"))
         return found
+
+    def wave_verdicts(self, context: Context) -> list[WaveVerdict]:
+        """The verdict on each wave this run targets, from its regions' task states (policy.wave_verdict)."""
+        params, fleet = context["params"], self.fleet
+        states = self.task_states(context)
+        final = names.final_step(fleet.gates.metrics is not None)
+        canary, quorum, verdicts = bool(fleet.rollout.canary), fleet.rollout.wave_quorum, []
+        for number, wave in enumerate(self.snapshot(context).waves, 1):
+            regions = [r for r in wave if targeted(params, r)]
+            if not regions:
+                continue
+            passed = [r for r in regions if states.get(names.region_task(r, final)) == "success"]
+            # A wave starts once the bake (and approval) before it succeeded.
+            before = [names.bake_after_wave(number - 1)] if number > 1 else []
+            if number == 2 and canary and fleet.rollout.manual_approval:
+                before.append(names.APPROVE_AFTER_CANARY)
+            started = all(states.get(task) == "success" for task in before)
+            verdicts.append(wave_verdict(number, regions, passed, started, quorum, canary=number == 1 and canary))
+        return verdicts
+
+    def judged_failures(self, context: Context) -> tuple[list[StepFailure], dict[str, str]]:
+        """(the failures that fail the release, {held-back region: why}): a region that failed in
+        a wave that still passed (rollout.wave_quorum) is held back, and its failure tolerated."""
+        tolerated = tolerated_failures(self.wave_verdicts(context))
+        fatal, held_back = [], {r: "did not pass; see its tasks" for r in sorted(tolerated)}
+        for failure in self.failures(context):
+            if failure.region in tolerated:
+                held_back[failure.region] = f"{failure.gate}: {failure.cause}"
+            else:
+                fatal.append(failure)
+        return fatal, held_back

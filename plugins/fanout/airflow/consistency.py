@@ -68,7 +68,7 @@ class ReadDesiredStateOperator(_ConsistencyStep):
             self.log.warning("no release of %s recorded yet: nothing to compare the fleet against", app)
             return {"desired": None, "releases": {}}
         latest = releases[0]
-        keys = ("digest", "git_sha", "source_ref", "chart_version", "repository", "run_id")
+        keys = ("digest", "git_sha", "source_ref", "chart_version", "repository", "run_id", "held_back")
         desired = {k: latest.get(k) for k in keys}
         desired["recorded_at"] = latest["recorded_at"]
         self.log.info("desired: %s (git %s) recorded by %s", desired["digest"], desired["git_sha"], desired["run_id"])

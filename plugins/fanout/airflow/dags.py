@@ -121,7 +121,7 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
         }
         build >> list(waits.values())
 
-        lasts, all_ends = [], []
+        all_ends = []
         previous = None
         for wave in plan.waves:
             groups, wave_lasts = [], []
@@ -131,17 +131,17 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
                 groups.append(group)
                 wave_lasts.append(last)
             # A metric gate is not a leaf of its group (the rollback follows it), so what comes
-            # after the wave names it: a region whose users were never judged must stop the release.
+            # after the wave names it: the wave's verdict waits for every region's users to be judged.
             ends = [*groups, *wave_lasts]
-            lasts += wave_lasts
             all_ends.extend(ends)
             if previous is not None:
                 previous >> groups
             if wave.number < len(plan.waves):
-                # Skipped regions (not in the run's subset) must not stop later waves.
+                # all_done: the bake judges the wave itself (rollout.wave_quorum), failed regions and all.
                 bake = fs.BakeOperator(
                     task_id=names.bake_after_wave(wave.number),
-                    trigger_rule=TriggerRule.NONE_FAILED,
+                    trigger_rule=TriggerRule.ALL_DONE,
+                    wave_number=wave.number,
                     wave_regions=list(wave.regions),
                     **kw,
                 )
@@ -159,6 +159,8 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
 
         # Traffic must end in a defined state whatever happened above.
         rebalance = fs.RebalanceOperator(task_id=names.REBALANCE, trigger_rule=TriggerRule.ALL_DONE, **kw)
+        # Rebalance fails a failed release (a failure outside the held-back regions); a refused run
+        # skips it, so the build's state is named too: a run refused or never built ends failed.
         record = fs.RecordReleaseOperator(
             task_id=names.RECORD, trigger_rule=TriggerRule.NONE_FAILED, outlets=[release_asset(app)], **kw
         )
@@ -168,7 +170,7 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
             # regions of that wave are still deploying; the task itself skips when nothing failed.
             rollback_all = fs.RollbackAllOperator(task_id=names.ROLLBACK_ALL, trigger_rule=TriggerRule.ALL_DONE, **kw)
             all_ends >> rollback_all >> rebalance
-        [*lasts, rebalance] >> record
+        [build, rebalance] >> record
     return dag
 
 

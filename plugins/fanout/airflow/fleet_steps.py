@@ -188,17 +188,27 @@ class BuildImageOperator(FanoutOperator):
 
 
 class BakeOperator(WaitingOperator):
-    """Wait the fleet's bake time between two waves (deferred)."""
+    """Judge the wave (rollout.wave_quorum of its regions passed), then wait the fleet's bake
+    time before the next one (deferred). It runs once every region of the wave is done, failed
+    or not: a region that failed has been rolled back by then, and is held back if the wave passes."""
 
-    def __init__(self, *, wave_regions: list[str], **kwargs: Any) -> None:
+    def __init__(self, *, wave_number: int, wave_regions: list[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.wave_regions = wave_regions
+        self.wave_number, self.wave_regions = wave_number, wave_regions
 
     def run(self, context: Context) -> None:
         # A run for a few regions (a repair, say) must not bake after waves it did not touch.
         if not any(targeted(context["params"], r) for r in self.wave_regions):
             self.log.info("no region of this wave (%s) is in this run: no bake", ", ".join(self.wave_regions))
             return
+        verdict = next(v for v in self.wave_verdicts(context) if v.number == self.wave_number)
+        if not verdict.ok:
+            # The regions' own failures are the causes the run reports; this only stops the next wave.
+            self.fail(context, verdict.line(), consequence=True)
+        if verdict.held_back:
+            self.log.warning("%s (rollout.wave_quorum %s)", verdict.line(), self.fleet.rollout.wave_quorum)
+        else:
+            self.log.info("%s", verdict.line())
         self.pause(self.fleet.rollout.bake_seconds)
 
 
@@ -209,9 +219,9 @@ class RollbackAllOperator(FanoutOperator):
     ui_color = "#fbe8e8"
 
     def run(self, context: Context) -> dict[str, Any]:
-        failures = self.failures(context)
+        failures, _ = self.judged_failures(context)
         if not failures:
-            raise AirflowSkipException("nothing failed: nothing to roll back")
+            raise AirflowSkipException("the release did not fail: nothing to roll back")
         ti, app = context["ti"], self.fleet.app
         regions = self.fleet.region_names
         deploys = {r: ti.xcom_pull(task_ids=names.region_task(r, names.HELM_DEPLOY)) for r in regions}
@@ -252,8 +262,9 @@ class RebalanceOperator(FanoutOperator):
         params, ti = context["params"], context["ti"]
         built = Release.from_xcom(ti.xcom_pull(task_ids=names.BUILD))
         digest = built.digest if built else None
-        failures = self.failures(context)
-        wanted = params.get("regions") or self.fleet.region_names
+        failures, held_back = self.judged_failures(context)
+        # A held-back region keeps its traffic: its rollback put it back on the build it ran before.
+        wanted = [r for r in params.get("regions") or self.fleet.region_names if r not in held_back]
         serving = {r: self.hook.edge(r).probe().digest for r in self.fleet.region_names}
         tm = self.hook.traffic_manager()
         current = tm.endpoints()
@@ -269,6 +280,8 @@ class RebalanceOperator(FanoutOperator):
                 self.log.info("%s: endpoint %s -> %s weight %s", region, want.name, want.enabled, want.weight)
         for line in warnings:
             self.log.warning("%s", line)
+        for region, cause in held_back.items():
+            self.log.warning("%s is held back on %s: %s", region, serving.get(region), cause)
         summary = {
             r: {"serving": serving[r], "enabled": desired[r].enabled, "weight": desired[r].weight}
             for r in self.fleet.region_names
@@ -282,7 +295,7 @@ class RebalanceOperator(FanoutOperator):
                     for r, o in rolled.items()
                 )
             raise AirflowFailException(f"release of {self.fleet.app.name} {digest} failed — {causes}")
-        return {"regions": summary, "warnings": warnings}
+        return {"regions": summary, "warnings": warnings, "held_back": held_back}
 
 
 class RecordReleaseOperator(FanoutOperator):
@@ -299,6 +312,8 @@ class RecordReleaseOperator(FanoutOperator):
             "run_id": context["run_id"],
             "regions": context["params"].get("regions") or self.fleet.region_names,
             "outcome": balance.get("regions", {}),
+            # Regions a wave's quorum let the release go on without; the consistency check leaves them be.
+            "held_back": balance.get("held_back", {}),
         }
         context["outlet_events"][release_asset(self.fleet.app.name)].extra = extra
         self.log.info("recorded release %s of %s", built.digest, self.fleet.app.name)
