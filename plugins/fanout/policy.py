@@ -284,7 +284,7 @@ class WaveVerdict:
     regions: tuple[str, ...]  # the wave's regions in this run
     passed: tuple[str, ...]
     needed: int
-    started: bool  # False: an earlier wave stopped the release before this one drained anything
+    started: bool  # False: no region of the wave was drained (something before it failed)
 
     @property
     def ok(self) -> bool:
@@ -292,11 +292,11 @@ class WaveVerdict:
 
     @property
     def held_back(self) -> tuple[str, ...]:
-        return tuple(r for r in self.regions if r not in self.passed)
+        return tuple(r for r in self.regions if r not in self.passed) if self.started else ()
 
     def line(self) -> str:
         if not self.started:
-            return f"wave {self.number} did not start: an earlier wave stopped the release"
+            return f"wave {self.number} did not start: no region of it was drained"
         held = f"; held back: {', '.join(self.held_back)}" if self.held_back else ""
         verdict = "passes" if self.ok else "fails"
         counts = f"{len(self.passed)} of {len(self.regions)} regions passed, {self.needed} needed"

@@ -122,7 +122,7 @@ def test_bake_waits_only_after_waves_this_run_touched(tmp_path, monkeypatch):
     bake = BakeOperator(task_id="bake_after_wave_1", fleet_path=str(path), wave_number=1, wave_regions=["westus"])
     bake._fleet = load_fleet(path)
     ti = FakeTI({("validate", "snapshot"): snapshot_of(path).to_xcom()})  # the run was validated
-    ti.states["deploy_westus.gate_metrics"] = "success"  # and its canary passed
+    ti.states.update({"deploy_westus.drain": "success", "deploy_westus.gate_metrics": "success"})  # canary passed
     paused = []
     monkeypatch.setattr(BakeOperator, "pause", lambda self, seconds, *_: paused.append(seconds))
     bake.execute({"params": {**PARAMS, "regions": ["westeurope"]}, "ti": ti})

@@ -35,20 +35,21 @@ def test_a_canary_wave_needs_every_region_whatever_the_quorum():
 
 def test_a_wave_that_never_started_fails_and_tolerates_nothing():
     verdict = wave_verdict(3, ["a"], [], False, 1, canary=False)
-    assert not verdict.ok and verdict.line() == "wave 3 did not start: an earlier wave stopped the release"
+    assert not verdict.ok and verdict.line() == "wave 3 did not start: no region of it was drained"
+    assert verdict.held_back == ()
     assert tolerated_failures([verdict, wave_verdict(2, ["b", "c"], ["c"], True, 1, canary=False)]) == {"b"}
 
 
-def regions_done(ti: FakeTI, passed: list[str], failed: dict[str, str], bakes: int) -> FakeTI:
+def regions_done(ti: FakeTI, passed: list[str], failed: dict[str, str]) -> FakeTI:
     """A run in which `passed` regions passed every step and each of `failed` failed its metric gate."""
+    for region in [*passed, *failed]:
+        ti.states[names.region_task(region, names.DRAIN)] = "success"
     for region in passed:
         ti.states[names.region_task(region, names.GATE_METRICS)] = "success"
     for region, cause in failed.items():
         task = names.region_task(region, names.GATE_METRICS)
         ti.states[task] = "failed"
         ti.xcoms[(task, names.FAILURE_KEY)] = {"region": region, "gate": names.GATE_METRICS, "cause": cause}
-    for number in range(1, bakes + 1):
-        ti.states[names.bake_after_wave(number)] = "success"
     return ti
 
 
@@ -65,7 +66,7 @@ def paused(monkeypatch) -> list[float]:
 
 
 def test_a_wave_short_of_its_quorum_stops_the_release_and_only_the_region_is_named(paused):
-    ti = regions_done(released(FakeTI()), ["westus", "northeurope"], {"eastus": CAUSE}, bakes=1)
+    ti = regions_done(released(FakeTI()), ["westus", "northeurope"], {"eastus": CAUSE})
     with pytest.raises(AirflowFailException, match=r"wave 2 fails: 1 of 2 regions passed, 2 needed; held back: eastus"):
         run_task(bake(2, ["eastus", "northeurope"]), ti, FakeHook(FLEET))
     assert paused == [] and ti.xcoms[(names.bake_after_wave(2), names.FAILURE_KEY)]["consequence"] is True
@@ -78,7 +79,7 @@ def test_a_wave_short_of_its_quorum_stops_the_release_and_only_the_region_is_nam
 
 
 def test_a_wave_that_meets_its_quorum_holds_the_failed_region_back_and_bakes(paused, capsys):
-    ti = regions_done(released(FakeTI()), ["westus", "northeurope"], {"eastus": CAUSE}, bakes=1)
+    ti = regions_done(released(FakeTI()), ["westus", "northeurope"], {"eastus": CAUSE})
     run_task(bake(2, ["eastus", "northeurope"]), ti, FakeHook(QUORUM_ONE))
     assert paused == [QUORUM_ONE.rollout.bake_seconds]
     assert (
@@ -88,13 +89,22 @@ def test_a_wave_that_meets_its_quorum_holds_the_failed_region_back_and_bakes(pau
 
 
 def test_a_failed_canary_stops_the_release_whatever_the_quorum(paused):
-    ti = regions_done(released(FakeTI()), [], {"westus": CAUSE}, bakes=0)
+    ti = regions_done(released(FakeTI()), [], {"westus": CAUSE})
     with pytest.raises(AirflowFailException, match=r"wave 1 fails: 0 of 1 regions passed, 1 needed"):
         run_task(bake(1, ["westus"]), ti, FakeHook(QUORUM_ONE))
 
 
+def test_a_wave_nothing_reached_fails_its_bake_as_a_consequence_and_holds_nobody_back(paused):
+    ti = released(FakeTI())
+    ti.states[names.BUILD] = "failed"
+    ti.states.update({names.region_task(r, names.DRAIN): "upstream_failed" for r in ("eastus", "northeurope")})
+    with pytest.raises(AirflowFailException, match=r"wave 2 did not start: no region of it was drained$"):
+        run_task(bake(2, ["eastus", "northeurope"]), ti, FakeHook(QUORUM_ONE))
+    assert ti.xcoms[(names.bake_after_wave(2), names.FAILURE_KEY)]["consequence"] is True
+
+
 def test_a_held_back_region_keeps_its_traffic_and_the_release_succeeds():
-    ti = regions_done(released(FakeTI()), ["westus", "northeurope", "westeurope"], {"eastus": CAUSE}, bakes=2)
+    ti = regions_done(released(FakeTI()), ["westus", "northeurope", "westeurope"], {"eastus": CAUSE})
     # eastus's own rollback put it back on the old build and gave it its traffic back.
     serving = {"westus": DIGEST, "northeurope": DIGEST, "westeurope": DIGEST, "eastus": OLD}
     hook = FakeHook(QUORUM_ONE, serving=serving)

@@ -146,16 +146,15 @@ class FanoutOperator(BaseOperator):
         states = self.task_states(context)
         final = names.final_step(fleet.gates.metrics is not None)
         canary, quorum, verdicts = bool(fleet.rollout.canary), fleet.rollout.wave_quorum, []
+        never = (None, "upstream_failed", "skipped")
         for number, wave in enumerate(self.snapshot(context).waves, 1):
             regions = [r for r in wave if targeted(params, r)]
             if not regions:
                 continue
             passed = [r for r in regions if states.get(names.region_task(r, final)) == "success"]
-            # A wave starts once the bake (and approval) before it succeeded.
-            before = [names.bake_after_wave(number - 1)] if number > 1 else []
-            if number == 2 and canary and fleet.rollout.manual_approval:
-                before.append(names.APPROVE_AFTER_CANARY)
-            started = all(states.get(task) == "success" for task in before)
+            # Not started: no region of it got as far as its drain (the build, the wave before it,
+            # or every region's replica failed); its regions were never changed, so none is held back.
+            started = any(states.get(names.region_task(r, names.DRAIN)) not in never for r in regions)
             verdicts.append(wave_verdict(number, regions, passed, started, quorum, canary=number == 1 and canary))
         return verdicts
 
