@@ -107,6 +107,8 @@ class AirflowStack:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.postgres.url(),
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # An admin for everything, and a read-only user that Airflow must refuse a freeze.
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,auditor:viewer",
             "AIRFLOW__CORE__PARALLELISM": str(s["parallelism"]),
             "AIRFLOW__CORE__FERNET_KEY": s["fernet_key"],
             "AIRFLOW__API_AUTH__JWT_SECRET": s["jwt_secret"],
@@ -182,11 +184,11 @@ class AirflowStack:
         parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
         return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
 
-    def credentials(self) -> tuple[str, str]:
-        """(username, password) of the admin the simple auth manager generated at start-up."""
+    def credentials(self, user: str = "admin") -> tuple[str, str]:
+        """(username, password) of a user the simple auth manager generated at start-up: `admin`
+        (role admin) or `auditor` (role viewer)."""
         path = self.home / "simple_auth_manager_passwords.json.generated"
-        user, password = next(iter(json.loads(path.read_text()).items()))
-        return user, password
+        return user, json.loads(path.read_text())[user]
 
     def down(self, progress: Progress = print, remove: bool = False) -> int:
         """Stop every part; returns how many processes outlived their part and had to be killed."""

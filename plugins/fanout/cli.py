@@ -1,5 +1,5 @@
 """`python -m fanout`: the command line for people and CI (validate a fleet file, print a plan,
-trigger a release on a running Airflow).
+trigger a release on a running Airflow, freeze and unfreeze an app, list who did).
 
 The fleet and planner modules (pydantic, PyYAML) are imported only by the commands that use them,
 so `fanout trigger` runs in CI with nothing but httpx installed and `PYTHONPATH=plugins`.
@@ -16,7 +16,7 @@ def _regions(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fanout import trigger
+    from fanout import controls_cli, trigger
 
     parser = argparse.ArgumentParser(prog="fanout", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
+    controls_cli.add_arguments(sub)
     return parser
 
 
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         from fanout.trigger import run
 
         return run(args)
+    if args.command in ("freeze", "unfreeze", "audit"):
+        from fanout import controls_cli
+
+        return controls_cli.run(args)
 
     from fanout.fleet import FleetError, load_fleet
     from fanout.planner import PlanError, plan_waves

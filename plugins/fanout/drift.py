@@ -203,14 +203,15 @@ def first_seen(report: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     return {region: dict(r["classes"]) for region, r in report["regions"].items()}
 
 
-def repair_plan(report: Mapping[str, Any]) -> dict[str, Any]:
+def repair_plan(report: Mapping[str, Any], frozen: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Which stuck releases to roll back and which regions a targeted release run should take.
 
     A release run drains, deploys, gates and restores each region under the fleet's pair and
     wave rules, so it repairs stale, drifted and traffic-mismatched regions alike. Left out:
     unreachable regions (the run could not deploy them and would halt its later waves), and a
     stuck release first seen by this very check — it may be a Helm command someone is still
-    running; if it is still pending at the next check it is rolled back.
+    running; if it is still pending at the next check it is rolled back. A region a freeze covers
+    (`frozen`: region -> the freeze) is not touched at all.
     """
     rollback: list[dict[str, Any]] = []
     release: list[str] = []
@@ -220,6 +221,9 @@ def repair_plan(report: Mapping[str, Any]) -> dict[str, Any]:
     for region, r in report["regions"].items():
         state = r["state"]
         if state == IN_SYNC:
+            continue
+        if frozen and region in frozen:
+            skipped[region] = frozen[region]
             continue
         if state == UNREACHABLE:
             skipped[region] = "unreachable: nothing can be deployed there; the next check tries again"

@@ -93,6 +93,11 @@ def observe(region: str) -> str:
     return f"observe_{region}"
 
 
+def freeze_variable(app: str) -> str:
+    """The Variable that holds the app's freeze (fanout.controls)."""
+    return f"fanout_freeze_{app}"
+
+
 def first_seen_variable(app: str) -> str:
     """The Variable that carries first-seen times from one consistency check to the next."""
     return f"fanout_consistency_{app}"

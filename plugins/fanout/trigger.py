@@ -290,6 +290,30 @@ class AirflowApi:
         response = self._request("GET", path, retry=True, missing_ok=True)
         return None if response is None else _xcom_value(response.json().get("value"))
 
+    def dag_params(self, dag_id: str) -> dict[str, Any]:
+        """The DAG's Params as the API serves them: {name: {"value", "schema", "description"}}."""
+        path = f"/api/v2/dags/{quote(dag_id, safe='')}/details"
+        response = self._request("GET", path, retry=True, missing_ok=True)
+        if response is None:
+            raise TriggerError(f"GET {path}: HTTP 404: DAG {dag_id} not found on {self.url}", EXIT_API)
+        return response.json().get("params") or {}
+
+    def set_variable(self, key: str, value: str, description: str) -> None:
+        """Create or replace a Variable; Airflow's event log records who did it, and the description."""
+        body = {"key": key, "value": value, "description": description}
+        path = f"/api/v2/variables/{quote(key, safe='')}"
+        if self._request("PATCH", path, json=body, missing_ok=True) is None:
+            self._request("POST", "/api/v2/variables", json=body)
+
+    def get_variable(self, key: str) -> str | None:
+        response = self._request("GET", f"/api/v2/variables/{quote(key, safe='')}", retry=True, missing_ok=True)
+        return None if response is None else response.json().get("value")
+
+    def event_logs(self, events: list[str], limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` entries of Airflow's audit log for these events, newest first."""
+        params = {"included_events": events, "order_by": "-when", "limit": limit}
+        return self._request("GET", "/api/v2/eventLogs", params=params, retry=True).json().get("event_logs") or []
+
     # -- plumbing
 
     @staticmethod
@@ -493,6 +517,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def connect(
+    url: str,
+    env: Mapping[str, str],
+    *,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    log: Log = lambda _: None,
+) -> AirflowApi:
+    """An API client signed in with the credentials the environment gives (token, or user and password)."""
+    username, password = env.get(ENV_USERNAME) or None, env.get(ENV_PASSWORD) or None
+    token = env.get(ENV_TOKEN) or None
+    if not token and bool(username) != bool(password):
+        raise usage_error(f"set both {ENV_USERNAME} and {ENV_PASSWORD} (or {ENV_TOKEN})")
+    check_url(url, bool(token or password))
+    api = AirflowApi(url, token=token, username=username, password=password, transport=transport, sleep=sleep, log=log)
+    try:
+        api.login()
+    except BaseException:
+        api.close()
+        raise
+    return api
+
+
 def run(
     args: argparse.Namespace,
     *,
@@ -532,19 +579,13 @@ def _run(
     for flag, value, top in (("--timeout", args.timeout, MAX_TIMEOUT), ("--poll", args.poll, MAX_POLL)):
         if not 0 < value <= top:  # also false for nan and inf
             raise usage_error(f"{flag}: {value!r} is not a number of seconds more than 0 and at most {top:g}")
-    username, password = env.get(ENV_USERNAME) or None, env.get(ENV_PASSWORD) or None
-    token = env.get(ENV_TOKEN) or None
-    if not token and bool(username) != bool(password):
-        raise usage_error(f"set both {ENV_USERNAME} and {ENV_PASSWORD} (or {ENV_TOKEN})")
-    check_url(url, bool(token or password))
     for flag, run_id in (("--run-id", args.run_id), ("--follow", args.follow)):
         if run_id is not None and not RUN_ID.match(run_id):
             raise usage_error(f"{flag}: {run_id[:80]!r} is not a run id (letters, digits and _ . ~ : + -; 1–250)")
     conf = None if args.follow else build_conf(args.git_sha, args.ref, args.image, args.regions, args.dry_run)
 
-    api = AirflowApi(url, token=token, username=username, password=password, transport=transport, sleep=sleep, log=log)
+    api = connect(url, env, transport=transport, sleep=sleep, log=log)
     try:
-        api.login()
         follower = Follower(api, dag_id, log, poll=args.poll, clock=clock, sleep=sleep, now=now)
         if args.follow:
             print(args.follow, file=out, flush=True)

@@ -46,7 +46,13 @@ class Rest(AirflowApi):
 
 def fanout_trigger(stack: AirflowStack, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """`python -m fanout trigger …` as CI runs it, pointed at the stack."""
-    user, password = stack.credentials()
+    return fanout(stack, "trigger", *args, timeout=timeout)
+
+
+def fanout(stack: AirflowStack, command: str, *args: str, user: str = "admin", timeout: float = 900
+           ) -> subprocess.CompletedProcess:  # fmt: skip
+    """`python -m fanout <command> …` as a person or CI runs it, pointed at the stack as `user`."""
+    user, password = stack.credentials(user)
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO / "plugins"),
@@ -55,7 +61,7 @@ def fanout_trigger(stack: AirflowStack, *args: str, timeout: float = 900) -> sub
         "FANOUT_AIRFLOW_PASSWORD": password,
     }
     return subprocess.run(
-        [sys.executable, "-m", "fanout", "trigger", *args],
+        [sys.executable, "-m", "fanout", command, *args],
         env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO,
     )  # fmt: skip
 

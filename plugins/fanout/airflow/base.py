@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, NoReturn
 
-from airflow.sdk import Asset, BaseOperator, Context, get_current_context
+from airflow.sdk import Asset, BaseOperator, Context, Variable, get_current_context
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fanout import names
 from fanout.airflow.hooks import FleetHook
+from fanout.controls import Freeze, parse_freeze
 from fanout.fleet import Fleet
 from fanout.policy import DIGEST, WaveVerdict, tolerated_failures, wave_verdict
 from fanout.records import FleetSnapshot, Release, StepFailure
@@ -106,6 +107,10 @@ class FanoutOperator(BaseOperator):
         failure = StepFailure(self.region, self.step or self.task_id, cause, consequence)
         context["ti"].xcom_push(key=names.FAILURE_KEY, value=failure.to_xcom())
         raise AirflowFailException(f"{self.region or 'release'}: {failure.gate} failed: {cause}")
+
+    def freeze(self) -> Freeze | None:
+        """The app's freeze as Airflow holds it now (read at the moment of the change, not at run start)."""
+        return parse_freeze(Variable.get(names.freeze_variable(self.fleet.app.name), default=None))
 
     # -- shared facts of the run -------------------------------------------------------
     def release(self, context: Context) -> Release:

@@ -18,6 +18,7 @@ from fanout.adapters.cluster import ClusterError
 from fanout.adapters.helm import HelmError
 from fanout.adapters.registry import RegistryError
 from fanout.airflow.base import SNAPSHOT_KEY, FanoutOperator, release_asset
+from fanout.controls import frozen_regions
 from fanout.drift import classify_fleet, first_seen, redact, repair_plan, table
 from fanout.policy import DIGEST, deployment_facts, digest_of
 from fanout.records import FleetSnapshot, Observation
@@ -204,7 +205,7 @@ class RepairFleetOperator(_ConsistencyStep):
         report = ti.xcom_pull(task_ids=names.CLASSIFY)
         if report is None:
             raise AirflowFailException("classify recorded no report: nothing to repair from")
-        plan = repair_plan(report)
+        plan = repair_plan(report, frozen_regions(self.freeze(), list(report["regions"]), datetime.now(UTC)))
         for region, why in plan["skipped"].items():
             self.log.warning("%s: not repaired: %s", region, why)
         outcome: dict[str, Any] = {"mode": self.fleet.consistency.mode, **plan, "action": "none"}

@@ -4,6 +4,7 @@ restore — or roll back when a step failed."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import Context
@@ -75,6 +76,11 @@ class DrainRegionOperator(_RegionStep):
     step = names.DRAIN
 
     def run(self, context: Context) -> dict[str, Any]:
+        # The first change a run makes to a region: a freeze stops it here, before anything changed
+        # (a region already mid-change finishes its steps, and a rollback is never stopped).
+        freeze = self.freeze()
+        if freeze is not None and freeze.covers(self.region, datetime.now(UTC)):
+            self.fail(context, f"{freeze.line()}; nothing was changed (`fanout unfreeze` lifts it)")
         tm = self.hook.traffic_manager()
         endpoints = tm.endpoints()
         try:

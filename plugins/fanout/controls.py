@@ -1,0 +1,84 @@
+"""Freezes: an operator stops every change to some regions (or all of them) at once.
+
+A freeze lives in one Airflow Variable per app (`names.freeze_variable`), so it is in Airflow's
+database, not on one machine, and every change to it goes through Airflow's REST API: Airflow's
+auth manager decides who may set it, and its event log records who did, when, and the summary the
+Variable's description carries (`fanout audit` lists them). This module is the plain data: what a
+Variable's value means, and whether it covers a region now. Lifting a freeze writes a lifted value
+rather than deleting the Variable, so the lift has a reason in the log too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """A freeze as recorded: `regions` None means every region; `until` None means until lifted."""
+
+    reason: str
+    by: str
+    at: str  # ISO 8601, UTC
+    regions: tuple[str, ...] | None = None
+    until: str | None = None
+    lifted: bool = False
+
+    def covers(self, region: str, now: datetime) -> bool:
+        if self.lifted or (self.until is not None and now >= datetime.fromisoformat(self.until)):
+            return False
+        return self.regions is None or region in self.regions
+
+    def scope(self) -> str:
+        return "every region" if self.regions is None else ", ".join(self.regions)
+
+    def line(self) -> str:
+        until = f" until {self.until}" if self.until else ""
+        return f"frozen ({self.scope()}) by {self.by} at {self.at}{until}: {self.reason}"
+
+    def summary(self) -> str:
+        """The Variable's description: what Airflow's event log keeps of the change (it masks values)."""
+        if self.lifted:
+            return f"unfreeze by {self.by}: {self.reason}"
+        return f"freeze {self.scope()}{f' until {self.until}' if self.until else ''} by {self.by}: {self.reason}"
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["regions"] = list(self.regions) if self.regions is not None else None
+        return json.dumps(data, sort_keys=True)
+
+
+def parse_freeze(text: str | None) -> Freeze | None:
+    """The freeze a Variable's value records, None for none. A value that cannot be read freezes
+    every region: a freeze someone meant to set must never be ignored because of a typo."""
+    if not text:
+        return None
+    try:
+        data: dict[str, Any] = json.loads(text)
+        regions = data.get("regions")
+        freeze = Freeze(
+            reason=str(data["reason"]), by=str(data["by"]), at=str(data["at"]),
+            regions=None if regions is None else tuple(str(r) for r in regions),
+            until=data.get("until"), lifted=bool(data.get("lifted", False)),
+        )  # fmt: skip
+        if freeze.until is not None:
+            datetime.fromisoformat(freeze.until)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return Freeze(reason=f"the freeze Variable cannot be read ({text[:80]!r}); fix or lift it", by="?", at="?")
+    return None if freeze.lifted else freeze
+
+
+def frozen_regions(freeze: Freeze | None, regions: Sequence[str], now: datetime) -> dict[str, str]:
+    """region -> why, for each of `regions` the freeze covers now."""
+    if freeze is None:
+        return {}
+    return {region: freeze.line() for region in regions if freeze.covers(region, now)}
+
+
+def check_regions(regions: Collection[str] | None, known: Sequence[str]) -> list[str]:
+    """The names in `regions` that are not regions of the fleet."""
+    return sorted(set(regions or ()) - set(known))

@@ -1,0 +1,159 @@
+"""`fanout freeze`, `fanout unfreeze` and `fanout audit`: stop every change to an app's regions at
+once, lift it, and list who did what, through Airflow's REST API (httpx only, as `fanout trigger`).
+
+Airflow decides who may: setting a Variable needs a role that may edit Variables, so an anonymous
+or read-only user is refused with Airflow's own 401/403. Airflow's event log records every change
+with the signed-in user; `fanout audit` reads it back. What a freeze means is fanout.controls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from fanout import names
+from fanout.controls import Freeze, check_regions, parse_freeze
+from fanout.trigger import DEFAULT_URL, ENV_URL, ENV_USERNAME, EXIT_OK, TriggerError, connect, usage_error
+
+# The events Airflow's API logs for a Variable written through it (the endpoint function names).
+VARIABLE_EVENTS = ["post_variable", "patch_variable", "delete_variable"]
+
+
+def add_arguments(sub: Any) -> None:
+    helps = {
+        "freeze": "stop every change to the app's regions (or --regions) until unfreeze or --until",
+        "unfreeze": "lift the app's freeze",
+        "audit": "who froze and unfroze the app, when and why (Airflow's event log)",
+    }
+    for command, text in helps.items():
+        parser = sub.add_parser(command, help=text, description=text)
+        parser.add_argument("--app", required=True, help="the app (its release DAG is release_<app>)")
+        parser.add_argument("--airflow-url", help=f"Airflow's base URL (default: ${ENV_URL} or {DEFAULT_URL})")
+        if command == "freeze":
+            parser.add_argument("--regions", help="comma-separated regions (default: every region)")
+            parser.add_argument("--until", help="ISO 8601 time the freeze ends by itself, e.g. 2026-12-01T06:00Z")
+        if command != "audit":
+            parser.add_argument("--reason", required=True, help="why: shown to every run it stops, and audited")
+        else:
+            parser.add_argument("--limit", type=int, default=50, help="entries to show (default 50)")
+
+
+def run(
+    args: argparse.Namespace,
+    *,
+    env: Mapping[str, str] = os.environ,
+    transport: httpx.BaseTransport | None = None,
+    stdout: Any = None,
+    stderr: Any = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    try:
+        api = connect(args.airflow_url or env.get(ENV_URL) or DEFAULT_URL, env, transport=transport, sleep=sleep)
+        try:
+            return COMMANDS[args.command](api, args, env, out, now())
+        finally:
+            api.close()
+    except TriggerError as error:
+        print(f"fanout {args.command}: {error}", file=err, flush=True)
+        return error.exit_code
+
+
+def _freeze(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()] if args.regions else None
+    until = _until(args.until, now)
+    if regions is not None:
+        # The release DAG's `regions` Param lists the fleet's regions: a misspelt one would freeze nothing.
+        known = (api.dag_params(names.release_dag(args.app)).get("regions") or {}).get("schema") or {}
+        unknown = check_regions(regions, (known.get("items") or {}).get("enum") or [])
+        if unknown:
+            raise usage_error(f"--regions: {', '.join(unknown)} is not a region of {args.app}")
+    reason = _reason(args.reason)
+    freeze = Freeze(reason, _who(env), now.isoformat(timespec="seconds"), tuple(regions) if regions else None, until)
+    api.set_variable(names.freeze_variable(args.app), freeze.to_json(), freeze.summary())
+    print(f"{args.app}: {freeze.line()}", file=out, flush=True)
+    return EXIT_OK
+
+
+def _unfreeze(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
+    key = names.freeze_variable(args.app)
+    current = parse_freeze(api.get_variable(key))
+    if current is None:
+        print(f"{args.app}: not frozen; nothing to lift", file=out, flush=True)
+        return EXIT_OK
+    lifted = Freeze(_reason(args.reason), _who(env), now.isoformat(timespec="seconds"), current.regions, lifted=True)
+    api.set_variable(key, lifted.to_json(), lifted.summary())
+    print(f"{args.app}: unfrozen ({current.scope()}) by {lifted.by}: {lifted.reason}", file=out, flush=True)
+    return EXIT_OK
+
+
+def _audit(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise usage_error(f"--limit: {args.limit} is not from 1 to 1000")
+    key = names.freeze_variable(args.app)
+    rows = []
+    for entry in api.event_logs(VARIABLE_EVENTS, limit=1000):
+        extra = _extra(entry.get("extra"))
+        if key not in (extra.get("key"), extra.get("variable_key")):
+            continue
+        what = extra.get("description") or entry.get("event")
+        rows.append(f"{entry.get('when')}  {entry.get('owner')}  {what}")
+    for line in rows[: args.limit] or [f"nothing recorded for {args.app}"]:
+        print(line, file=out, flush=True)
+    return EXIT_OK
+
+
+COMMANDS = {"freeze": _freeze, "unfreeze": _unfreeze, "audit": _audit}
+
+
+def _reason(text: str) -> str:
+    reason = " ".join(text.split())
+    if not reason:
+        raise usage_error("--reason: say why (it is shown to every run the freeze stops, and audited)")
+    return reason[:500]
+
+
+def _until(text: str | None, now: datetime) -> str | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise usage_error(f"--until: {text!r} is not an ISO 8601 time, e.g. 2026-12-01T06:00Z") from None
+    if when.tzinfo is None:
+        raise usage_error(f"--until: {text!r} has no time zone; add Z or +HH:MM")
+    if when <= now:
+        raise usage_error(f"--until: {text} is already past")
+    return when.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _who(env: Mapping[str, str]) -> str:
+    """Who the freeze names. Airflow's event log records the signed-in user itself; this is the
+    same name for the message a stopped run shows (from the user name, or the token's subject)."""
+    if env.get(ENV_USERNAME):
+        return env[ENV_USERNAME]
+    token = env.get("FANOUT_AIRFLOW_TOKEN", "")
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return str(claims.get("sub") or "token")
+    except (IndexError, ValueError):
+        return "token"
+
+
+def _extra(text: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -1,0 +1,182 @@
+"""Freezes: what a freeze Variable means, the drain and the repair that obey it, and `fanout
+freeze / unfreeze / audit` against a played Airflow REST API (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from fanout import names
+from fanout.airflow import base
+from fanout.airflow import region_steps as rs
+from fanout.cli import build_parser
+from fanout.controls import Freeze, frozen_regions, parse_freeze
+from fanout.controls_cli import run
+from fanout.drift import repair_plan
+from fanout.fleet import load_fleet
+from tests.fakes import LOCAL, FakeHook, FakeTI, released, run_task
+
+FLEET = load_fleet(LOCAL)
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+KEY = names.freeze_variable("hello")
+
+
+def freeze(**kw) -> Freeze:
+    return Freeze(**{"reason": "incident 42", "by": "alice", "at": NOW.isoformat(), **kw})
+
+
+# -- what a freeze covers ----------------------------------------------------------------
+
+
+def test_a_freeze_covers_its_regions_until_it_ends_or_is_lifted():
+    everywhere, two = freeze(), freeze(regions=("eastus", "westus"))
+    assert everywhere.covers("westeurope", NOW) and two.covers("eastus", NOW) and not two.covers("westeurope", NOW)
+    ending = freeze(until=(NOW + timedelta(hours=1)).isoformat())
+    assert ending.covers("eastus", NOW) and not ending.covers("eastus", NOW + timedelta(hours=1))
+    assert parse_freeze(freeze(lifted=True).to_json()) is None and parse_freeze(None) is None
+    assert parse_freeze(two.to_json()) == two
+    assert two.line() == f"frozen (eastus, westus) by alice at {NOW.isoformat()}: incident 42"
+
+
+def test_a_freeze_that_cannot_be_read_freezes_everything():
+    for text in ("{not json", '{"reason": "x"}', '{"reason": "x", "by": "a", "at": "t", "until": "someday"}'):
+        unreadable = parse_freeze(text)
+        assert unreadable is not None and unreadable.covers("eastus", NOW), text
+        assert "cannot be read" in unreadable.reason
+
+
+def test_repair_leaves_frozen_regions_alone():
+    report = {"desired": {"digest": "sha256:" + "a" * 64}, "checked_at": NOW.isoformat(),
+              "regions": {r: {"state": "stale", "since": NOW.isoformat()} for r in ("eastus", "westus")}}  # fmt: skip
+    frozen = frozen_regions(freeze(regions=("eastus",)), ["eastus", "westus"], NOW)
+    plan = repair_plan(report, frozen)
+    assert plan["release"] == ["westus"] and plan["skipped"]["eastus"].startswith("frozen (eastus) by alice")
+
+
+# -- the drain obeys it ------------------------------------------------------------------
+
+
+@pytest.fixture
+def variables(monkeypatch) -> dict[str, str]:
+    """The Variables the tasks read (Airflow's Variable.get, played)."""
+    held: dict[str, str] = {}
+    monkeypatch.setattr(base.Variable, "get", staticmethod(lambda key, default=None: held.get(key, default)))
+    return held
+
+
+def drain(region: str) -> rs.DrainRegionOperator:
+    return rs.DrainRegionOperator(task_id=names.region_task(region, names.DRAIN), fleet_path=str(LOCAL), region=region)
+
+
+def test_a_frozen_region_is_not_drained_and_says_who_froze_it(variables):
+    variables[KEY] = freeze(regions=("eastus",)).to_json()
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    op = rs.DrainRegionOperator(
+        task_id=names.region_task("eastus", names.DRAIN), fleet_path=str(LOCAL), region="eastus"
+    )
+    with pytest.raises(AirflowFailException, match=r"eastus: drain failed: frozen \(eastus\) by alice .*incident 42"):
+        run_task(op, ti, hook)
+    assert hook.tm.calls == []
+    assert "nothing was changed" in ti.xcoms[(op.task_id, names.FAILURE_KEY)]["cause"]
+    # Another region, and the same region once lifted, drain as before.
+    west = rs.DrainRegionOperator(
+        task_id=names.region_task("westus", names.DRAIN), fleet_path=str(LOCAL), region="westus"
+    )
+    run_task(west, ti, hook)
+    variables[KEY] = freeze(regions=("eastus",), lifted=True).to_json()
+    run_task(op, ti, hook)
+    assert [call[0] for call in hook.tm.calls] == ["westus", "eastus"]
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+class PlayedAirflow:
+    """Variables, the release DAG's params and an event log, as Airflow's API v2 serves them."""
+
+    def __init__(self, status: int = 200):
+        self.variables: dict[str, dict] = {}
+        self.requests: list[httpx.Request] = []
+        self.status = status
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        path, method = request.url.path, request.method
+        if self.status != 200:
+            return httpx.Response(self.status, json={"detail": "Forbidden"})
+        if path == "/api/v2/dags/release_hello/details":
+            regions = {"schema": {"type": ["null", "array"], "items": {"enum": FLEET.region_names}}}
+            return httpx.Response(200, json={"dag_id": "release_hello", "params": {"regions": regions}})
+        if path.startswith("/api/v2/variables/"):
+            key = path.rsplit("/", 1)[1]
+            if method == "GET" or key not in self.variables:
+                found = self.variables.get(key)
+                return httpx.Response(200, json=found) if found else httpx.Response(404, json={"detail": "nf"})
+            self.variables[key] = json.loads(request.content)
+            return httpx.Response(200, json=self.variables[key])
+        if path == "/api/v2/variables" and method == "POST":
+            body = json.loads(request.content)
+            self.variables[body["key"]] = body
+            return httpx.Response(201, json=body)
+        if path == "/api/v2/eventLogs":
+            masked = [{**v, "value": "***"} for v in self.variables.values()]
+            logs = [{"when": "2026-11-30T12:00:00Z", "owner": "alice", "event": "patch_variable",
+                     "extra": json.dumps(v)} for v in masked]  # fmt: skip
+            logs.append({"when": "2026-11-30T11:00:00Z", "owner": "bob", "event": "post_variable",
+                         "extra": json.dumps({"key": "something_else", "description": "not ours"})})  # fmt: skip
+            return httpx.Response(200, json={"event_logs": logs, "total_entries": len(logs)})
+        return httpx.Response(404, json={"detail": f"no {method} {path}"})
+
+
+def cli(airflow: PlayedAirflow, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    args = build_parser().parse_args(list(argv))
+    env = {"FANOUT_AIRFLOW_TOKEN": "t0ken", "FANOUT_AIRFLOW_URL": "http://127.0.0.1:8080"}
+    code = run(args, env=env, transport=httpx.MockTransport(airflow.handle), stdout=out, stderr=err,
+               now=lambda: NOW, sleep=lambda _: None)  # fmt: skip
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_freeze_writes_the_variable_with_a_summary_airflows_event_log_keeps():
+    airflow = PlayedAirflow()
+    code, out, _ = cli(airflow, "freeze", "--app", "hello", "--regions", "eastus,westus", "--reason", "incident 42",
+                       "--until", "2026-11-30T18:00Z")  # fmt: skip
+    assert code == 0 and "frozen (eastus, westus) by token" in out
+    stored = airflow.variables[KEY]
+    assert stored["description"] == "freeze eastus, westus until 2026-11-30T18:00:00+00:00 by token: incident 42"
+    assert parse_freeze(stored["value"]).covers("eastus", NOW)
+    code, out, _ = cli(airflow, "unfreeze", "--app", "hello", "--reason", "incident over")
+    assert code == 0 and parse_freeze(airflow.variables[KEY]["value"]) is None
+    code, out, _ = cli(airflow, "audit", "--app", "hello")
+    assert "alice  unfreeze by token: incident over" in out and "not ours" not in out
+
+
+def test_a_region_not_in_the_fleet_is_refused_before_anything_is_written():
+    airflow = PlayedAirflow()
+    code, _, err = cli(airflow, "freeze", "--app", "hello", "--regions", "eastuss", "--reason", "x")
+    assert code == 2 and "--regions: eastuss is not a region of hello" in err
+    assert not [r for r in airflow.requests if r.method != "GET"]
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--reason", "  "], "--reason: say why"),
+    (["--reason", "x", "--until", "tomorrow"], "--until: 'tomorrow' is not an ISO 8601 time"),
+    (["--reason", "x", "--until", "2026-11-30T18:00"], "has no time zone"),
+    (["--reason", "x", "--until", "2026-11-30T11:00Z"], "is already past"),
+])  # fmt: skip
+def test_bad_freeze_input_is_one_line_naming_the_flag(argv, said):
+    airflow = PlayedAirflow()
+    code, _, err = cli(airflow, "freeze", "--app", "hello", *argv)
+    assert code == 2 and said in err and len(err.strip().splitlines()) == 1
+    assert not [r for r in airflow.requests if r.method != "GET"]
+
+
+def test_a_user_airflow_refuses_is_told_so_and_nothing_is_frozen():
+    airflow = PlayedAirflow(status=403)
+    code, _, err = cli(airflow, "freeze", "--app", "hello", "--reason", "x")
+    assert code != 0 and "HTTP 403" in err and airflow.variables == {}
