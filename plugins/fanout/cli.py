@@ -1,5 +1,5 @@
 """`python -m fanout`: the command line for people and CI (validate a fleet file, print a plan,
-trigger a release on a running Airflow, freeze and unfreeze an app, list who did).
+trigger a release on a running Airflow, freeze an app or quarantine a build, list who did).
 
 The fleet and planner modules (pydantic, PyYAML) are imported only by the commands that use them,
 so `fanout trigger` runs in CI with nothing but httpx installed and `PYTHONPATH=plugins`.
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         from fanout.trigger import run
 
         return run(args)
-    if args.command in ("freeze", "unfreeze", "audit"):
+    if args.command in ("freeze", "unfreeze", "quarantine", "unquarantine", "audit"):
         from fanout import controls_cli
 
         return controls_cli.run(args)

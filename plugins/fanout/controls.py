@@ -1,11 +1,14 @@
-"""Freezes: an operator stops every change to some regions (or all of them) at once.
+"""Freezes and quarantines: an operator stops every change to some regions (or all of them) at
+once, or keeps one known-bad build from ever being released again.
 
 A freeze lives in one Airflow Variable per app (`names.freeze_variable`), so it is in Airflow's
 database, not on one machine, and every change to it goes through Airflow's REST API: Airflow's
 auth manager decides who may set it, and its event log records who did, when, and the summary the
-Variable's description carries (`fanout audit` lists them). This module is the plain data: what a
-Variable's value means, and whether it covers a region now. Lifting a freeze writes a lifted value
-rather than deleting the Variable, so the lift has a reason in the log too.
+Variable's description carries (`fanout audit` lists them). A quarantine is one Variable per
+digest (`names.quarantine_variable`), so a run checks exactly its own digest and two quarantines
+never overwrite each other. This module is the plain data: what a Variable's value means, and
+whether it covers a region or digest now. Lifting writes a lifted value rather than deleting the
+Variable, so the lift has a reason in the log too.
 """
 
 from __future__ import annotations
@@ -82,3 +85,37 @@ def frozen_regions(freeze: Freeze | None, regions: Sequence[str], now: datetime)
 def check_regions(regions: Collection[str] | None, known: Sequence[str]) -> list[str]:
     """The names in `regions` that are not regions of the fleet."""
     return sorted(set(regions or ()) - set(known))
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """A digest no run may release, and why."""
+
+    digest: str
+    reason: str
+    by: str
+    at: str
+    lifted: bool = False
+
+    def line(self) -> str:
+        return f"{self.digest} is quarantined by {self.by} at {self.at}: {self.reason}"
+
+    def summary(self) -> str:
+        verb = "lift quarantine of" if self.lifted else "quarantine"
+        return f"{verb} {self.digest} by {self.by}: {self.reason}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def parse_quarantine(text: str | None, digest: str) -> Quarantine | None:
+    """The quarantine a Variable's value records for `digest`, None for none (or lifted). A value
+    that cannot be read quarantines the digest: releasing a build someone meant to stop is worse."""
+    if not text:
+        return None
+    try:
+        data: dict[str, Any] = json.loads(text)
+        found = Quarantine(digest, str(data["reason"]), str(data["by"]), str(data["at"]), bool(data.get("lifted")))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return Quarantine(digest, f"the quarantine Variable cannot be read ({text[:80]!r}); fix or lift it", "?", "?")
+    return None if found.lifted else found

@@ -1,5 +1,6 @@
-"""`fanout freeze`, `fanout unfreeze` and `fanout audit`: stop every change to an app's regions at
-once, lift it, and list who did what, through Airflow's REST API (httpx only, as `fanout trigger`).
+"""`fanout freeze`, `unfreeze`, `quarantine`, `unquarantine` and `audit`: stop every change to an
+app's regions at once, keep a bad build from being released, lift either, and list who did what,
+through Airflow's REST API (httpx only, as `fanout trigger`).
 
 Airflow decides who may: setting a Variable needs a role that may edit Variables, so an anonymous
 or read-only user is refused with Airflow's own 401/403. Airflow's event log records every change
@@ -12,6 +13,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -21,9 +23,10 @@ from typing import Any
 import httpx
 
 from fanout import names
-from fanout.controls import Freeze, check_regions, parse_freeze
+from fanout.controls import Freeze, Quarantine, check_regions, parse_freeze, parse_quarantine
 from fanout.trigger import DEFAULT_URL, ENV_URL, ENV_USERNAME, EXIT_OK, TriggerError, connect, usage_error
 
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # as fanout.policy's, which would import pydantic here
 # The events Airflow's API logs for a Variable written through it (the endpoint function names).
 VARIABLE_EVENTS = ["post_variable", "patch_variable", "delete_variable"]
 
@@ -32,12 +35,16 @@ def add_arguments(sub: Any) -> None:
     helps = {
         "freeze": "stop every change to the app's regions (or --regions) until unfreeze or --until",
         "unfreeze": "lift the app's freeze",
-        "audit": "who froze and unfroze the app, when and why (Airflow's event log)",
+        "quarantine": "keep a digest of the app from ever being released (validate and every drain refuse it)",
+        "unquarantine": "lift a digest's quarantine",
+        "audit": "who froze, unfroze, quarantined and lifted, when and why (Airflow's event log)",
     }
     for command, text in helps.items():
         parser = sub.add_parser(command, help=text, description=text)
         parser.add_argument("--app", required=True, help="the app (its release DAG is release_<app>)")
         parser.add_argument("--airflow-url", help=f"Airflow's base URL (default: ${ENV_URL} or {DEFAULT_URL})")
+        if command in ("quarantine", "unquarantine"):
+            parser.add_argument("digest", help="the image digest, sha256:<64 hex>")
         if command == "freeze":
             parser.add_argument("--regions", help="comma-separated regions (default: every region)")
             parser.add_argument("--until", help="ISO 8601 time the freeze ends by itself, e.g. 2026-12-01T06:00Z")
@@ -100,11 +107,12 @@ def _unfreeze(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: A
 def _audit(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
     if not 1 <= args.limit <= 1000:
         raise usage_error(f"--limit: {args.limit} is not from 1 to 1000")
-    key = names.freeze_variable(args.app)
+    freeze, quarantines = names.freeze_variable(args.app), names.quarantine_variable(args.app, "")
     rows = []
     for entry in api.event_logs(VARIABLE_EVENTS, limit=1000):
         extra = _extra(entry.get("extra"))
-        if key not in (extra.get("key"), extra.get("variable_key")):
+        key = str(extra.get("key") or extra.get("variable_key") or "")
+        if key != freeze and not key.startswith(quarantines):
             continue
         what = extra.get("description") or entry.get("event")
         rows.append(f"{entry.get('when')}  {entry.get('owner')}  {what}")
@@ -113,7 +121,22 @@ def _audit(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any,
     return EXIT_OK
 
 
-COMMANDS = {"freeze": _freeze, "unfreeze": _unfreeze, "audit": _audit}
+def _quarantine(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
+    if not DIGEST.match(args.digest):
+        raise usage_error(f"digest: {args.digest[:80]!r} is not sha256:<64 lowercase hex>")
+    key, lift = names.quarantine_variable(args.app, args.digest), args.command == "unquarantine"
+    if lift and parse_quarantine(api.get_variable(key), args.digest) is None:
+        print(f"{args.app}: {args.digest} is not quarantined; nothing to lift", file=out, flush=True)
+        return EXIT_OK
+    entry = Quarantine(args.digest, _reason(args.reason), _who(env), now.isoformat(timespec="seconds"), lift)
+    api.set_variable(key, entry.to_json(), entry.summary())
+    print(f"{args.app}: {entry.summary()}", file=out, flush=True)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "freeze": _freeze, "unfreeze": _unfreeze, "quarantine": _quarantine, "unquarantine": _quarantine, "audit": _audit,
+}  # fmt: skip
 
 
 def _reason(text: str) -> str:

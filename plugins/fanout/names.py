@@ -98,6 +98,11 @@ def freeze_variable(app: str) -> str:
     return f"fanout_freeze_{app}"
 
 
+def quarantine_variable(app: str, digest: str) -> str:
+    """The Variable that quarantines one digest of the app (fanout.controls)."""
+    return f"fanout_quarantine_{app}_{digest.removeprefix('sha256:')}"
+
+
 def first_seen_variable(app: str) -> str:
     """The Variable that carries first-seen times from one consistency check to the next."""
     return f"fanout_consistency_{app}"

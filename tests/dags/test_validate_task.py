@@ -154,3 +154,16 @@ def test_draining_a_geographys_only_answer_is_refused_naming_it(tmp_path):
     )
     with pytest.raises(AirflowFailException, match=refused):
         run_validate(fleet_with(tmp_path, traffic={"routing_method": "Geographic"}, regions=geo))
+
+
+def test_a_quarantined_digest_is_refused_naming_who_and_why(tmp_path, monkeypatch):
+    from fanout import names
+    from fanout.airflow import base
+    from fanout.controls import Quarantine
+
+    digest = "sha256:" + "b" * 64
+    held = {names.quarantine_variable("hello", digest): Quarantine(digest, "leaks memory", "bob", "t0").to_json()}
+    monkeypatch.setattr(base.Variable, "get", staticmethod(lambda key, default=None: held.get(key, default)))
+    with pytest.raises(AirflowFailException, match=rf"image: {digest} is quarantined by bob at t0: leaks memory"):
+        run_validate(fleet_with(tmp_path), {"image": digest})
+    run_validate(fleet_with(tmp_path), {"image": "sha256:" + "c" * 64})  # another digest is released as before

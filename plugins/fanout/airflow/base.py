@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fanout import names
 from fanout.airflow.hooks import FleetHook
-from fanout.controls import Freeze, parse_freeze
+from fanout.controls import Freeze, Quarantine, parse_freeze, parse_quarantine
 from fanout.fleet import Fleet
 from fanout.policy import DIGEST, WaveVerdict, tolerated_failures, wave_verdict
 from fanout.records import FleetSnapshot, Release, StepFailure
@@ -111,6 +111,11 @@ class FanoutOperator(BaseOperator):
     def freeze(self) -> Freeze | None:
         """The app's freeze as Airflow holds it now (read at the moment of the change, not at run start)."""
         return parse_freeze(Variable.get(names.freeze_variable(self.fleet.app.name), default=None))
+
+    def quarantine(self, digest: str) -> Quarantine | None:
+        """The digest's quarantine as Airflow holds it now."""
+        key = names.quarantine_variable(self.fleet.app.name, digest)
+        return parse_quarantine(Variable.get(key, default=None), digest)
 
     # -- shared facts of the run -------------------------------------------------------
     def release(self, context: Context) -> Release:

@@ -213,6 +213,10 @@ class RepairFleetOperator(_ConsistencyStep):
             self.log.info("nothing to repair: %s", report["message"])
             return outcome
         desired = report["desired"]
+        if quarantined := self.quarantine(desired["digest"]):
+            # The last release was quarantined after it was recorded: never repair toward it.
+            self.log.warning("not repairing toward the last release: %s", quarantined.line())
+            return {**outcome, "action": "quarantined", "quarantine": quarantined.line()}
         release_dag = names.release_dag(app.name)
         conf = {"git_sha": desired["git_sha"], "image": desired["digest"], "regions": plan["release"]}
         for rb in plan["rollback"]:

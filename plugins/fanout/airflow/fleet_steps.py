@@ -69,6 +69,9 @@ class ValidateReleaseOperator(FanoutOperator):
             plan = plan_waves(fleet, params.get("regions"))
         except PlanError as err:
             raise AirflowFailException(f"regions: {err}") from None
+        image = params.get("image")
+        if image and DIGEST.match(image) and (quarantined := self.quarantine(image)):
+            raise AirflowFailException(f"image: {quarantined.line()}; nothing was changed")
         self.log.info("fleet %s (sha256 %s)\n%s", self.fleet_path, snapshot.sha256[:12], plan.explain())
         self.check_routing(plan, dry_run=bool(params.get("dry_run")))
         # Chart values are input too: a chart that will not render is refused here, before

@@ -81,6 +81,10 @@ class DrainRegionOperator(_RegionStep):
         freeze = self.freeze()
         if freeze is not None and freeze.covers(self.region, datetime.now(UTC)):
             self.fail(context, f"{freeze.line()}; nothing was changed (`fanout unfreeze` lifts it)")
+        # A digest quarantined after the run pinned it must not reach one more region.
+        quarantined = self.quarantine(self.release(context).digest)
+        if quarantined is not None:
+            self.fail(context, f"{quarantined.line()}; nothing was changed")
         tm = self.hook.traffic_manager()
         endpoints = tm.endpoints()
         try:

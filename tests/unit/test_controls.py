@@ -1,5 +1,6 @@
-"""Freezes: what a freeze Variable means, the drain and the repair that obey it, and `fanout
-freeze / unfreeze / audit` against a played Airflow REST API (httpx.MockTransport)."""
+"""Freezes and quarantines: what their Variables mean, the validate, drain and repair that obey
+them, and `fanout freeze / quarantine / audit …` against a played Airflow REST API
+(httpx.MockTransport)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from fanout import names
 from fanout.airflow import base
+from fanout.airflow import consistency as cc
 from fanout.airflow import region_steps as rs
 from fanout.cli import build_parser
-from fanout.controls import Freeze, frozen_regions, parse_freeze
+from fanout.controls import Freeze, Quarantine, frozen_regions, parse_freeze, parse_quarantine
 from fanout.controls_cli import run
 from fanout.drift import repair_plan
 from fanout.fleet import load_fleet
-from tests.fakes import LOCAL, FakeHook, FakeTI, released, run_task
+from tests.fakes import DIGEST, LOCAL, FakeHook, FakeTI, released, run_task, snapshot_of
 
 FLEET = load_fleet(LOCAL)
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -91,6 +93,43 @@ def test_a_frozen_region_is_not_drained_and_says_who_froze_it(variables):
     variables[KEY] = freeze(regions=("eastus",), lifted=True).to_json()
     run_task(op, ti, hook)
     assert [call[0] for call in hook.tm.calls] == ["westus", "eastus"]
+
+
+def quarantined(**kw) -> str:
+    return Quarantine(DIGEST, **{"reason": "leaks memory", "by": "bob", "at": NOW.isoformat(), **kw}).to_json()
+
+
+def test_a_quarantine_is_read_lifted_or_when_unreadable_kept():
+    assert (
+        parse_quarantine(quarantined(), DIGEST).line()
+        == f"{DIGEST} is quarantined by bob at {NOW.isoformat()}: leaks memory"
+    )
+    assert parse_quarantine(quarantined(lifted=True), DIGEST) is None and parse_quarantine(None, DIGEST) is None
+    assert "cannot be read" in parse_quarantine("{oops", DIGEST).reason
+
+
+def test_a_quarantined_digest_reaches_no_more_regions(variables):
+    variables[names.quarantine_variable("hello", DIGEST)] = quarantined()
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    with pytest.raises(
+        AirflowFailException, match=rf"eastus: drain failed: {DIGEST} is quarantined by bob .*leaks memory"
+    ):
+        run_task(drain("eastus"), ti, hook)
+    assert hook.tm.calls == []
+
+
+def test_a_repair_never_releases_a_quarantined_digest_again(variables):
+    variables[names.quarantine_variable("hello", DIGEST)] = quarantined()
+    fleet = FLEET.model_copy(update={"consistency": FLEET.consistency.model_copy(update={"mode": "repair"})})
+    report = {"desired": {"digest": DIGEST, "git_sha": "abc1234"}, "checked_at": NOW.isoformat(), "message": "",
+              "regions": {"eastus": {"state": "stale", "since": NOW.isoformat(), "helm": None}}}  # fmt: skip
+    ti = FakeTI(
+        {(names.READ_DESIRED, base.SNAPSHOT_KEY): snapshot_of().to_xcom(), (names.CLASSIFY, "return_value"): report}
+    )
+    op = cc.RepairFleetOperator(task_id=names.REPAIR, fleet_path=str(LOCAL))
+    op._hook, op._fleet, ti.pushing = FakeHook(fleet), fleet, op.task_id
+    out = op.run({"ti": ti, "params": {}, "run_id": "check1"})
+    assert out["action"] == "quarantined" and "leaks memory" in out["quarantine"]
 
 
 # -- the command line ----------------------------------------------------------------------
@@ -180,3 +219,21 @@ def test_a_user_airflow_refuses_is_told_so_and_nothing_is_frozen():
     airflow = PlayedAirflow(status=403)
     code, _, err = cli(airflow, "freeze", "--app", "hello", "--reason", "x")
     assert code != 0 and "HTTP 403" in err and airflow.variables == {}
+
+
+def test_quarantine_and_lift_are_written_per_digest_and_audited():
+    airflow = PlayedAirflow()
+    code, out, _ = cli(airflow, "quarantine", "--app", "hello", DIGEST, "--reason", "leaks memory")
+    assert code == 0 and out.strip() == f"hello: quarantine {DIGEST} by token: leaks memory"
+    key = names.quarantine_variable("hello", DIGEST)
+    assert parse_quarantine(airflow.variables[key]["value"], DIGEST) is not None
+    code, out, _ = cli(airflow, "unquarantine", "--app", "hello", DIGEST, "--reason", "fixed upstream")
+    assert code == 0 and parse_quarantine(airflow.variables[key]["value"], DIGEST) is None
+    _, out, _ = cli(airflow, "audit", "--app", "hello")
+    assert f"alice  lift quarantine of {DIGEST} by token: fixed upstream" in out
+
+
+def test_quarantine_of_something_not_a_digest_is_refused_naming_it():
+    airflow = PlayedAirflow()
+    code, _, err = cli(airflow, "quarantine", "--app", "hello", "myapp:latest", "--reason", "x")
+    assert code == 2 and "digest: 'myapp:latest' is not sha256:<64 lowercase hex>" in err and not airflow.variables
