@@ -3,8 +3,11 @@ app's regions at once, keep a bad build from being released, lift either, and li
 through Airflow's REST API (httpx only, as `fanout trigger`).
 
 Airflow decides who may: setting a Variable needs a role that may edit Variables, so an anonymous
-or read-only user is refused with Airflow's own 401/403. Airflow's event log records every change
-with the signed-in user; `fanout audit` reads it back. What a freeze means is fanout.controls.
+or read-only user is refused with Airflow's own 401/403. Each action that took effect also writes
+an audit record, a Variable of its own (`names.audit_variable_prefix`); Airflow's event log says
+who wrote each one. That log alone would not do: it records every write Airflow was asked for,
+refused ones too. `fanout audit` lists the records with the user Airflow signed in for each.
+What a freeze or quarantine means is fanout.controls.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -27,8 +31,8 @@ from fanout.controls import Freeze, Quarantine, check_regions, parse_freeze, par
 from fanout.trigger import DEFAULT_URL, ENV_URL, ENV_USERNAME, EXIT_OK, TriggerError, connect, usage_error
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # as fanout.policy's, which would import pydantic here
-# The events Airflow's API logs for a Variable written through it (the endpoint function names).
-VARIABLE_EVENTS = ["post_variable", "patch_variable", "delete_variable"]
+# The event Airflow's API logs for a Variable created through it (the endpoint function's name).
+CREATED = "post_variable"
 
 
 def add_arguments(sub: Any) -> None:
@@ -88,6 +92,7 @@ def _freeze(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any
     reason = _reason(args.reason)
     freeze = Freeze(reason, _who(env), now.isoformat(timespec="seconds"), tuple(regions) if regions else None, until)
     api.set_variable(names.freeze_variable(args.app), freeze.to_json(), freeze.summary())
+    _record(api, args.app, freeze.summary(), freeze.by, now)
     print(f"{args.app}: {freeze.line()}", file=out, flush=True)
     return EXIT_OK
 
@@ -100,6 +105,7 @@ def _unfreeze(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: A
         return EXIT_OK
     lifted = Freeze(_reason(args.reason), _who(env), now.isoformat(timespec="seconds"), current.regions, lifted=True)
     api.set_variable(key, lifted.to_json(), lifted.summary())
+    _record(api, args.app, lifted.summary(), lifted.by, now)
     print(f"{args.app}: unfrozen ({current.scope()}) by {lifted.by}: {lifted.reason}", file=out, flush=True)
     return EXIT_OK
 
@@ -107,18 +113,24 @@ def _unfreeze(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: A
 def _audit(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
     if not 1 <= args.limit <= 1000:
         raise usage_error(f"--limit: {args.limit} is not from 1 to 1000")
-    freeze, quarantines = names.freeze_variable(args.app), names.quarantine_variable(args.app, "")
-    rows = []
-    for entry in api.event_logs(VARIABLE_EVENTS, limit=1000):
-        extra = _extra(entry.get("extra"))
-        key = str(extra.get("key") or extra.get("variable_key") or "")
-        if key != freeze and not key.startswith(quarantines):
-            continue
-        what = extra.get("description") or entry.get("event")
-        rows.append(f"{entry.get('when')}  {entry.get('owner')}  {what}")
-    for line in rows[: args.limit] or [f"nothing recorded for {args.app}"]:
-        print(line, file=out, flush=True)
+    records = api.variables(names.audit_variable_prefix(args.app), limit=args.limit)
+    owners = {}
+    for entry in api.event_logs([CREATED], limit=1000):
+        owners.setdefault(str(_extra(entry.get("extra")).get("key")), entry.get("owner"))
+    if not records:
+        print(f"nothing recorded for {args.app}", file=out, flush=True)
+    for record in records:
+        value = _extra(record.get("value"))
+        # Airflow's owner is who signed in; without its log entry (pruned), the name the record carries.
+        who = owners.get(record["key"]) or f"{value.get('by', '?')} (as recorded)"
+        print(f"{value.get('at', '?')}  {who}  {record.get('description')}", file=out, flush=True)
     return EXIT_OK
+
+
+def _record(api: Any, app: str, summary: str, by: str, now: datetime) -> None:
+    """The audit record of an action that took effect: created, never changed (a new key each time)."""
+    key = f"{names.audit_variable_prefix(app)}{now.strftime('%Y%m%dT%H%M%S%fZ')}_{secrets.token_hex(3)}"
+    api.set_variable(key, json.dumps({"at": now.isoformat(timespec="seconds"), "by": by}), summary)
 
 
 def _quarantine(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
@@ -130,6 +142,7 @@ def _quarantine(api: Any, args: argparse.Namespace, env: Mapping[str, str], out:
         return EXIT_OK
     entry = Quarantine(args.digest, _reason(args.reason), _who(env), now.isoformat(timespec="seconds"), lift)
     api.set_variable(key, entry.to_json(), entry.summary())
+    _record(api, args.app, entry.summary(), entry.by, now)
     print(f"{args.app}: {entry.summary()}", file=out, flush=True)
     return EXIT_OK
 

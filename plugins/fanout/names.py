@@ -103,6 +103,11 @@ def quarantine_variable(app: str, digest: str) -> str:
     return f"fanout_quarantine_{app}_{digest.removeprefix('sha256:')}"
 
 
+def audit_variable_prefix(app: str) -> str:
+    """The app's audit records are Variables named this plus a UTC time and a random tag."""
+    return f"fanout_audit_{app}_"
+
+
 def first_seen_variable(app: str) -> str:
     """The Variable that carries first-seen times from one consistency check to the next."""
     return f"fanout_consistency_{app}"

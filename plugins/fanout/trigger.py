@@ -299,11 +299,18 @@ class AirflowApi:
         return response.json().get("params") or {}
 
     def set_variable(self, key: str, value: str, description: str) -> None:
-        """Create or replace a Variable; Airflow's event log records who did it, and the description."""
+        """Create or replace a Variable. Airflow logs every write it is asked for, refused or not, so
+        look first and send one write: a PATCH that 404s would be one more line in its event log."""
         body = {"key": key, "value": value, "description": description}
-        path = f"/api/v2/variables/{quote(key, safe='')}"
-        if self._request("PATCH", path, json=body, missing_ok=True) is None:
+        if self.get_variable(key) is None:
             self._request("POST", "/api/v2/variables", json=body)
+        else:
+            self._request("PATCH", f"/api/v2/variables/{quote(key, safe='')}", json=body)
+
+    def variables(self, prefix: str, limit: int) -> list[dict[str, Any]]:
+        """The Variables whose key starts with `prefix`, by key, last first."""
+        params = {"variable_key_prefix_pattern": prefix, "order_by": "-key", "limit": limit}
+        return self._request("GET", "/api/v2/variables", params=params, retry=True).json().get("variables") or []
 
     def get_variable(self, key: str) -> str | None:
         response = self._request("GET", f"/api/v2/variables/{quote(key, safe='')}", retry=True, missing_ok=True)

@@ -136,48 +136,56 @@ def test_a_repair_never_releases_a_quarantined_digest_again(variables):
 
 
 class PlayedAirflow:
-    """Variables, the release DAG's params and an event log, as Airflow's API v2 serves them."""
+    """Variables, the release DAG's params and an event log, as Airflow's API v2 serves them. Like
+    Airflow, it logs every write it is asked for (as alice), refused or not."""
 
     def __init__(self, status: int = 200):
         self.variables: dict[str, dict] = {}
         self.requests: list[httpx.Request] = []
+        self.logged: list[dict] = []
         self.status = status
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         path, method = request.url.path, request.method
+        if method in ("POST", "PATCH") and path.startswith("/api/v2/variables"):
+            body = json.loads(request.content)
+            event = "post_variable" if method == "POST" else "patch_variable"
+            self.logged.insert(0, {"when": "2026-11-30T12:00:00Z", "owner": "alice", "event": event,
+                                   "extra": json.dumps({**body, "value": "***"})})  # fmt: skip
         if self.status != 200:
             return httpx.Response(self.status, json={"detail": "Forbidden"})
         if path == "/api/v2/dags/release_hello/details":
             regions = {"schema": {"type": ["null", "array"], "items": {"enum": FLEET.region_names}}}
             return httpx.Response(200, json={"dag_id": "release_hello", "params": {"regions": regions}})
-        if path.startswith("/api/v2/variables/"):
-            key = path.rsplit("/", 1)[1]
-            if method == "GET" or key not in self.variables:
-                found = self.variables.get(key)
-                return httpx.Response(200, json=found) if found else httpx.Response(404, json={"detail": "nf"})
-            self.variables[key] = json.loads(request.content)
-            return httpx.Response(200, json=self.variables[key])
+        if path == "/api/v2/variables" and method == "GET":
+            prefix = request.url.params["variable_key_prefix_pattern"]
+            found = sorted((v for k, v in self.variables.items() if k.startswith(prefix)), key=lambda v: v["key"])
+            return httpx.Response(200, json={"variables": found[::-1], "total_entries": len(found)})
         if path == "/api/v2/variables" and method == "POST":
             body = json.loads(request.content)
+            if body["key"] in self.variables:
+                return httpx.Response(409, json={"detail": "exists"})
             self.variables[body["key"]] = body
             return httpx.Response(201, json=body)
+        if path.startswith("/api/v2/variables/"):
+            key = path.rsplit("/", 1)[1]
+            if key not in self.variables:
+                return httpx.Response(404, json={"detail": "not found"})
+            if method == "PATCH":
+                self.variables[key] = json.loads(request.content)
+            return httpx.Response(200, json=self.variables[key])
         if path == "/api/v2/eventLogs":
-            masked = [{**v, "value": "***"} for v in self.variables.values()]
-            logs = [{"when": "2026-11-30T12:00:00Z", "owner": "alice", "event": "patch_variable",
-                     "extra": json.dumps(v)} for v in masked]  # fmt: skip
-            logs.append({"when": "2026-11-30T11:00:00Z", "owner": "bob", "event": "post_variable",
-                         "extra": json.dumps({"key": "something_else", "description": "not ours"})})  # fmt: skip
-            return httpx.Response(200, json={"event_logs": logs, "total_entries": len(logs)})
+            return httpx.Response(200, json={"event_logs": self.logged, "total_entries": len(self.logged)})
         return httpx.Response(404, json={"detail": f"no {method} {path}"})
 
 
-def cli(airflow: PlayedAirflow, *argv: str) -> tuple[int, str, str]:
+def cli(airflow: PlayedAirflow, *argv: str, at: datetime = NOW) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     args = build_parser().parse_args(list(argv))
     env = {"FANOUT_AIRFLOW_TOKEN": "t0ken", "FANOUT_AIRFLOW_URL": "http://127.0.0.1:8080"}
     code = run(args, env=env, transport=httpx.MockTransport(airflow.handle), stdout=out, stderr=err,
-               now=lambda: NOW, sleep=lambda _: None)  # fmt: skip
+               now=lambda: at, sleep=lambda _: None)  # fmt: skip
     return code, out.getvalue(), err.getvalue()
 
 
@@ -189,10 +197,15 @@ def test_freeze_writes_the_variable_with_a_summary_airflows_event_log_keeps():
     stored = airflow.variables[KEY]
     assert stored["description"] == "freeze eastus, westus until 2026-11-30T18:00:00+00:00 by token: incident 42"
     assert parse_freeze(stored["value"]).covers("eastus", NOW)
-    code, out, _ = cli(airflow, "unfreeze", "--app", "hello", "--reason", "incident over")
+    later = NOW + timedelta(minutes=5)
+    code, out, _ = cli(airflow, "unfreeze", "--app", "hello", "--reason", "incident over", at=later)
     assert code == 0 and parse_freeze(airflow.variables[KEY]["value"]) is None
     code, out, _ = cli(airflow, "audit", "--app", "hello")
-    assert "alice  unfreeze by token: incident over" in out and "not ours" not in out
+    # Each action once, newest first, with the user Airflow signed in.
+    assert out.splitlines() == [
+        f"{later.isoformat()}  alice  unfreeze by token: incident over",
+        f"{NOW.isoformat()}  alice  freeze eastus, westus until 2026-11-30T18:00:00+00:00 by token: incident 42",
+    ]
 
 
 def test_a_region_not_in_the_fleet_is_refused_before_anything_is_written():
@@ -215,10 +228,22 @@ def test_bad_freeze_input_is_one_line_naming_the_flag(argv, said):
     assert not [r for r in airflow.requests if r.method != "GET"]
 
 
-def test_a_user_airflow_refuses_is_told_so_and_nothing_is_frozen():
+def test_a_user_airflow_refuses_is_told_so_and_nothing_is_frozen_or_audited():
     airflow = PlayedAirflow(status=403)
     code, _, err = cli(airflow, "freeze", "--app", "hello", "--reason", "x")
     assert code != 0 and "HTTP 403" in err and airflow.variables == {}
+    airflow.status = 200
+    _, out, _ = cli(airflow, "audit", "--app", "hello")
+    assert out.strip() == "nothing recorded for hello"
+
+
+def test_the_audit_lists_what_took_effect_not_every_write_airflow_logged():
+    airflow = PlayedAirflow()
+    cli(airflow, "freeze", "--app", "hello", "--reason", "one")
+    # Airflow logs a write it refused as well; a refused write creates no audit record.
+    airflow.logged.insert(0, {"owner": "mallory", "event": "post_variable", "extra": json.dumps({"key": KEY})})
+    _, out, _ = cli(airflow, "audit", "--app", "hello")
+    assert out.splitlines() == [f"{NOW.isoformat()}  alice  freeze every region by token: one"]
 
 
 def test_quarantine_and_lift_are_written_per_digest_and_audited():
@@ -227,10 +252,15 @@ def test_quarantine_and_lift_are_written_per_digest_and_audited():
     assert code == 0 and out.strip() == f"hello: quarantine {DIGEST} by token: leaks memory"
     key = names.quarantine_variable("hello", DIGEST)
     assert parse_quarantine(airflow.variables[key]["value"], DIGEST) is not None
-    code, out, _ = cli(airflow, "unquarantine", "--app", "hello", DIGEST, "--reason", "fixed upstream")
+    code, out, _ = cli(
+        airflow, "unquarantine", "--app", "hello", DIGEST, "--reason", "fixed upstream", at=NOW + timedelta(1)
+    )
     assert code == 0 and parse_quarantine(airflow.variables[key]["value"], DIGEST) is None
     _, out, _ = cli(airflow, "audit", "--app", "hello")
-    assert f"alice  lift quarantine of {DIGEST} by token: fixed upstream" in out
+    assert [line.split("  ", 1)[1] for line in out.splitlines()] == [
+        f"alice  lift quarantine of {DIGEST} by token: fixed upstream",
+        f"alice  quarantine {DIGEST} by token: leaks memory",
+    ]
 
 
 def test_quarantine_of_something_not_a_digest_is_refused_naming_it():
