@@ -50,9 +50,7 @@ class Freeze:
         return f"freeze {self.scope()}{f' until {self.until}' if self.until else ''} by {self.by}: {self.reason}"
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["regions"] = list(self.regions) if self.regions is not None else None
-        return json.dumps(data, sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True)  # a tuple of regions is a JSON list
 
 
 def parse_freeze(text: str | None) -> Freeze | None:

@@ -28,7 +28,7 @@ import httpx
 
 from fanout import names
 from fanout.controls import Freeze, Quarantine, check_regions, parse_freeze, parse_quarantine
-from fanout.trigger import DEFAULT_URL, ENV_URL, ENV_USERNAME, EXIT_OK, TriggerError, connect, usage_error
+from fanout.trigger import DEFAULT_URL, ENV_TOKEN, ENV_URL, ENV_USERNAME, EXIT_OK, TriggerError, connect, usage_error
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # as fanout.policy's, which would import pydantic here
 # The event Airflow's API logs for a Variable created through it (the endpoint function's name).
@@ -178,7 +178,7 @@ def _who(env: Mapping[str, str]) -> str:
     same name for the message a stopped run shows (from the user name, or the token's subject)."""
     if env.get(ENV_USERNAME):
         return env[ENV_USERNAME]
-    token = env.get("FANOUT_AIRFLOW_TOKEN", "")
+    token = env.get(ENV_TOKEN, "")
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
