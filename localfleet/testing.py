@@ -4,10 +4,14 @@ private state directory, so tests never collide with a fleet a developer is runn
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +22,7 @@ import yaml
 from fanout.fleet import Fleet, load_fleet
 from fanout.fleet_checks import PROJECT_ENV
 from localfleet import cli, procs
+from localfleet.dags_test_server import server_key
 from localfleet.kube_files import admin_kubeconfig_beside
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +67,10 @@ def write_test_fleet(
         region["edge_url"] = f"http://127.0.1.{number}:{edge_port}"
         region["cluster"]["kubeconfig"]["path"] = str(kubeconfig or folder / "kubeconfig")
         region["local"]["apiserver_port"] = procs.free_port()
-        if lags and region["name"] in lags:
-            region["local"]["replication_lag_seconds"] = lags[region["name"]]
+        # Replicas still lag, but 2 s at most unless a test says otherwise: every release waits for
+        # its slowest replica (8 s in local.yaml), and a test session makes dozens of releases.
+        lag = region["local"].get("replication_lag_seconds", 0)
+        region["local"]["replication_lag_seconds"] = (lags or {}).get(region["name"], min(lag, 2))
     data["traffic_manager"].update(traffic or {})
     gates = data.get("gates") or {}
     if not metrics:
@@ -117,11 +124,67 @@ def dags_test(
     airflow_home: Path, fleet_path: Path, dag_id: str, conf: dict[str, Any], timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     """One DAG run under `airflow dags test` seeing only `fleet_path`'s DAGs; output (stdout and
-    stderr together) in `.stdout`. The database is migrated first when it is new."""
+    stderr together) in `.stdout`. The database is migrated first when it is new. The run is a
+    child of a fork server that imported Airflow once (localfleet.dags_test_server)."""
     env = airflow_env(airflow_home, fleet_path)
     migrate(env)
-    argv = [sys.executable, "-m", "airflow", "dags", "test", dag_id, "--conf", json.dumps(conf)]
-    return subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return _dags_test_server(env).run(["dags", "test", dag_id, "--conf", json.dumps(conf)], env, timeout)
+
+
+class _DagsTestServer:
+    """The client side of localfleet.dags_test_server: one server process per Airflow environment."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+        self.log = Path(env["AIRFLOW_HOME"]) / "dags-test-server.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "localfleet.dags_test_server"],
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                bufsize=0,  # unbuffered, so that select() sees every reply line
+            )
+
+    def _reply(self, timeout: float | None = None) -> dict[str, int] | None:
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            return None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the dags test server stopped (exit {self.proc.wait()}); see {self.log}")
+        return json.loads(line)
+
+    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+        fd, output = tempfile.mkstemp(prefix="dags-test-", suffix=".log")
+        os.close(fd)
+        try:
+            self.proc.stdin.write((json.dumps({"argv": argv, "env": env, "output": output}) + "\n").encode())
+            pid = self._reply()["pid"]
+            done = self._reply(timeout)
+            if done is None:
+                os.killpg(pid, signal.SIGKILL)
+                self._reply()
+                raise subprocess.TimeoutExpired(["airflow", *argv], timeout, output=Path(output).read_text())
+            return subprocess.CompletedProcess(["airflow", *argv], done["exit"], Path(output).read_text())
+        finally:
+            os.unlink(output)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+_servers: dict[tuple[tuple[str, str], ...], _DagsTestServer] = {}
+
+
+def _dags_test_server(env: dict[str, str]) -> _DagsTestServer:
+    key = server_key(env)
+    server = _servers.get(key)
+    if server is None or server.proc.poll() is not None:
+        server = _servers[key] = _DagsTestServer(env)
+        atexit.register(server.close)
+    return server
 
 
 def migrate(env: dict[str, str]) -> None:

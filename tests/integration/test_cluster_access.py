@@ -21,6 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from release_checks import history, tm_client
 
+from fanout.adapters.aks import KubeconfigDir
 from fanout.adapters.cluster import Cluster, ClusterError
 from fanout.adapters.kube_exec import run_exec
 from fanout.airflow.hooks import FleetHook
@@ -71,14 +72,17 @@ def test_an_expired_token_is_refused(local_fleet, faults):
 
 
 def test_a_helm_step_that_outlives_the_first_token_succeeds(local_fleet, faults, tmp_path):
-    region, lifetime, timeout = "northeurope", 100, 25
+    # Fanout asks for a token that outlives each command plus a margin (60 s in production; 10 s
+    # here, so the test waits for a 45 s token to age rather than a 100 s one).
+    region, lifetime, timeout, margin = "northeurope", 45, 25, 10.0
     data = yaml.safe_load(local_fleet.path.read_text())
     data["gates"]["rollout_timeout_seconds"] = timeout  # Helm's --timeout: the step lasts at most that
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     fleet = load_fleet(path)
-    faults(token_lifetime=lifetime)  # the first token, and every one after it, lives 100 s
+    faults(token_lifetime=lifetime)  # the first token, and every one after it, lives 45 s
     hook = FleetHook(fleet)
+    hook._kubeconfigs = KubeconfigDir(margin_seconds=margin)
     helm = hook.helm(region)
     history = helm.history(APP, NS)  # fetches the first token
     token_file = Path(hook.kubeconfig(region, timeout)[0])
