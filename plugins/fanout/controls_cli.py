@@ -1,6 +1,7 @@
-"""`fanout freeze`, `unfreeze`, `quarantine`, `unquarantine` and `audit`: stop every change to an
-app's regions at once, keep a bad build from being released, lift either, and list who did what,
-through Airflow's REST API (httpx only, as `fanout trigger`).
+"""`fanout freeze`, `unfreeze`, `pause`, `resume`, `quarantine`, `unquarantine` and `audit`: stop
+every change to an app's regions at once, hold its releases before their next wave, keep a bad
+build from being released, lift each, and list who did what, through Airflow's REST API (httpx
+only, as `fanout trigger`).
 
 Airflow decides who may: setting a Variable needs a role that may edit Variables, so an anonymous
 or read-only user is refused with Airflow's own 401/403. Each action that took effect also writes
@@ -27,7 +28,7 @@ from typing import Any
 import httpx
 
 from fanout import names
-from fanout.controls import Freeze, Quarantine, check_regions, parse_freeze, parse_quarantine
+from fanout.controls import Freeze, Pause, Quarantine, check_regions, parse_freeze, parse_pause, parse_quarantine
 from fanout.trigger import DEFAULT_URL, ENV_TOKEN, ENV_URL, ENV_USERNAME, EXIT_OK, TriggerError, connect, usage_error
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # as fanout.policy's, which would import pydantic here
@@ -39,9 +40,11 @@ def add_arguments(sub: Any) -> None:
     helps = {
         "freeze": "stop every change to the app's regions (or --regions) until unfreeze or --until",
         "unfreeze": "lift the app's freeze",
+        "pause": "hold the app's releases before their next wave's drains (regions mid-change finish)",
+        "resume": "let the app's paused releases go on",
         "quarantine": "keep a digest of the app from ever being released (validate and every drain refuse it)",
         "unquarantine": "lift a digest's quarantine",
-        "audit": "who froze, unfroze, quarantined and lifted, when and why (Airflow's event log)",
+        "audit": "who froze, paused, quarantined and lifted, when and why (Airflow's event log)",
     }
     for command, text in helps.items():
         parser = sub.add_parser(command, help=text, description=text)
@@ -110,6 +113,18 @@ def _unfreeze(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: A
     return EXIT_OK
 
 
+def _pause(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
+    key, resume = names.pause_variable(args.app), args.command == "resume"
+    if resume and parse_pause(api.get_variable(key)) is None:
+        print(f"{args.app}: not paused; nothing to resume", file=out, flush=True)
+        return EXIT_OK
+    entry = Pause(_reason(args.reason), _who(env), now.isoformat(timespec="seconds"), resumed=resume)
+    api.set_variable(key, entry.to_json(), entry.summary())
+    _record(api, args.app, entry.summary(), entry.by, now)
+    print(f"{args.app}: {entry.summary()}", file=out, flush=True)
+    return EXIT_OK
+
+
 def _audit(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
     if not 1 <= args.limit <= 1000:
         raise usage_error(f"--limit: {args.limit} is not from 1 to 1000")
@@ -148,14 +163,15 @@ def _quarantine(api: Any, args: argparse.Namespace, env: Mapping[str, str], out:
 
 
 COMMANDS = {
-    "freeze": _freeze, "unfreeze": _unfreeze, "quarantine": _quarantine, "unquarantine": _quarantine, "audit": _audit,
+    "freeze": _freeze, "unfreeze": _unfreeze, "pause": _pause, "resume": _pause,
+    "quarantine": _quarantine, "unquarantine": _quarantine, "audit": _audit,
 }  # fmt: skip
 
 
 def _reason(text: str) -> str:
     reason = " ".join(text.split())
     if not reason:
-        raise usage_error("--reason: say why (it is shown to every run the freeze stops, and audited)")
+        raise usage_error("--reason: say why (it is shown to every run it stops or holds, and audited)")
     return reason[:500]
 
 

@@ -5,6 +5,7 @@ problem, each naming the file and the field path."""
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from pydantic import (
 
 from fanout import fleet_checks as checks
 from fanout.fleet_file import FleetFileError, fleet_data, read_fleet_file, read_fleet_text
+from fanout.windows import DeployWindow, make_window
 
 DNS_LABEL = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 REGION_NAME = r"^[a-z][a-z0-9]{1,39}$"
@@ -252,6 +254,27 @@ class LocalSettings(_Strict):
     )
 
 
+class DeployWindowSpec(_Strict):
+    """When a region may be changed (fanout.windows): weekly ranges in the region's time zone, and
+    whole days on which nothing may change."""
+
+    timezone: str = Field(min_length=1, max_length=64)
+    allow: list[str] = Field(max_length=50)
+    # YAML reads 2026-12-24 as a date; a quoted "2026-12-24" is as clear.
+    blackout: list[Annotated[date, Field(strict=False)]] = Field(default_factory=list, max_length=400)
+    _window: DeployWindow | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _valid(self) -> DeployWindowSpec:
+        self._window = make_window(self.timezone, self.allow, self.blackout)
+        return self
+
+    @property
+    def window(self) -> DeployWindow:
+        assert self._window is not None
+        return self._window
+
+
 class Region(_Strict):
     name: str = Field(pattern=REGION_NAME)
     pair: str | None = None
@@ -262,6 +285,7 @@ class Region(_Strict):
     # A warm standby is released like every region but carries no user traffic: its endpoint is left
     # as the profile has it (disabled, or a Priority secondary) and its gates ask its edge directly.
     standby: Literal["warm"] | None = None
+    deploy_window: DeployWindowSpec | None = None
     local: LocalRegion | None = None
 
     @property
@@ -304,6 +328,10 @@ class Rollout(_Strict):
     # A wave passes when this many of its regions pass ("all", or N of the wave's M); the others are
     # rolled back and held back while the release goes on. The canary wave always needs all.
     wave_quorum: Literal["all"] | int = "all"
+    # A region a freeze covers: its drain waits (deferred) until the freeze is lifted, or fails at once.
+    on_freeze: Literal["wait", "fail"] = "wait"
+    # How long a region may be held back (freeze, pause, deploy window) before its drain gives up.
+    hold_timeout_minutes: int = Field(24 * 60, ge=1, le=30 * 24 * 60)
 
     @field_validator("wave_quorum", mode="before")
     @classmethod

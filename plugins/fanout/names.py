@@ -98,6 +98,11 @@ def freeze_variable(app: str) -> str:
     return f"fanout_freeze_{app}"
 
 
+def pause_variable(app: str) -> str:
+    """The Variable that pauses the app's releases between waves (fanout.controls)."""
+    return f"fanout_pause_{app}"
+
+
 def quarantine_variable(app: str, digest: str) -> str:
     """The Variable that quarantines one digest of the app (fanout.controls)."""
     return f"fanout_quarantine_{app}_{digest.removeprefix('sha256:')}"
