@@ -15,7 +15,7 @@ Variable, so the lift has a reason in the log too.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
@@ -120,6 +120,18 @@ def parse_quarantine(text: str | None, digest: str) -> Quarantine | None:
     except (ValueError, KeyError, TypeError, AttributeError):
         return Quarantine(digest, f"the quarantine Variable cannot be read ({text[:80]!r}); fix or lift it", "?", "?")
     return None if found.lifted else found
+
+
+def rollback_target(
+    releases: Sequence[Mapping[str, Any]], bad: str, quarantined: Callable[[str], bool]
+) -> Mapping[str, Any] | None:
+    """The release to roll a quarantined digest back to: the newest recorded release (newest
+    first in `releases`) of another digest that is not quarantined itself. None when there is none."""
+    for release in releases:
+        digest = release.get("digest")
+        if digest and digest != bad and release.get("git_sha") and not quarantined(digest):
+            return release
+    return None
 
 
 @dataclass(frozen=True)

@@ -321,6 +321,14 @@ class AirflowApi:
         params = {"included_events": events, "order_by": "-when", "limit": limit}
         return self._request("GET", "/api/v2/eventLogs", params=params, retry=True).json().get("event_logs") or []
 
+    def release_events(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
+        """What the release DAG's `record` task recorded of each finished release (its Asset events'
+        extras: digest, git_sha, source_ref, …), newest first."""
+        params = {"source_dag_id": names.release_dag(app), "source_task_id": names.RECORD,
+                  "order_by": "-timestamp", "limit": limit}  # fmt: skip
+        events = self._request("GET", "/api/v2/assets/events", params=params, retry=True).json().get("asset_events")
+        return [event.get("extra") or {} for event in events or []]
+
     # -- plumbing
 
     @staticmethod

@@ -184,11 +184,13 @@ class PlayedAirflow:
     """Variables, the release DAG's params and an event log, as Airflow's API v2 serves them. Like
     Airflow, it logs every write it is asked for (as alice), refused or not."""
 
-    def __init__(self, status: int = 200):
+    def __init__(self, status: int = 200, releases: list[dict] | None = None):
         self.variables: dict[str, dict] = {}
         self.requests: list[httpx.Request] = []
         self.logged: list[dict] = []
         self.status = status
+        self.releases = releases or []  # the release Asset events' extras, newest first
+        self.runs: list[dict] = []
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -220,6 +222,15 @@ class PlayedAirflow:
             if method == "PATCH":
                 self.variables[key] = json.loads(request.content)
             return httpx.Response(200, json=self.variables[key])
+        if path == "/api/v2/assets/events":
+            assert dict(request.url.params) | {"source_dag_id": "release_hello", "source_task_id": "record"} == dict(
+                request.url.params
+            )
+            events = [{"extra": extra} for extra in self.releases]
+            return httpx.Response(200, json={"asset_events": events, "total_entries": len(events)})
+        if path == "/api/v2/dags/release_hello/dagRuns" and method == "POST":
+            self.runs.append(json.loads(request.content))
+            return httpx.Response(200, json={"dag_run_id": self.runs[-1]["dag_run_id"]})
         if path == "/api/v2/eventLogs":
             return httpx.Response(200, json={"event_logs": self.logged, "total_entries": len(self.logged)})
         return httpx.Response(404, json={"detail": f"no {method} {path}"})
@@ -294,7 +305,10 @@ def test_the_audit_lists_what_took_effect_not_every_write_airflow_logged():
 def test_quarantine_and_lift_are_written_per_digest_and_audited():
     airflow = PlayedAirflow()
     code, out, _ = cli(airflow, "quarantine", "--app", "hello", DIGEST, "--reason", "leaks memory")
-    assert code == 0 and out.strip() == f"hello: quarantine {DIGEST} by token: leaks memory"
+    assert code == 0 and out.splitlines() == [
+        f"hello: quarantine {DIGEST} by token: leaks memory",
+        "hello: no earlier good release is recorded; nothing to roll back to",
+    ]
     key = names.quarantine_variable("hello", DIGEST)
     assert parse_quarantine(airflow.variables[key]["value"], DIGEST) is not None
     code, out, _ = cli(
@@ -329,3 +343,28 @@ def test_pause_and_resume_are_written_and_audited():
         "alice  resume releases by token: wave 1 is fine",
         "alice  pause releases by token: watching wave 1",
     ]
+
+
+GOOD, OTHER = "sha256:" + "e" * 64, "sha256:" + "f" * 64  # DIGEST (tests.fakes) is the bad one
+
+
+def test_a_quarantine_releases_the_last_good_release_again_through_the_release_dag():
+    releases = [
+        {"digest": DIGEST, "git_sha": "c" * 40, "source_ref": "main"},  # the bad one, newest
+        {"digest": OTHER, "git_sha": "b" * 40, "source_ref": "main"},  # quarantined earlier
+        {"digest": GOOD, "git_sha": "a" * 40, "source_ref": "release/1"},
+    ]
+    airflow = PlayedAirflow(releases=releases)
+    airflow.variables[names.quarantine_variable("hello", OTHER)] = {"value": quarantined(), "description": ""}
+    code, out, err = cli(airflow, "quarantine", "--app", "hello", DIGEST, "--reason", "leaks memory")
+    assert code == 0, out + err
+    [run] = airflow.runs
+    assert run["conf"] == {"git_sha": "a" * 40, "source_ref": "release/1", "image": GOOD}
+    assert run["dag_run_id"].startswith(f"rollback__{DIGEST[7:19]}__") and run["note"].startswith("quarantine")
+    assert f"hello: rolling back to {GOOD} (git aaaaaaaaaaaa): release_hello run {run['dag_run_id']}" in out
+
+
+def test_no_roll_back_only_quarantines():
+    airflow = PlayedAirflow(releases=[{"digest": GOOD, "git_sha": "a" * 40}])
+    code, out, _ = cli(airflow, "quarantine", "--app", "hello", DIGEST, "--reason", "x", "--no-roll-back")
+    assert code == 0 and airflow.runs == [] and "rolling back" not in out
