@@ -318,6 +318,16 @@ class TrafficManager(_Strict):
     dns_port: int | None = Field(None, ge=1024, le=65535)
 
 
+class Hotfix(_Strict):
+    """The emergency path a run opts into with `hotfix: true`: it waits for one of `approvers`
+    (Airflow user ids) to approve it, may then pass a freeze, and bakes and soaks this long instead.
+    Everything else (pairs, drain limits, minimum serving, every gate) applies as to any release."""
+
+    approvers: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=50)
+    bake_seconds: Seconds = 0
+    soak_seconds: Seconds = 0
+
+
 class Rollout(_Strict):
     canary: list[str] = Field(default_factory=list, max_length=100)
     max_regions_per_wave: int = Field(1, ge=1, le=100)
@@ -332,6 +342,7 @@ class Rollout(_Strict):
     on_freeze: Literal["wait", "fail"] = "wait"
     # How long a region may be held back (freeze, pause, deploy window) before its drain gives up.
     hold_timeout_minutes: int = Field(24 * 60, ge=1, le=30 * 24 * 60)
+    hotfix: Hotfix | None = None
 
     @field_validator("wave_quorum", mode="before")
     @classmethod
@@ -545,6 +556,11 @@ def cross_check(fleet: Fleet) -> list[str]:
     for j, name in enumerate(fleet.rollout.canary):
         if name not in index:
             problems.append(f"rollout.canary[{j}]: '{name}' is not a region of this fleet")
+    if (hotfix := fleet.rollout.hotfix) is not None:
+        if hotfix.bake_seconds > fleet.rollout.bake_seconds:
+            problems.append(f"rollout.hotfix.bake_seconds: {hotfix.bake_seconds} is longer than rollout.bake_seconds")
+        if hotfix.soak_seconds > fleet.gates.soak_seconds:
+            problems.append(f"rollout.hotfix.soak_seconds: {hotfix.soak_seconds} is longer than gates.soak_seconds")
     if fleet.registry.home not in index:
         problems.append(f"registry.home: '{fleet.registry.home}' is not a region of this fleet")
     for key in fleet.registry.endpoints:

@@ -97,6 +97,17 @@ def test_a_paused_release_holds_every_drain_until_resumed(variables):
     assert run_task(drain("westus"), ti, hook)["was_enabled"] and hook.tm.calls == [("westus", False, None)]
 
 
+def test_an_approved_hotfix_passes_a_freeze_but_not_a_pause(variables):
+    variables[KEY] = freeze().to_json()
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    hotfix = {"hotfix": True, "hotfix_reason": "INC-9"}
+    assert run_task(drain("eastus"), ti, hook, hotfix)["held_seconds"] == 0.0
+    variables[names.pause_variable("hello")] = Pause("watching", "bob", NOW.isoformat()).to_json()
+    with pytest.raises(TaskDeferred) as deferred:
+        run_task(drain("westus"), ti, hook, hotfix)
+    assert deferred.value.trigger.hotfix and deferred.value.trigger.serialize()[1]["hotfix"] is True
+
+
 @pytest.mark.parametrize(
     ("event", "says"),
     [

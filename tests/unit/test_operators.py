@@ -294,3 +294,10 @@ def test_a_run_validate_refused_is_skipped_by_the_steps_that_answer_failures(cls
     with pytest.raises(AirflowSkipException, match="validate refused this run"):
         run_task(op, FakeTI(), hook)
     assert hook.tm.calls == [] and all(h.calls == [] for h in hook.helms.values())
+
+
+def test_a_hotfix_soaks_rollout_hotfixs_time():
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    with pytest.raises(TaskDeferred) as deferred:
+        run_task(region_op(rs.SoakGateOperator), ti, hook, {"hotfix": True})
+    assert deferred.value.trigger.timeout_seconds == FLEET.rollout.hotfix.soak_seconds < FLEET.gates.soak_seconds

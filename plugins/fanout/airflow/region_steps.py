@@ -4,6 +4,7 @@ restore — or roll back when a step failed."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import Context
@@ -86,19 +87,23 @@ class DrainRegionOperator(_RegionStep):
         # The first change a run makes to a region: a freeze, a pause or the region's deploy window
         # holds it here, before anything changed (a region already mid-change finishes its steps,
         # and a rollback is never held). The wait is deferred and re-checked after it ends.
-        held = current_hold(self.fleet, str(self.region))
+        hotfix = self.hotfix(context) is not None  # approved: approve_hotfix is upstream of every drain
+        held = current_hold(self.fleet, str(self.region), hotfix=hotfix)
         if held is not None:
             if held.refuse:
                 self.fail(context, f"{held.line}; nothing was changed (`fanout unfreeze` lifts it)")
             self.log.warning("%s is held back, waiting (deferred): %s", self.region, held.line)
             trigger = HoldTrigger(
                 **self.trigger_kwargs(context),
+                hotfix=hotfix,
                 timeout_seconds=self.fleet.rollout.hold_timeout_minutes * 60,
                 poll_seconds=HOLD_POLL_SECONDS,
                 started_at=held_since,
                 not_before=time.time() + SETTLE_SECONDS,  # the drain resumes on a worker (see waits.py)
             )
             self.defer(trigger=trigger, method_name="after_hold")
+        if hotfix and (freeze := self.freeze()) is not None and freeze.covers(str(self.region), datetime.now(UTC)):
+            self.log.warning("%s: %s; an approved hotfix passes it", self.region, freeze.line())
         held_seconds = round(time.time() - held_since, 1) if held_since else 0.0
         if held_seconds:
             self.log.info("%s was held back %.0f s; draining now", self.region, held_seconds)
@@ -210,7 +215,8 @@ class SoakGateOperator(_GateOperator):
 
     def run(self, context: Context) -> Any:
         # One probe of the edge, in the trigger, once the soak time is over.
-        soak = self.fleet.gates.soak_seconds
+        hotfix = self.hotfix(context)
+        soak = hotfix.soak_seconds if hotfix else self.fleet.gates.soak_seconds
         trigger = HttpGateTrigger(
             **self.trigger_kwargs(context),
             digest=self.release(context).digest,

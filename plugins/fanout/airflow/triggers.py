@@ -241,16 +241,16 @@ class HoldTrigger(FleetTrigger):
     """Until nothing holds `region` back (fanout.controls.hold): `fanout unfreeze` or `resume`, or
     its deploy window opening, ends the wait within a poll. A freeze that now refuses ends it at once."""
 
-    def __init__(self, *, region: str, **kwargs: Any):
+    def __init__(self, *, region: str, hotfix: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
-        self.region = region
+        self.region, self.hotfix = region, hotfix
 
     def _own_kwargs(self) -> dict[str, Any]:
-        return {"region": self.region}
+        return {"region": self.region, "hotfix": self.hotfix}
 
     async def check(self) -> tuple[bool, str]:
         fleet = (await self.hook()).fleet
-        held = await asyncio.to_thread(current_hold, fleet, self.region)
+        held = await asyncio.to_thread(current_hold, fleet, self.region, self.hotfix)
         if held is None:
             return True, "nothing holds it back"
         if held.refuse:
