@@ -96,7 +96,13 @@ class DeployWindow:
 
 
 def _describe(weekly: WeeklyRange) -> str:
-    days = ",".join(DAYS[d] for d in sorted(weekly.weekdays))
+    runs: list[list[int]] = []
+    for day in sorted(weekly.weekdays):
+        if runs and runs[-1][-1] == day - 1:
+            runs[-1].append(day)
+        else:
+            runs.append([day])
+    days = ",".join(DAYS[r[0]] if len(r) == 1 else f"{DAYS[r[0]]}-{DAYS[r[-1]]}" for r in runs)
     return f"{days} {weekly.start // 60:02d}:{weekly.start % 60:02d}-{weekly.end // 60:02d}:{weekly.end % 60:02d}"
 
 

@@ -45,6 +45,11 @@ def test_a_range_across_a_daylight_saving_change_keeps_local_wall_time():
     assert window.opens_at(datetime(2026, 10, 31, 20, 0, tzinfo=UTC)).astimezone(UTC).hour == 14
 
 
+def test_a_window_describes_itself_as_written():
+    window = make_window("UTC", ["Mon,Tue,Wed 08:00-09:30", "Sat 10:00-24:00", "Mon,Wed,Fri 00:00-01:00"], [])
+    assert window.describe() == "UTC: Mon-Wed 08:00-09:30, Sat 10:00-24:00, Mon,Wed,Fri 00:00-01:00"
+
+
 def test_day_ranges_may_wrap_the_week_and_be_listed():
     assert parse_range("Fri-Mon 00:00-24:00").weekdays == {4, 5, 6, 0}
     assert parse_range("Mon,Wed 08:00-09:30").weekdays == {0, 2}
@@ -117,7 +122,7 @@ def test_the_fleet_file_reads_a_window_with_yaml_dates():
     window = parse_fleet(yaml.safe_load(text), "fleet.yaml").region(name).deploy_window.window
     assert window.blackout == {date(2026, 12, 24), date(2026, 12, 31)}
     explained = explain_windows({name: window}, [[name], ["other"]], at(2026, 12, 1, 3, 0))
-    assert f"wave 1: {name}: Europe/Amsterdam: Mon,Tue,Wed,Thu,Fri 09:00-17:00" in explained
+    assert f"wave 1: {name}: Europe/Amsterdam: Mon-Fri 09:00-17:00" in explained
     assert "open now" in explained
 
 
