@@ -5,6 +5,7 @@ changes a region. A held drain waits deferred (the in-line trigger under `airflo
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -71,14 +72,14 @@ def test_a_freeze_during_wave_one_holds_wave_two_until_unfrozen_and_resumed(serv
         airflow(airflow_home, serving_fleet, "variables", "set", freeze_key, frozen.to_json())
         # The canary, mid-change, finishes; wave 2's regions stay as they were, endpoints enabled.
         wait_until(lambda: tm.endpoints()[canary].enabled, 120, what="the canary's restore")
-        time.sleep(12)  # longer than a hold's first look (8 s) and a poll (5 s)
+        wait_until(lambda: deferred_drains(airflow_home), 120, what="a wave 2 drain held (deferred)")
         held = snapshot(fleet)
         for region in ("eastus", "northeurope", "westeurope"):
             assert held[region] == before[region], f"{region} changed while frozen"
         paused = Pause("watching the canary", "bob", now)
         airflow(airflow_home, serving_fleet, "variables", "set", pause_key, paused.to_json())
         airflow(airflow_home, serving_fleet, "variables", "delete", freeze_key)
-        time.sleep(10)  # two polls: the freeze is gone, the pause still holds
+        time.sleep(9)  # past the hold's first look (8 s after it deferred): the pause holds it
         paused_state = snapshot(fleet)
         for region in ("eastus", "northeurope"):
             assert paused_state[region] == before[region], f"{region} changed while paused"
@@ -99,6 +100,18 @@ def test_a_freeze_during_wave_one_holds_wave_two_until_unfrozen_and_resumed(serv
     assert re.search(rf"{wave_two} is held back: releases paused by bob at {at}: watching the canary", run.output)
     assert re.search(rf"{wave_two} was held back \d+ s; draining now", run.output), run.tail()
     timed("freeze then pause: wave 2 held, then released", started)
+
+
+def deferred_drains(airflow_home) -> list[str]:
+    """The drains of the newest release run that wait, deferred (Airflow's database). `airflow dags
+    test` marks a deferred task queued again while it runs the trigger in line."""
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT task_id FROM task_instance WHERE state IN ('deferred', 'queued') AND task_id LIKE '%.drain' "
+            "AND run_id = "
+            "(SELECT run_id FROM dag_run WHERE dag_id = 'release_hello' ORDER BY id DESC LIMIT 1)"
+        ).fetchall()
+    return [task for (task,) in rows]
 
 
 def test_a_quarantined_digest_is_refused_before_anything_changes(serving_fleet, release, airflow_home):

@@ -12,6 +12,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Context, Variable
+from airflow.sdk.exceptions import AirflowSkipException
 
 from fanout import names
 
@@ -30,7 +31,9 @@ class HotfixApprovalOperator(ApprovalOperator):
 
     def execute(self, context: Context) -> Any:
         params = context["params"]
-        if not params.get("hotfix") or params.get("dry_run"):
+        if params.get("dry_run"):
+            raise AirflowSkipException("dry run: nothing is changed")
+        if not params.get("hotfix"):
             self.log.info("not a hotfix run: nothing to approve")
             return None
         self.body = f"Reason: {params.get('hotfix_reason')}\n\nRun {context['run_id']}, git {params['git_sha']}."
