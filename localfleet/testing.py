@@ -72,7 +72,11 @@ def write_test_fleet(
         lag = region["local"].get("replication_lag_seconds", 0)
         region["local"]["replication_lag_seconds"] = (lags or {}).get(region["name"], min(lag, 2))
     data["traffic_manager"].update(traffic or {})
-    gates = data.get("gates") or {}
+    gates = data.setdefault("gates", {})
+    # The waits every release of a test session repeats per region, short: soak 1 s, HTTP probes
+    # 0.5 s apart (the gates still soak and still need their successes in a row).
+    gates["soak_seconds"] = min(gates.get("soak_seconds", 0), 1)
+    gates.setdefault("http", {})["interval_seconds"] = 0.5
     if not metrics:
         gates.pop("metrics", None)
     elif gates.get("metrics"):

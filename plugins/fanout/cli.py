@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime
 
 
 def _regions(text: str) -> list[str]:
@@ -43,14 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         from fanout.trigger import run
 
         return run(args)
-    if args.command in ("freeze", "unfreeze", "quarantine", "unquarantine", "audit"):
-        from fanout import controls_cli
+    from fanout import controls_cli
 
+    if args.command in controls_cli.COMMANDS:
         return controls_cli.run(args)
 
     from fanout.fleet import FleetError, load_fleet
     from fanout.planner import PlanError, plan_waves
     from fanout.routing import RoutingError, check_wave, explain_waves
+    from fanout.windows import explain_windows
 
     try:
         fleet = load_fleet(args.fleet)
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         print(plan.explain())
         print(explain_waves(fleet, [w.regions for w in plan.waves]))
+        windows = {r.name: r.deploy_window.window for r in fleet.regions if r.deploy_window}
+        if explained := explain_windows(windows, [w.regions for w in plan.waves], datetime.now(UTC)):
+            print(explained)
         for wave in plan.waves:
             check_wave(fleet, wave.regions)
         return 0

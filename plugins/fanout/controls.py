@@ -1,5 +1,6 @@
-"""Freezes and quarantines: an operator stops every change to some regions (or all of them) at
-once, or keeps one known-bad build from ever being released again.
+"""Freezes, pauses and quarantines: an operator stops every change to some regions (or all of
+them) at once, holds a release before its next wave, or keeps one known-bad build from ever being
+released again. `hold` decides whether a region may be changed now (freeze, pause, deploy window).
 
 A freeze lives in one Airflow Variable per app (`names.freeze_variable`), so it is in Airflow's
 database, not on one machine, and every change to it goes through Airflow's REST API: Airflow's
@@ -14,10 +15,12 @@ Variable, so the lift has a reason in the log too.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
+
+from fanout.windows import DeployWindow
 
 
 @dataclass(frozen=True)
@@ -117,3 +120,75 @@ def parse_quarantine(text: str | None, digest: str) -> Quarantine | None:
     except (ValueError, KeyError, TypeError, AttributeError):
         return Quarantine(digest, f"the quarantine Variable cannot be read ({text[:80]!r}); fix or lift it", "?", "?")
     return None if found.lifted else found
+
+
+def rollback_target(
+    releases: Sequence[Mapping[str, Any]], bad: str, quarantined: Callable[[str], bool]
+) -> Mapping[str, Any] | None:
+    """The release to roll a quarantined digest back to: the newest recorded release (newest
+    first in `releases`) of another digest that is not quarantined itself. None when there is none."""
+    for release in releases:
+        digest = release.get("digest")
+        if digest and digest != bad and release.get("git_sha") and not quarantined(digest):
+            return release
+    return None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """The app's releases paused before their next wave's drains (regions mid-change finish)."""
+
+    reason: str
+    by: str
+    at: str
+    resumed: bool = False
+
+    def line(self) -> str:
+        return f"releases paused by {self.by} at {self.at}: {self.reason}"
+
+    def summary(self) -> str:
+        return f"{'resume' if self.resumed else 'pause'} releases by {self.by}: {self.reason}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def parse_pause(text: str | None) -> Pause | None:
+    """The pause a Variable's value records, None for none (or resumed). A value that cannot be
+    read pauses: as with a freeze, a pause someone meant must not be lost to a typo."""
+    if not text:
+        return None
+    try:
+        data: dict[str, Any] = json.loads(text)
+        found = Pause(str(data["reason"]), str(data["by"]), str(data["at"]), bool(data.get("resumed")))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return Pause(f"the pause Variable cannot be read ({text[:80]!r}); fix it or `fanout resume`", "?", "?")
+    return None if found.resumed else found
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why a region may not be changed now. `refuse`: fail now rather than wait (a freeze under
+    `rollout.on_freeze: fail`)."""
+
+    line: str
+    refuse: bool = False
+
+
+def hold(
+    region: str,
+    now: datetime,
+    *,
+    freeze: Freeze | None,
+    pause: Pause | None,
+    window: DeployWindow | None,
+    on_freeze: str = "wait",
+) -> Hold | None:
+    """What holds `region` back from its next change at `now`, None when nothing does."""
+    if freeze is not None and freeze.covers(region, now):
+        return Hold(freeze.line(), refuse=on_freeze == "fail")
+    if pause is not None:
+        return Hold(pause.line())
+    if window is not None and (opens := window.opens_at(now)) is not None:
+        return Hold(f"outside its deploy window ({window.describe()}); it opens {opens.isoformat()}")
+    return None

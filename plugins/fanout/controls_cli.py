@@ -1,6 +1,7 @@
-"""`fanout freeze`, `unfreeze`, `quarantine`, `unquarantine` and `audit`: stop every change to an
-app's regions at once, keep a bad build from being released, lift either, and list who did what,
-through Airflow's REST API (httpx only, as `fanout trigger`).
+"""`fanout freeze`, `unfreeze`, `pause`, `resume`, `quarantine`, `unquarantine` and `audit`: stop
+every change to an app's regions at once, hold its releases before their next wave, keep a bad
+build from being released, lift each, and list who did what, through Airflow's REST API (httpx
+only, as `fanout trigger`).
 
 Airflow decides who may: setting a Variable needs a role that may edit Variables, so an anonymous
 or read-only user is refused with Airflow's own 401/403. Each action that took effect also writes
@@ -27,8 +28,27 @@ from typing import Any
 import httpx
 
 from fanout import names
-from fanout.controls import Freeze, Quarantine, check_regions, parse_freeze, parse_quarantine
-from fanout.trigger import DEFAULT_URL, ENV_TOKEN, ENV_URL, ENV_USERNAME, EXIT_OK, TriggerError, connect, usage_error
+from fanout.controls import (
+    Freeze,
+    Pause,
+    Quarantine,
+    check_regions,
+    parse_freeze,
+    parse_pause,
+    parse_quarantine,
+    rollback_target,
+)
+from fanout.trigger import (
+    DEFAULT_URL,
+    ENV_TOKEN,
+    ENV_URL,
+    ENV_USERNAME,
+    EXIT_OK,
+    TriggerError,
+    build_conf,
+    connect,
+    usage_error,
+)
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # as fanout.policy's, which would import pydantic here
 # The event Airflow's API logs for a Variable created through it (the endpoint function's name).
@@ -39,9 +59,12 @@ def add_arguments(sub: Any) -> None:
     helps = {
         "freeze": "stop every change to the app's regions (or --regions) until unfreeze or --until",
         "unfreeze": "lift the app's freeze",
-        "quarantine": "keep a digest of the app from ever being released (validate and every drain refuse it)",
+        "pause": "hold the app's releases before their next wave's drains (regions mid-change finish)",
+        "resume": "let the app's paused releases go on",
+        "quarantine": "keep a digest of the app from ever being released (validate and every drain refuse it) "
+        "and release the last good release again to the regions that run it",
         "unquarantine": "lift a digest's quarantine",
-        "audit": "who froze, unfroze, quarantined and lifted, when and why (Airflow's event log)",
+        "audit": "who froze, paused, quarantined and lifted, when and why (Airflow's event log)",
     }
     for command, text in helps.items():
         parser = sub.add_parser(command, help=text, description=text)
@@ -49,6 +72,11 @@ def add_arguments(sub: Any) -> None:
         parser.add_argument("--airflow-url", help=f"Airflow's base URL (default: ${ENV_URL} or {DEFAULT_URL})")
         if command in ("quarantine", "unquarantine"):
             parser.add_argument("digest", help="the image digest, sha256:<64 hex>")
+        if command == "quarantine":
+            parser.add_argument(
+                "--no-roll-back", dest="roll_back", action="store_false",
+                help="only quarantine; do not release the last good release to the regions that run it",
+            )  # fmt: skip
         if command == "freeze":
             parser.add_argument("--regions", help="comma-separated regions (default: every region)")
             parser.add_argument("--until", help="ISO 8601 time the freeze ends by itself, e.g. 2026-12-01T06:00Z")
@@ -110,6 +138,18 @@ def _unfreeze(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: A
     return EXIT_OK
 
 
+def _pause(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
+    key, resume = names.pause_variable(args.app), args.command == "resume"
+    if resume and parse_pause(api.get_variable(key)) is None:
+        print(f"{args.app}: not paused; nothing to resume", file=out, flush=True)
+        return EXIT_OK
+    entry = Pause(_reason(args.reason), _who(env), now.isoformat(timespec="seconds"), resumed=resume)
+    api.set_variable(key, entry.to_json(), entry.summary())
+    _record(api, args.app, entry.summary(), entry.by, now)
+    print(f"{args.app}: {entry.summary()}", file=out, flush=True)
+    return EXIT_OK
+
+
 def _audit(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:
     if not 1 <= args.limit <= 1000:
         raise usage_error(f"--limit: {args.limit} is not from 1 to 1000")
@@ -144,18 +184,40 @@ def _quarantine(api: Any, args: argparse.Namespace, env: Mapping[str, str], out:
     api.set_variable(key, entry.to_json(), entry.summary())
     _record(api, args.app, entry.summary(), entry.by, now)
     print(f"{args.app}: {entry.summary()}", file=out, flush=True)
+    if not lift and args.roll_back:
+        _roll_back(api, args.app, entry, out, now)
     return EXIT_OK
 
 
+def _roll_back(api: Any, app: str, bad: Quarantine, out: Any, now: datetime) -> None:
+    """Release the last good release again: the release DAG changes only the regions not running it
+    (those that run the quarantined digest), with the same waves, drains and gates as any release."""
+
+    def quarantined(digest: str) -> bool:
+        return parse_quarantine(api.get_variable(names.quarantine_variable(app, digest)), digest) is not None
+
+    good = rollback_target(api.release_events(app), bad.digest, quarantined)
+    if good is None:
+        print(f"{app}: no earlier good release is recorded; nothing to roll back to", file=out, flush=True)
+        return
+    conf = build_conf(good["git_sha"], good.get("source_ref") or "main", good["digest"])
+    run_id = f"rollback__{bad.digest.removeprefix('sha256:')[:12]}__{now:%Y%m%dT%H%M%S.%fZ}"
+    dag_id = names.release_dag(app)
+    api.trigger(dag_id, {"logical_date": None, "conf": conf, "dag_run_id": run_id, "note": bad.summary()})
+    print(f"{app}: rolling back to {good['digest']} (git {good['git_sha'][:12]}): {dag_id} run {run_id}",
+          file=out, flush=True)  # fmt: skip
+
+
 COMMANDS = {
-    "freeze": _freeze, "unfreeze": _unfreeze, "quarantine": _quarantine, "unquarantine": _quarantine, "audit": _audit,
+    "freeze": _freeze, "unfreeze": _unfreeze, "pause": _pause, "resume": _pause,
+    "quarantine": _quarantine, "unquarantine": _quarantine, "audit": _audit,
 }  # fmt: skip
 
 
 def _reason(text: str) -> str:
     reason = " ".join(text.split())
     if not reason:
-        raise usage_error("--reason: say why (it is shown to every run the freeze stops, and audited)")
+        raise usage_error("--reason: say why (it is shown to every run it stops or holds, and audited)")
     return reason[:500]
 
 

@@ -5,6 +5,7 @@ problem, each naming the file and the field path."""
 from __future__ import annotations
 
 import re
+from datetime import date
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from pydantic import (
 
 from fanout import fleet_checks as checks
 from fanout.fleet_file import FleetFileError, fleet_data, read_fleet_file, read_fleet_text
+from fanout.windows import DeployWindow, make_window
 
 DNS_LABEL = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"
 REGION_NAME = r"^[a-z][a-z0-9]{1,39}$"
@@ -252,6 +254,27 @@ class LocalSettings(_Strict):
     )
 
 
+class DeployWindowSpec(_Strict):
+    """When a region may be changed (fanout.windows): weekly ranges in the region's time zone, and
+    whole days on which nothing may change."""
+
+    timezone: str = Field(min_length=1, max_length=64)
+    allow: list[str] = Field(max_length=50)
+    # YAML reads 2026-12-24 as a date; a quoted "2026-12-24" is as clear.
+    blackout: list[Annotated[date, Field(strict=False)]] = Field(default_factory=list, max_length=400)
+    _window: DeployWindow | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _valid(self) -> DeployWindowSpec:
+        self._window = make_window(self.timezone, self.allow, self.blackout)
+        return self
+
+    @property
+    def window(self) -> DeployWindow:
+        assert self._window is not None
+        return self._window
+
+
 class Region(_Strict):
     name: str = Field(pattern=REGION_NAME)
     pair: str | None = None
@@ -262,6 +285,7 @@ class Region(_Strict):
     # A warm standby is released like every region but carries no user traffic: its endpoint is left
     # as the profile has it (disabled, or a Priority secondary) and its gates ask its edge directly.
     standby: Literal["warm"] | None = None
+    deploy_window: DeployWindowSpec | None = None
     local: LocalRegion | None = None
 
     @property
@@ -294,6 +318,16 @@ class TrafficManager(_Strict):
     dns_port: int | None = Field(None, ge=1024, le=65535)
 
 
+class Hotfix(_Strict):
+    """The emergency path a run opts into with `hotfix: true`: it waits for one of `approvers`
+    (Airflow user ids) to approve it, may then pass a freeze, and bakes and soaks this long instead.
+    Everything else (pairs, drain limits, minimum serving, every gate) applies as to any release."""
+
+    approvers: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=50)
+    bake_seconds: Seconds = 0
+    soak_seconds: Seconds = 0
+
+
 class Rollout(_Strict):
     canary: list[str] = Field(default_factory=list, max_length=100)
     max_regions_per_wave: int = Field(1, ge=1, le=100)
@@ -304,6 +338,11 @@ class Rollout(_Strict):
     # A wave passes when this many of its regions pass ("all", or N of the wave's M); the others are
     # rolled back and held back while the release goes on. The canary wave always needs all.
     wave_quorum: Literal["all"] | int = "all"
+    # A region a freeze covers: its drain waits (deferred) until the freeze is lifted, or fails at once.
+    on_freeze: Literal["wait", "fail"] = "wait"
+    # How long a region may be held back (freeze, pause, deploy window) before its drain gives up.
+    hold_timeout_minutes: int = Field(24 * 60, ge=1, le=30 * 24 * 60)
+    hotfix: Hotfix | None = None
 
     @field_validator("wave_quorum", mode="before")
     @classmethod
@@ -517,6 +556,11 @@ def cross_check(fleet: Fleet) -> list[str]:
     for j, name in enumerate(fleet.rollout.canary):
         if name not in index:
             problems.append(f"rollout.canary[{j}]: '{name}' is not a region of this fleet")
+    if (hotfix := fleet.rollout.hotfix) is not None:
+        if hotfix.bake_seconds > fleet.rollout.bake_seconds:
+            problems.append(f"rollout.hotfix.bake_seconds: {hotfix.bake_seconds} is longer than rollout.bake_seconds")
+        if hotfix.soak_seconds > fleet.gates.soak_seconds:
+            problems.append(f"rollout.hotfix.soak_seconds: {hotfix.soak_seconds} is longer than gates.soak_seconds")
     if fleet.registry.home not in index:
         problems.append(f"registry.home: '{fleet.registry.home}' is not a region of this fleet")
     for key in fleet.registry.endpoints:

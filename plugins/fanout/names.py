@@ -35,6 +35,7 @@ CHECK_SUPERSEDED = "check_superseded"
 VALIDATE = "validate"
 BUILD = "build"
 APPROVE_AFTER_CANARY = "approve_after_canary"
+APPROVE_HOTFIX = "approve_hotfix"
 REBALANCE = "rebalance"
 ROLLBACK_ALL = "rollback_all"
 RECORD = "record"
@@ -96,6 +97,11 @@ def observe(region: str) -> str:
 def freeze_variable(app: str) -> str:
     """The Variable that holds the app's freeze (fanout.controls)."""
     return f"fanout_freeze_{app}"
+
+
+def pause_variable(app: str) -> str:
+    """The Variable that pauses the app's releases between waves (fanout.controls)."""
+    return f"fanout_pause_{app}"
 
 
 def quarantine_variable(app: str, digest: str) -> str:

@@ -65,6 +65,7 @@ class StepFailure(_Record):
 @dataclass(frozen=True)
 class DrainOutcome(_Record):
     was_enabled: bool
+    held_seconds: float = 0.0  # how long a freeze, pause or deploy window held the drain back
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,7 @@ def build_conf(
     image: str | None = None,
     regions: str | list[str] | None = None,
     dry_run: bool = False,
+    hotfix: str | None = None,
 ) -> dict[str, Any]:
     """The run's conf, with the keys the release DAG declares; raises naming the first bad field."""
     if not git_sha:
@@ -109,6 +110,10 @@ def build_conf(
         conf["regions"] = names
     if dry_run:
         conf["dry_run"] = True
+    if hotfix is not None:
+        if not hotfix.strip():
+            raise usage_error('hotfix: give the reason (--hotfix "INC-123: …"); the approver sees it')
+        conf.update(hotfix=True, hotfix_reason=" ".join(hotfix.split())[:500])
     return conf
 
 
@@ -321,6 +326,14 @@ class AirflowApi:
         params = {"included_events": events, "order_by": "-when", "limit": limit}
         return self._request("GET", "/api/v2/eventLogs", params=params, retry=True).json().get("event_logs") or []
 
+    def release_events(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
+        """What the release DAG's `record` task recorded of each finished release (its Asset events'
+        extras: digest, git_sha, source_ref, …), newest first."""
+        params = {"source_dag_id": names.release_dag(app), "source_task_id": names.RECORD,
+                  "order_by": "-timestamp", "limit": limit}  # fmt: skip
+        events = self._request("GET", "/api/v2/assets/events", params=params, retry=True).json().get("asset_events")
+        return [event.get("extra") or {} for event in events or []]
+
     # -- plumbing
 
     @staticmethod
@@ -508,6 +521,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--image", help="release this digest (sha256:…) without building, or build with this tag")
     what.add_argument("--regions", help="comma-separated subset of regions (default: all)")
     what.add_argument("--dry-run", action="store_true", help="plan only, change nothing")
+    what.add_argument(
+        "--hotfix", metavar="REASON", help="the emergency path (rollout.hotfix): waits for a named approver, "
+        "may then pass a freeze, bakes and soaks shorter; REASON is shown to the approver and audited",
+    )  # fmt: skip
     what.add_argument("--run-id", help="the run id (default: merge__<sha12>__<UTC time>)")
     what.add_argument("--note", help="a note shown on the run in Airflow's UI")
     what.add_argument("--unpause", action="store_true", help="unpause the DAG first if it is paused")
@@ -589,7 +606,9 @@ def _run(
     for flag, run_id in (("--run-id", args.run_id), ("--follow", args.follow)):
         if run_id is not None and not RUN_ID.match(run_id):
             raise usage_error(f"{flag}: {run_id[:80]!r} is not a run id (letters, digits and _ . ~ : + -; 1–250)")
-    conf = None if args.follow else build_conf(args.git_sha, args.ref, args.image, args.regions, args.dry_run)
+    conf = (
+        None if args.follow else build_conf(args.git_sha, args.ref, args.image, args.regions, args.dry_run, args.hotfix)
+    )
 
     api = connect(url, env, transport=transport, sleep=sleep, log=log)
     try:

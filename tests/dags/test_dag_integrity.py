@@ -117,6 +117,16 @@ def test_manual_approval_follows_the_canary_wave(dagbag):
     assert "approve_after_canary" not in dagbag.dags["release_hello"].task_ids
 
 
+def test_a_hotfix_is_approved_before_the_first_drain_and_only_where_the_fleet_has_a_hotfix_path(dagbag):
+    dag = dagbag.dags["release_hello"]
+    approve = dag.get_task("approve_hotfix")
+    assert approve.upstream_task_ids == {"validate"}
+    canary = load_fleet(LOCAL).rollout.canary[0]
+    assert "approve_hotfix" in dag.get_task(f"deploy_{canary}.drain").get_flat_relative_ids(upstream=True)
+    assert approve.assigned_users == [{"id": "admin", "name": "admin"}]
+    assert "approve_hotfix" not in dagbag.dags["release_storefront"].task_ids
+
+
 def test_consistency_dag_runs_on_the_fleet_schedule(dagbag):
     dag = dagbag.dags["fleet_consistency_hello"]
     assert dag.timetable.expression == "*/15 * * * *"

@@ -14,7 +14,8 @@ from fanout.records import release_shape
 from tests.fakes import FakeTI, snapshot_of
 
 REPO = Path(__file__).resolve().parents[2]
-PARAMS = {"git_sha": "0123abc", "source_ref": "main", "image": None, "regions": None, "dry_run": False}
+PARAMS = {"git_sha": "0123abc", "source_ref": "main", "image": None, "regions": None, "dry_run": False,
+          "hotfix": False, "hotfix_reason": None}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +130,8 @@ def test_bake_waits_only_after_waves_this_run_touched(tmp_path, monkeypatch):
     assert paused == []
     bake.execute({"params": {**PARAMS, "regions": ["westus", "westeurope"]}, "ti": ti})
     bake.execute({"params": PARAMS, "ti": ti})  # no subset: every wave is touched
-    assert paused == [3, 3]
+    bake.execute({"params": {**PARAMS, "hotfix": True}, "ti": ti})  # a hotfix bakes rollout.hotfix's time
+    assert paused == [3, 3, 0]
 
 
 def test_a_profile_that_routes_otherwise_than_the_file_is_refused(tmp_path, live_profile):
@@ -167,3 +169,15 @@ def test_a_quarantined_digest_is_refused_naming_who_and_why(tmp_path, monkeypatc
     with pytest.raises(AirflowFailException, match=rf"image: {digest} is quarantined by bob at t0: leaks memory"):
         run_validate(fleet_with(tmp_path), {"image": digest})
     run_validate(fleet_with(tmp_path), {"image": "sha256:" + "c" * 64})  # another digest is released as before
+
+
+def test_a_hotfix_must_say_why_and_needs_the_fleets_hotfix_path(tmp_path):
+    path = fleet_with(tmp_path)
+    with pytest.raises(AirflowFailException, match="hotfix_reason: say why this release is a hotfix"):
+        run_validate(path, {"hotfix": True, "hotfix_reason": "  "})
+    run_validate(path, {"hotfix": True, "hotfix_reason": "INC-9: null deref"})
+    data = yaml.safe_load(path.read_text())
+    del data["rollout"]["hotfix"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(AirflowFailException, match=r"hotfix: .*fleet.yaml has no hotfix path \(rollout.hotfix\)"):
+        run_validate(path, {"hotfix": True, "hotfix_reason": "INC-9"})

@@ -18,12 +18,18 @@ CONSISTENCY_SCHEDULE = "*/2 * * * *"
 
 
 class Rest(AirflowApi):
-    """`fanout trigger`'s REST client as the stack's admin, plus what an operator's script adds."""
+    """`fanout trigger`'s REST client as one of the stack's users (its admin unless told), plus what
+    an operator's script adds."""
 
-    def __init__(self, stack: AirflowStack):
-        user, password = stack.credentials()
+    def __init__(self, stack: AirflowStack, user: str = "admin"):
+        user, password = stack.credentials(user)
         super().__init__(stack.url, username=user, password=password)
         self.login()
+
+    def respond(self, dag_id: str, run_id: str, task_id: str, option: str) -> Any:
+        """Answer a human-in-the-loop task (an approval) as this user."""
+        path = f"{self._run_path(dag_id, run_id)}/taskInstances/{task_id}/-1/hitlDetails"
+        return self.call("PATCH", path, {"chosen_options": [option], "params_input": {}})
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         response = self._request(method, path, json=body, retry=method == "GET")

@@ -1,15 +1,21 @@
 """`fanout freeze / unfreeze / quarantine / audit` against the real Airflow stack: Airflow's auth
-manager decides who may, and Airflow's own event log says who did."""
+manager decides who may, and Airflow's own event log says who did. A hotfix waits for its named
+approver, then passes a freeze."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
-from airflow_checks import fanout
+from airflow_checks import Rest, fanout, fanout_trigger
+from release_checks import new_commit, snapshot, timed
 
 from fanout import names
 from fanout.controls import parse_freeze, parse_quarantine
+from fanout.trigger import TriggerError
+from localfleet.testing import wait_until
 
 pytestmark = [pytest.mark.localfleet, pytest.mark.e2e]
 
@@ -44,3 +50,38 @@ def test_freeze_and_quarantine_are_held_by_airflow_audited_once_with_their_actor
         "admin  unfreeze by admin: e2e over",
         "admin  freeze eastus by admin: e2e incident",
     ]
+
+
+def test_a_hotfix_waits_for_its_approver_then_passes_a_freeze(airflow_stack, rest, local_fleet):
+    started, fleet = time.monotonic(), local_fleet.fleet
+    frozen = fanout(airflow_stack, "freeze", "--app", "hello", "--reason", "e2e: change freeze")
+    assert frozen.returncode == 0, frozen.stderr
+    sha, finished = new_commit(fleet, "e2e-hotfix"), {}
+    run_id = f"hotfix__{sha[:12]}"
+    argv = ("--app", "hello", "--git-sha", sha, "--run-id", run_id, "--hotfix", "INC-77: null deref", "--wait")
+    running = threading.Thread(target=lambda: finished.update(done=fanout_trigger(airflow_stack, *argv)))
+    running.start()
+    try:
+        wait_until(lambda: state_of(rest, run_id, names.APPROVE_HOTFIX) == "awaiting_input", 300, what="the approval")
+        # A viewer may not answer it (Airflow's auth manager); the named approver may.
+        with pytest.raises(TriggerError, match="HTTP 403"):
+            Rest(airflow_stack, user="auditor").respond("release_hello", run_id, names.APPROVE_HOTFIX, "Approve")
+        rest.respond("release_hello", run_id, names.APPROVE_HOTFIX, "Approve")
+        running.join(900)
+    finally:
+        fanout(airflow_stack, "unfreeze", "--app", "hello", "--reason", "e2e: hotfix done")
+        running.join(900)
+    done = finished["done"]
+    assert done.returncode == 0, done.stderr[-4000:]
+    digest = rest.xcom("release_hello", run_id, "build", "return_value")["digest"]
+    assert {s.digest for s in snapshot(fleet).values()} == {digest}, "the approved hotfix passed the freeze"
+    assert rest.xcom("release_hello", run_id, names.APPROVE_HOTFIX, "return_value")["approved_by"] == "admin"
+    audit = fanout(airflow_stack, "audit", "--app", "hello")
+    assert f"hotfix {run_id} approved by admin: INC-77: null deref" in audit.stdout, audit.stdout
+    timed("e2e: hotfix approved, through a freeze", started)
+
+
+def state_of(rest: Rest, run_id: str, task_id: str) -> str | None:
+    if rest.get_run("release_hello", run_id) is None:
+        return None
+    return rest.tasks("release_hello", run_id).get(task_id, {}).get("state")

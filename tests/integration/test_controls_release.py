@@ -1,37 +1,45 @@
-"""A freeze and a quarantine on the real local fleet and a real Airflow database: set as Airflow
-holds them (Variables, here through Airflow's own CLI), read by the release before it changes a
-region."""
+"""Freezes, pauses and quarantines on the real local fleet and a real Airflow database: set as
+Airflow holds them (Variables, here through Airflow's own CLI), read by the release before it
+changes a region. A held drain waits deferred (the in-line trigger under `airflow dags test`)."""
 
 from __future__ import annotations
 
+import re
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
-from release_checks import new_commit, snapshot, timed
+from release_checks import new_commit, snapshot, timed, tm_client, variant_fleet
 
 from fanout import names
-from fanout.controls import Freeze, Quarantine
-from localfleet.testing import airflow_env
+from fanout.controls import Freeze, Pause, Quarantine
+from localfleet.testing import airflow_env, wait_until
 
 pytestmark = pytest.mark.localfleet
 
 
-def airflow(airflow_home, local_fleet, *argv: str) -> None:
+def airflow(airflow_home, local_fleet, *argv: str, check: bool = True) -> None:
     env = airflow_env(airflow_home, local_fleet.path)
-    subprocess.run([sys.executable, "-m", "airflow", *argv], env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "airflow", *argv], env=env, check=check, capture_output=True, timeout=120)
 
 
-def test_a_freeze_on_one_region_stops_the_release_there_and_changes_nothing_in_it(serving_fleet, release, airflow_home):
+@pytest.mark.matrix  # make test-matrix: make test has the waiting freeze (below) and this rule's unit test
+def test_under_on_freeze_fail_a_frozen_region_fails_its_drain_and_changes_nothing(
+    serving_fleet, release, airflow_home, tmp_path
+):
     started, fleet = time.monotonic(), serving_fleet.fleet
+    failing = variant_fleet(fleet, tmp_path, **{"rollout.on_freeze": "fail"})
     key = names.freeze_variable(fleet.app.name)
     frozen = Freeze("incident 42", "alice", datetime.now(UTC).isoformat(timespec="seconds"), regions=("eastus",))
     before = snapshot(fleet)
     airflow(airflow_home, serving_fleet, "variables", "set", key, frozen.to_json())
     try:
-        run = release({"git_sha": new_commit(fleet, "frozen")})
+        run = release({"git_sha": new_commit(fleet, "frozen")}, fleet_path=failing)
     finally:
         airflow(airflow_home, serving_fleet, "variables", "delete", key)
     states, after = run.states(), snapshot(fleet)
@@ -44,7 +52,66 @@ def test_a_freeze_on_one_region_stops_the_release_there_and_changes_nothing_in_i
     # Its wave partner, not frozen, was released; wave 3 never started.
     assert states["deploy_northeurope.wait_online"] == "success"
     assert states["deploy_westeurope.drain"] == "upstream_failed" and after["westeurope"] == before["westeurope"]
-    timed("freeze: one region frozen", started)
+    timed("freeze: one region frozen, on_freeze fail", started)
+
+
+def test_a_freeze_during_wave_one_holds_wave_two_until_unfrozen_and_resumed(serving_fleet, release, airflow_home):
+    """Frozen while the canary changes: the canary finishes, wave 2 drains nothing. Unfrozen while
+    paused: still held. Resumed: the release goes on and ends with every region released."""
+    started, fleet = time.monotonic(), serving_fleet.fleet
+    before, tm = snapshot(fleet), tm_client(fleet)
+    app, now = fleet.app.name, datetime.now(UTC).isoformat(timespec="seconds")
+    freeze_key, pause_key = names.freeze_variable(app), names.pause_variable(app)
+    frozen = Freeze("incident 43", "alice", now)
+    done: dict[str, Any] = {}
+    running = threading.Thread(target=lambda: done.update(run=release({"git_sha": new_commit(fleet, "held")})))
+    running.start()
+    try:
+        canary = fleet.region("westus").endpoint.name
+        wait_until(lambda: not tm.endpoints()[canary].enabled, 120, what="the canary's drain")
+        airflow(airflow_home, serving_fleet, "variables", "set", freeze_key, frozen.to_json())
+        # The canary, mid-change, finishes; wave 2's regions stay as they were, endpoints enabled.
+        wait_until(lambda: tm.endpoints()[canary].enabled, 120, what="the canary's restore")
+        wait_until(lambda: deferred_drains(airflow_home), 120, what="a wave 2 drain held (deferred)")
+        held = snapshot(fleet)
+        for region in ("eastus", "northeurope", "westeurope"):
+            assert held[region] == before[region], f"{region} changed while frozen"
+        paused = Pause("watching the canary", "bob", now)
+        airflow(airflow_home, serving_fleet, "variables", "set", pause_key, paused.to_json())
+        airflow(airflow_home, serving_fleet, "variables", "delete", freeze_key)
+        time.sleep(9)  # past the hold's first look (8 s after it deferred): the pause holds it
+        paused_state = snapshot(fleet)
+        for region in ("eastus", "northeurope"):
+            assert paused_state[region] == before[region], f"{region} changed while paused"
+        airflow(airflow_home, serving_fleet, "variables", "delete", pause_key)
+        running.join(300)
+    finally:
+        for key in (freeze_key, pause_key):  # gone already when the test got this far
+            airflow(airflow_home, serving_fleet, "variables", "delete", key, check=False)
+        running.join(300)
+    run = done["run"]
+    assert run.returncode == 0, run.tail()
+    after = snapshot(fleet)
+    assert len({after[r].digest for r in fleet.region_names}) == 1 and after["eastus"].digest != before["eastus"].digest
+    # `airflow dags test` runs one task at a time: the first drain of wave 2 waited out both holds.
+    wave_two, at = "(eastus|northeurope)", re.escape(now)
+    said = rf"{wave_two} is held back, waiting \(deferred\): frozen \(every region\) by alice at {at}: incident 43"
+    assert re.search(said, run.output), run.tail()
+    assert re.search(rf"{wave_two} is held back: releases paused by bob at {at}: watching the canary", run.output)
+    assert re.search(rf"{wave_two} was held back \d+ s; draining now", run.output), run.tail()
+    timed("freeze then pause: wave 2 held, then released", started)
+
+
+def deferred_drains(airflow_home) -> list[str]:
+    """The drains of the newest release run that wait, deferred (Airflow's database). `airflow dags
+    test` marks a deferred task queued again while it runs the trigger in line."""
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT task_id FROM task_instance WHERE state IN ('deferred', 'queued') AND task_id LIKE '%.drain' "
+            "AND run_id = "
+            "(SELECT run_id FROM dag_run WHERE dag_id = 'release_hello' ORDER BY id DESC LIMIT 1)"
+        ).fetchall()
+    return [task for (task,) in rows]
 
 
 def test_a_quarantined_digest_is_refused_before_anything_changes(serving_fleet, release, airflow_home):

@@ -1,27 +1,29 @@
-"""Freezes and quarantines: what their Variables mean, the validate, drain and repair that obey
-them, and `fanout freeze / quarantine / audit …` against a played Airflow REST API
+"""Freezes, pauses and quarantines: what their Variables mean, the validate, drain and repair that
+obey them, and `fanout freeze / pause / quarantine / audit …` against a played Airflow REST API
 (httpx.MockTransport)."""
 
 from __future__ import annotations
 
 import io
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
 from fanout import names
 from fanout.airflow import base
 from fanout.airflow import consistency as cc
 from fanout.airflow import region_steps as rs
+from fanout.airflow.triggers import HoldTrigger
 from fanout.cli import build_parser
-from fanout.controls import Freeze, Quarantine, frozen_regions, parse_freeze, parse_quarantine
+from fanout.controls import Freeze, Pause, Quarantine, frozen_regions, parse_freeze, parse_pause, parse_quarantine
 from fanout.controls_cli import run
 from fanout.drift import repair_plan
 from fanout.fleet import load_fleet
-from tests.fakes import DIGEST, LOCAL, FakeHook, FakeTI, released, run_task, snapshot_of
+from tests.fakes import DIGEST, LOCAL, FakeHook, FakeTI, context, released, run_task, snapshot_of
 
 FLEET = load_fleet(LOCAL)
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -75,9 +77,63 @@ def drain(region: str) -> rs.DrainRegionOperator:
     return rs.DrainRegionOperator(task_id=names.region_task(region, names.DRAIN), fleet_path=str(LOCAL), region=region)
 
 
-def test_a_frozen_region_is_not_drained_and_says_who_froze_it(variables):
+def test_a_frozen_region_defers_its_drain_and_changes_nothing(variables):
     variables[KEY] = freeze(regions=("eastus",)).to_json()
     hook, ti = FakeHook(FLEET), released(FakeTI())
+    with pytest.raises(TaskDeferred) as deferred:
+        run_task(drain("eastus"), ti, hook)
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, HoldTrigger) and trigger.region == "eastus" and trigger.not_before > time.time()
+    assert trigger.timeout_seconds == FLEET.rollout.hold_timeout_minutes * 60
+    assert deferred.value.method_name == "after_hold" and hook.tm.calls == []
+
+
+def test_a_paused_release_holds_every_drain_until_resumed(variables):
+    variables[names.pause_variable("hello")] = Pause("watching", "bob", NOW.isoformat()).to_json()
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    with pytest.raises(TaskDeferred):
+        run_task(drain("westus"), ti, hook)
+    variables[names.pause_variable("hello")] = Pause("looks good", "bob", NOW.isoformat(), resumed=True).to_json()
+    assert run_task(drain("westus"), ti, hook)["was_enabled"] and hook.tm.calls == [("westus", False, None)]
+
+
+def test_an_approved_hotfix_passes_a_freeze_but_not_a_pause(variables):
+    variables[KEY] = freeze().to_json()
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    hotfix = {"hotfix": True, "hotfix_reason": "INC-9"}
+    assert run_task(drain("eastus"), ti, hook, hotfix)["held_seconds"] == 0.0
+    variables[names.pause_variable("hello")] = Pause("watching", "bob", NOW.isoformat()).to_json()
+    with pytest.raises(TaskDeferred) as deferred:
+        run_task(drain("westus"), ti, hook, hotfix)
+    assert deferred.value.trigger.hotfix and deferred.value.trigger.serialize()[1]["hotfix"] is True
+
+
+@pytest.mark.parametrize(
+    ("event", "says"),
+    [
+        ({"status": "failed", "detail": "frozen (eastus) by alice", "waited": 3}, r"frozen \(eastus\) by alice"),
+        ({"status": "timeout", "detail": "releases paused by bob", "waited": 86400}, "still held back after 86400 s"),
+    ],
+)
+def test_a_hold_that_does_not_end_fails_the_drain_naming_it(event, says):
+    hook, ti, op = FakeHook(FLEET), released(FakeTI()), drain("eastus")
+    op._hook, op._fleet, ti.pushing = hook, FLEET, op.task_id
+    with pytest.raises(AirflowFailException, match=says):
+        op.after_hold(context(ti), event)
+    assert hook.tm.calls == []
+
+
+def test_a_hold_that_ended_drains_and_records_how_long_it_held(variables):
+    hook, ti, op = FakeHook(FLEET), released(FakeTI()), drain("eastus")
+    op._hook, op._fleet, ti.pushing = hook, FLEET, op.task_id
+    out = op.after_hold(context(ti), {"status": "ok", "detail": "nothing holds it back", "waited": 42.0})
+    assert out["was_enabled"] and 42 <= out["held_seconds"] < 45 and hook.tm.calls == [("eastus", False, None)]
+
+
+def test_under_on_freeze_fail_a_frozen_region_is_not_drained_and_says_who_froze_it(variables):
+    variables[KEY] = freeze(regions=("eastus",)).to_json()
+    fleet = FLEET.model_copy(update={"rollout": FLEET.rollout.model_copy(update={"on_freeze": "fail"})})
+    hook, ti = FakeHook(fleet), released(FakeTI())
     op = rs.DrainRegionOperator(
         task_id=names.region_task("eastus", names.DRAIN), fleet_path=str(LOCAL), region="eastus"
     )
@@ -139,11 +195,13 @@ class PlayedAirflow:
     """Variables, the release DAG's params and an event log, as Airflow's API v2 serves them. Like
     Airflow, it logs every write it is asked for (as alice), refused or not."""
 
-    def __init__(self, status: int = 200):
+    def __init__(self, status: int = 200, releases: list[dict] | None = None):
         self.variables: dict[str, dict] = {}
         self.requests: list[httpx.Request] = []
         self.logged: list[dict] = []
         self.status = status
+        self.releases = releases or []  # the release Asset events' extras, newest first
+        self.runs: list[dict] = []
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -175,6 +233,15 @@ class PlayedAirflow:
             if method == "PATCH":
                 self.variables[key] = json.loads(request.content)
             return httpx.Response(200, json=self.variables[key])
+        if path == "/api/v2/assets/events":
+            assert dict(request.url.params) | {"source_dag_id": "release_hello", "source_task_id": "record"} == dict(
+                request.url.params
+            )
+            events = [{"extra": extra} for extra in self.releases]
+            return httpx.Response(200, json={"asset_events": events, "total_entries": len(events)})
+        if path == "/api/v2/dags/release_hello/dagRuns" and method == "POST":
+            self.runs.append(json.loads(request.content))
+            return httpx.Response(200, json={"dag_run_id": self.runs[-1]["dag_run_id"]})
         if path == "/api/v2/eventLogs":
             return httpx.Response(200, json={"event_logs": self.logged, "total_entries": len(self.logged)})
         return httpx.Response(404, json={"detail": f"no {method} {path}"})
@@ -249,7 +316,10 @@ def test_the_audit_lists_what_took_effect_not_every_write_airflow_logged():
 def test_quarantine_and_lift_are_written_per_digest_and_audited():
     airflow = PlayedAirflow()
     code, out, _ = cli(airflow, "quarantine", "--app", "hello", DIGEST, "--reason", "leaks memory")
-    assert code == 0 and out.strip() == f"hello: quarantine {DIGEST} by token: leaks memory"
+    assert code == 0 and out.splitlines() == [
+        f"hello: quarantine {DIGEST} by token: leaks memory",
+        "hello: no earlier good release is recorded; nothing to roll back to",
+    ]
     key = names.quarantine_variable("hello", DIGEST)
     assert parse_quarantine(airflow.variables[key]["value"], DIGEST) is not None
     code, out, _ = cli(
@@ -267,3 +337,45 @@ def test_quarantine_of_something_not_a_digest_is_refused_naming_it():
     airflow = PlayedAirflow()
     code, _, err = cli(airflow, "quarantine", "--app", "hello", "myapp:latest", "--reason", "x")
     assert code == 2 and "digest: 'myapp:latest' is not sha256:<64 lowercase hex>" in err and not airflow.variables
+
+
+def test_pause_and_resume_are_written_and_audited():
+    airflow = PlayedAirflow()
+    code, out, _ = cli(airflow, "resume", "--app", "hello", "--reason", "nothing paused")
+    assert code == 0 and out.strip() == "hello: not paused; nothing to resume" and not airflow.variables
+    code, out, _ = cli(airflow, "pause", "--app", "hello", "--reason", "watching wave 1")
+    key = names.pause_variable("hello")
+    assert code == 0 and out.strip() == "hello: pause releases by token: watching wave 1"
+    assert parse_pause(airflow.variables[key]["value"]) == Pause("watching wave 1", "token", NOW.isoformat())
+    code, out, _ = cli(airflow, "resume", "--app", "hello", "--reason", "wave 1 is fine", at=NOW + timedelta(1))
+    assert code == 0 and parse_pause(airflow.variables[key]["value"]) is None
+    _, out, _ = cli(airflow, "audit", "--app", "hello")
+    assert [line.split("  ", 1)[1] for line in out.splitlines()] == [
+        "alice  resume releases by token: wave 1 is fine",
+        "alice  pause releases by token: watching wave 1",
+    ]
+
+
+GOOD, OTHER = "sha256:" + "e" * 64, "sha256:" + "f" * 64  # DIGEST (tests.fakes) is the bad one
+
+
+def test_a_quarantine_releases_the_last_good_release_again_through_the_release_dag():
+    releases = [
+        {"digest": DIGEST, "git_sha": "c" * 40, "source_ref": "main"},  # the bad one, newest
+        {"digest": OTHER, "git_sha": "b" * 40, "source_ref": "main"},  # quarantined earlier
+        {"digest": GOOD, "git_sha": "a" * 40, "source_ref": "release/1"},
+    ]
+    airflow = PlayedAirflow(releases=releases)
+    airflow.variables[names.quarantine_variable("hello", OTHER)] = {"value": quarantined(), "description": ""}
+    code, out, err = cli(airflow, "quarantine", "--app", "hello", DIGEST, "--reason", "leaks memory")
+    assert code == 0, out + err
+    [run] = airflow.runs
+    assert run["conf"] == {"git_sha": "a" * 40, "source_ref": "release/1", "image": GOOD}
+    assert run["dag_run_id"].startswith(f"rollback__{DIGEST[7:19]}__") and run["note"].startswith("quarantine")
+    assert f"hello: rolling back to {GOOD} (git aaaaaaaaaaaa): release_hello run {run['dag_run_id']}" in out
+
+
+def test_no_roll_back_only_quarantines():
+    airflow = PlayedAirflow(releases=[{"digest": GOOD, "git_sha": "a" * 40}])
+    code, out, _ = cli(airflow, "quarantine", "--app", "hello", DIGEST, "--reason", "x", "--no-roll-back")
+    assert code == 0 and airflow.runs == [] and "rolling back" not in out

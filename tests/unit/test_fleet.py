@@ -111,6 +111,8 @@ def test_every_problem_is_listed_once(local_data):
         (lambda d: d["app"].update(name="Hello_World"), "f.yaml: app.name: not a DNS label"),
         (lambda d: d["app"]["chart"].update(oci="oci://x/y"), "f.yaml: app.chart: give exactly one of 'path'"),
         (lambda d: d["registry"].update(kind="acr"), "f.yaml: registry: a registry of kind 'acr' needs 'name'"),
+        (lambda d: d["rollout"]["hotfix"].update(soak_seconds=60), "f.yaml: rollout.hotfix.soak_seconds: 60 is longer"),
+        (lambda d: d["rollout"]["hotfix"].update(approvers=[]), "f.yaml: rollout.hotfix.approvers: List should have"),
     ],
 )
 def test_cross_field_rules(local_data, change, expected):

@@ -57,18 +57,7 @@ def test_a_dry_run_skips_every_changing_step():
 def test_drain_disables_the_endpoint_and_records_it_was_enabled():
     hook, ti = FakeHook(FLEET), released(FakeTI())
     out = run_task(region_op(rs.DrainRegionOperator), ti, hook)
-    assert out == {"was_enabled": True} and hook.tm.calls == [("eastus", False, None)]
-
-
-def test_drain_refused_by_min_serving_records_why_and_changes_nothing():
-    hook, ti = FakeHook(FLEET), released(FakeTI())
-    for name in ("westus", "northeurope", "westeurope"):
-        hook.tm.state[name] = hook.tm.state[name].__class__(name, "ExternalEndpoints", False, 100, "Online")
-    with pytest.raises(AirflowFailException, match="eastus: drain failed: refused: draining eastus would leave 0"):
-        run_task(region_op(rs.DrainRegionOperator), ti, hook)
-    assert hook.tm.calls == []
-    failure = ti.xcoms[(names.region_task("eastus", names.DRAIN), names.FAILURE_KEY)]
-    assert failure["region"] == "eastus" and failure["gate"] == "drain" and "min_serving_regions" in failure["cause"]
+    assert out == {"was_enabled": True, "held_seconds": 0.0} and hook.tm.calls == [("eastus", False, None)]
 
 
 # -- deploy -----------------------------------------------------------------------------
@@ -305,3 +294,10 @@ def test_a_run_validate_refused_is_skipped_by_the_steps_that_answer_failures(cls
     with pytest.raises(AirflowSkipException, match="validate refused this run"):
         run_task(op, FakeTI(), hook)
     assert hook.tm.calls == [] and all(h.calls == [] for h in hook.helms.values())
+
+
+def test_a_hotfix_soaks_rollout_hotfixs_time():
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    with pytest.raises(TaskDeferred) as deferred:
+        run_task(region_op(rs.SoakGateOperator), ti, hook, {"hotfix": True})
+    assert deferred.value.trigger.timeout_seconds == FLEET.rollout.hotfix.soak_seconds < FLEET.gates.soak_seconds

@@ -188,6 +188,14 @@ def test_conf_holds_only_the_keys_given_and_a_chosen_run_id_is_used():
     }
 
 
+def test_a_hotfix_carries_its_reason():
+    airflow = FakeAirflow()
+    result = invoke(["--dag", DAG, "--git-sha", SHA, "--run-id", "hf", "--hotfix", "INC-9:  null   deref"], airflow)
+    assert result.code == 0, result.err
+    conf = airflow.runs["hf"]["conf"]
+    assert conf == {"git_sha": SHA, "source_ref": "main", "hotfix": True, "hotfix_reason": "INC-9: null deref"}
+
+
 def test_username_and_password_are_exchanged_for_a_token():
     airflow = FakeAirflow()
     env = {"FANOUT_AIRFLOW_USERNAME": "ci", "FANOUT_AIRFLOW_PASSWORD": PASSWORD}
@@ -240,6 +248,7 @@ def test_unpause_unpauses_before_triggering():
         (["--git-sha", SHA, "--regions", "eastus,eastus"], "regions"),
         (["--git-sha", SHA, "--image", "sha256:abc"], "image"),
         (["--git-sha", SHA, "--ref", " "], "source_ref"),
+        (["--git-sha", SHA, "--hotfix", " "], "hotfix"),
     ],
 )
 def test_bad_conf_is_refused_before_any_request_naming_the_field(argv, field):

@@ -9,6 +9,7 @@ reached only through FleetHook; decisions come from fanout.policy.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, ClassVar, NoReturn
 
 from airflow.sdk import Asset, BaseOperator, Context, Variable, get_current_context
@@ -16,8 +17,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from fanout import names
 from fanout.airflow.hooks import FleetHook
-from fanout.controls import Freeze, Quarantine, parse_freeze, parse_quarantine
-from fanout.fleet import Fleet
+from fanout.controls import Freeze, Hold, Quarantine, hold, parse_freeze, parse_pause, parse_quarantine
+from fanout.fleet import Fleet, Hotfix
 from fanout.policy import DIGEST, WaveVerdict, tolerated_failures, wave_verdict
 from fanout.records import FleetSnapshot, Release, StepFailure
 
@@ -26,6 +27,21 @@ SNAPSHOT_KEY = "snapshot"
 
 def release_asset(app: str) -> Asset:
     return Asset(name=names.release_asset_name(app), uri=names.release_asset_uri(app))
+
+
+def current_hold(fleet: Fleet, region: str, hotfix: bool = False) -> Hold | None:
+    """What holds `region` back from a change now: a freeze (which an approved `hotfix` passes), a
+    pause (Airflow Variables, read as they are now) or its deploy window. The drain asks in the
+    worker and its wait in the triggerer."""
+    app, spec = fleet.app.name, fleet.region(region).deploy_window
+    return hold(
+        region,
+        datetime.now(UTC),
+        freeze=None if hotfix else parse_freeze(Variable.get(names.freeze_variable(app), default=None)),
+        pause=parse_pause(Variable.get(names.pause_variable(app), default=None)),
+        window=spec.window if spec else None,
+        on_freeze=fleet.rollout.on_freeze,
+    )
 
 
 def targeted(params: dict[str, Any], region: str) -> bool:
@@ -111,6 +127,10 @@ class FanoutOperator(BaseOperator):
     def freeze(self) -> Freeze | None:
         """The app's freeze as Airflow holds it now (read at the moment of the change, not at run start)."""
         return parse_freeze(Variable.get(names.freeze_variable(self.fleet.app.name), default=None))
+
+    def hotfix(self, context: Context) -> Hotfix | None:
+        """The fleet's hotfix settings when this run is a hotfix (validate refuses one the fleet has none for)."""
+        return self.fleet.rollout.hotfix if context["params"].get("hotfix") else None
 
     def quarantine(self, digest: str) -> Quarantine | None:
         """The digest's quarantine as Airflow holds it now."""

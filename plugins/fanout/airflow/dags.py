@@ -20,6 +20,7 @@ from fanout.airflow import dns_waits
 from fanout.airflow import fleet_steps as fs
 from fanout.airflow import region_steps as rs
 from fanout.airflow.base import release_asset
+from fanout.airflow.hotfix import HotfixApprovalOperator
 from fanout.airflow.supersede import CheckSupersededOperator
 from fanout.fleet import Fleet, FleetError, load_fleet
 from fanout.planner import PlanError, plan_waves
@@ -60,6 +61,12 @@ def release_params(fleet: Fleet) -> dict[str, Param]:
             description="release only these regions (default: all)",
         ),
         "dry_run": Param(False, type="boolean", description="print the plan and change nothing"),
+        "hotfix": Param(
+            False, type="boolean", description="the emergency path: approved by a named approver, may pass a freeze"
+        ),
+        "hotfix_reason": Param(
+            None, type=["null", "string"], maxLength=500, description="why this is a hotfix (required with hotfix)"
+        ),
     }
 
 
@@ -123,6 +130,13 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
 
         all_ends = []
         previous = None
+        if fleet.rollout.hotfix is not None:
+            # Before the first change: a hotfix run waits here for its approver (others pass at once).
+            previous = HotfixApprovalOperator(
+                task_id=names.APPROVE_HOTFIX, app=app, approvers=fleet.rollout.hotfix.approvers,
+                response_timeout=timedelta(minutes=fleet.rollout.approval_timeout_minutes),
+            )  # fmt: skip
+            validate >> previous
         for wave in plan.waves:
             groups, wave_lasts = [], []
             for region in wave.regions:

@@ -69,6 +69,13 @@ class ValidateReleaseOperator(FanoutOperator):
             plan = plan_waves(fleet, params.get("regions"))
         except PlanError as err:
             raise AirflowFailException(f"regions: {err}") from None
+        if params.get("hotfix"):
+            if fleet.rollout.hotfix is None:
+                raise AirflowFailException(
+                    f"hotfix: {self.fleet_path} has no hotfix path (rollout.hotfix); nothing was changed"
+                )
+            if not (params.get("hotfix_reason") or "").strip():
+                raise AirflowFailException("hotfix_reason: say why this release is a hotfix; nothing was changed")
         image = params.get("image")
         if image and DIGEST.match(image) and (quarantined := self.quarantine(image)):
             raise AirflowFailException(f"image: {quarantined.line()}; nothing was changed")
@@ -212,7 +219,8 @@ class BakeOperator(WaitingOperator):
             self.log.warning("%s (rollout.wave_quorum %s)", verdict.line(), self.fleet.rollout.wave_quorum)
         else:
             self.log.info("%s", verdict.line())
-        self.pause(self.fleet.rollout.bake_seconds)
+        hotfix = self.hotfix(context)
+        self.pause(hotfix.bake_seconds if hotfix else self.fleet.rollout.bake_seconds)
 
 
 class RollbackAllOperator(FanoutOperator):

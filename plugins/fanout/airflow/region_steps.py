@@ -12,9 +12,15 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from fanout import names
 from fanout.adapters.helm import HelmError
-from fanout.airflow.base import FanoutOperator
-from fanout.airflow.triggers import HttpGateTrigger, MetricGatesTrigger, ReplicationTrigger, RolloutTrigger
-from fanout.airflow.waits import WaitingOperator
+from fanout.airflow.base import FanoutOperator, current_hold
+from fanout.airflow.triggers import (
+    HoldTrigger,
+    HttpGateTrigger,
+    MetricGatesTrigger,
+    ReplicationTrigger,
+    RolloutTrigger,
+)
+from fanout.airflow.waits import SETTLE_SECONDS, WaitingOperator
 from fanout.metric_gates import SCRAPE_SLACK_SECONDS, baselines
 from fanout.policy import (
     PolicyError,
@@ -25,6 +31,8 @@ from fanout.policy import (
     traffic_after_failure,
 )
 from fanout.records import DeployOutcome, DrainOutcome, RollbackOutcome, StepFailure
+
+HOLD_POLL_SECONDS = 5.0  # how soon `fanout unfreeze` or `resume` lets a held drain go on
 
 
 class _RegionStep(FanoutOperator):
@@ -75,12 +83,30 @@ class DrainRegionOperator(_RegionStep):
 
     step = names.DRAIN
 
-    def run(self, context: Context) -> dict[str, Any]:
-        # The first change a run makes to a region: a freeze stops it here, before anything changed
-        # (a region already mid-change finishes its steps, and a rollback is never stopped).
-        freeze = self.freeze()
-        if freeze is not None and freeze.covers(self.region, datetime.now(UTC)):
-            self.fail(context, f"{freeze.line()}; nothing was changed (`fanout unfreeze` lifts it)")
+    def run(self, context: Context, held_since: float | None = None) -> dict[str, Any]:
+        # The first change a run makes to a region: a freeze, a pause or the region's deploy window
+        # holds it here, before anything changed (a region already mid-change finishes its steps,
+        # and a rollback is never held). The wait is deferred and re-checked after it ends.
+        hotfix = self.hotfix(context) is not None  # approved: approve_hotfix is upstream of every drain
+        held = current_hold(self.fleet, str(self.region), hotfix=hotfix)
+        if held is not None:
+            if held.refuse:
+                self.fail(context, f"{held.line}; nothing was changed (`fanout unfreeze` lifts it)")
+            self.log.warning("%s is held back, waiting (deferred): %s", self.region, held.line)
+            trigger = HoldTrigger(
+                **self.trigger_kwargs(context),
+                hotfix=hotfix,
+                timeout_seconds=self.fleet.rollout.hold_timeout_minutes * 60,
+                poll_seconds=HOLD_POLL_SECONDS,
+                started_at=held_since,
+                not_before=time.time() + SETTLE_SECONDS,  # the drain resumes on a worker (see waits.py)
+            )
+            self.defer(trigger=trigger, method_name="after_hold")
+        if hotfix and (freeze := self.freeze()) is not None and freeze.covers(str(self.region), datetime.now(UTC)):
+            self.log.warning("%s: %s; an approved hotfix passes it", self.region, freeze.line())
+        held_seconds = round(time.time() - held_since, 1) if held_since else 0.0
+        if held_seconds:
+            self.log.info("%s was held back %.0f s; draining now", self.region, held_seconds)
         # A digest quarantined after the run pinned it must not reach one more region.
         quarantined = self.quarantine(self.release(context).digest)
         if quarantined is not None:
@@ -97,7 +123,16 @@ class DrainRegionOperator(_RegionStep):
             self.log.info("drained %s (endpoint %s disabled)", self.region, current.name)
         else:
             self.log.info("%s is already drained", self.region)
-        return DrainOutcome(was_enabled=current.enabled).to_xcom()
+        return DrainOutcome(was_enabled=current.enabled, held_seconds=held_seconds).to_xcom()
+
+    def after_hold(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """The hold's wait ended: drain (after looking again), or fail when it will not end."""
+        if event["status"] == "failed":
+            self.fail(context, f"{event['detail']}; nothing was changed (`fanout unfreeze` lifts it)")
+        if event["status"] != "ok":
+            limit = "rollout.hold_timeout_minutes"
+            self.fail(context, f"still held back after {event['waited']:.0f} s ({limit}): {event['detail']}")
+        return self.run(context, held_since=time.time() - event["waited"])
 
 
 class HelmDeployOperator(_RegionStep):
@@ -180,7 +215,8 @@ class SoakGateOperator(_GateOperator):
 
     def run(self, context: Context) -> Any:
         # One probe of the edge, in the trigger, once the soak time is over.
-        soak = self.fleet.gates.soak_seconds
+        hotfix = self.hotfix(context)
+        soak = hotfix.soak_seconds if hotfix else self.fleet.gates.soak_seconds
         trigger = HttpGateTrigger(
             **self.trigger_kwargs(context),
             digest=self.release(context).digest,

@@ -17,6 +17,7 @@ from fanout.adapters.builder import BuildError
 from fanout.adapters.cluster import ClusterError
 from fanout.adapters.metrics import MetricError
 from fanout.adapters.registry import RegistryError, RegistryUnusable
+from fanout.airflow.base import current_hold
 from fanout.airflow.hooks import FleetHook
 from fanout.airflow.waits import EndingTrigger
 from fanout.fleet import Fleet, FleetError
@@ -234,6 +235,29 @@ class HttpGateTrigger(FleetTrigger):
         if not good and probe.healthy:
             detail = f"edge serves {probe.digest}, expected {self.digest}"
         return self.streak >= self.needed, f"{detail} ({self.streak}/{self.needed} good probes in a row)"
+
+
+class HoldTrigger(FleetTrigger):
+    """Until nothing holds `region` back (fanout.controls.hold): `fanout unfreeze` or `resume`, or
+    its deploy window opening, ends the wait within a poll. A freeze that now refuses ends it at once."""
+
+    def __init__(self, *, region: str, hotfix: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.region, self.hotfix = region, hotfix
+
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"region": self.region, "hotfix": self.hotfix}
+
+    async def check(self) -> tuple[bool, str]:
+        fleet = (await self.hook()).fleet
+        held = await asyncio.to_thread(current_hold, fleet, self.region, self.hotfix)
+        if held is None:
+            return True, "nothing holds it back"
+        if held.refuse:
+            raise WaitFailed(held.line)
+        if held.line != self.last_detail:  # a new reason (unfrozen, but paused): say it at once
+            self.log.info("%s is held back: %s", self.region, held.line)
+        return False, held.line
 
 
 class AcrRunTrigger(FleetTrigger):
