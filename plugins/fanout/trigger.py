@@ -246,6 +246,13 @@ class AirflowApi:
         response = self._request("GET", self._run_path(dag_id, run_id), retry=True, missing_ok=True)
         return None if response is None else response.json()
 
+    def dag_runs(self, dag_id: str, limit: int, missing_ok: bool = False) -> list[dict[str, Any]]:
+        """The DAG's newest `limit` runs, newest first ([] for a DAG Airflow does not have, if `missing_ok`)."""
+        path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns"
+        params = {"order_by": "-run_after", "limit": limit}
+        response = self._request("GET", path, params=params, retry=True, missing_ok=missing_ok)
+        return [] if response is None else response.json().get("dag_runs") or []
+
     def trigger(self, dag_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the run `body["dag_run_id"]`. When the answer is lost (timeout, 5xx) the run may exist:
         look it up before sending again. A connection that never opened sent nothing, so resending is safe."""
