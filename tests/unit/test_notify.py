@@ -208,3 +208,44 @@ def test_a_notifier_sends_what_its_event_says_to_a_real_receiver(monkeypatch):
     failure = receiver.received[0]
     assert failure["type"] == "failure" and "region: eastus  gate: gate_http  cause: 503" in failure["message"]
     assert "https://airflow.example.com/dags/release_hello/runs/r1" in failure["message"]
+
+
+def test_each_callback_reads_its_event_from_the_run(monkeypatch):
+    from datetime import timedelta
+
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.sdk import DAG
+
+    from fanout.airflow import notify as wiring
+    from tests.fakes import FakeTI
+
+    outcome = {"region": "eastus", "gate": "gate_http", "cause": "503", "rolled_back_to": 3, "traffic": "enabled"}
+    ti = FakeTI({
+        (names.RECORD, "return_value"): {"digest": DIGEST, "git_sha": SHA, "regions": ["westus"], "held_back": {}},
+        ("deploy_eastus.rollback", "return_value"): outcome,
+        (names.ROLLBACK_ALL, "return_value"): {"rolled_back": {"westus": {"rolled_back_to": 2}}},
+        (names.CLASSIFY, "return_value"): report(eastus={"state": "stale", "since": "T2", "detail": "d"}),
+        (names.REPAIR, "return_value"): {"action": "triggered", "run_id": "repair__1", "release": ["eastus"]},
+    })  # fmt: skip
+    dag = DAG("release_hello", schedule=None)
+    context = {"ti": ti, "dag": dag, "run_id": "run1", "params": {}}
+    assert wiring.succeeded(context, UI).title == "hello: release succeeded"
+    ti.task_id = "deploy_eastus.rollback"
+    assert wiring.rolled_back(context, UI).title == "hello: eastus rolled back"
+    assert "westus to Helm revision 2" in wiring.rolled_back_all(context, None).body
+    ti.task_id = names.VALIDATE
+    refused = wiring.failed({**context, "exception": RuntimeError("conf: unknown key(s) 'regoins'")}, None)
+    assert "region: (whole release)  gate: validate  cause: conf: unknown key(s) 'regoins'" in refused.body
+    check = {**context, "dag": DAG("fleet_consistency_hello", schedule=None)}
+    assert wiring.drift(check, None).title == "hello: drift found (stale)"
+    assert wiring.repair(check, None).title == "hello: repair started (eastus)"
+    with dag:
+        approve = ApprovalOperator(task_id=names.APPROVE_AFTER_CANARY, subject="Go on?",
+                                   response_timeout=timedelta(minutes=90))  # fmt: skip
+    ti.task_id, ti.dag_id, ti.run_id = names.APPROVE_AFTER_CANARY, "release_hello", "run1"
+    asked = wiring.approval({**context, "task": approve}, UI)
+    assert asked.event == "approval" and "after 90 min" in asked.body
+    assert f"{UI}dags/release_hello/runs/run1/tasks/approve_after_canary/required_actions" in asked.body
+    # Resumed once the answer came: the request was sent when the task started.
+    ti._ti_context_from_server = type("Server", (), {"next_method": "execute_complete"})()
+    assert wiring.approval({**context, "task": approve}, UI) is None
