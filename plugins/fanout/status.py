@@ -16,7 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from fanout import names
 from fanout.drift import age, short
+from fanout.policy import DIGEST
 
 COLUMNS = (
     ("region", "region"), ("pair", "pair"), ("wave", "wave"), ("running", "running"), ("commit", "commit"),
@@ -143,17 +145,43 @@ def table(rows: Sequence[Mapping[str, Any]], live: bool = True, now: datetime | 
     return "\n".join(lines)
 
 
-def heading(app: str, fleet_path: str, report: Mapping[str, Any] | None, now: datetime | None) -> list[str]:
-    """What the matrix is measured against: the last release and the age of the consistency report."""
+def last_release(app: str, events: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The newest release Asset event the release DAG's `record` task emitted for `app` (as the API
+    lists them, newest first): its record, with the time it was recorded. Events anyone could POST
+    over the REST API, or of another app, are not the release."""
+    for event in events:
+        extra = event.get("extra") or {}
+        if (
+            event.get("source_dag_id") == names.release_dag(app)
+            and event.get("source_task_id") == names.RECORD
+            and not extra.get("from_rest_api")
+            and extra.get("app") == app
+            and DIGEST.match(str(extra.get("digest", "")))
+        ):
+            keys = ("digest", "git_sha", "source_ref", "run_id", "regions", "held_back")
+            return {**{k: extra.get(k) for k in keys}, "recorded_at": event.get("timestamp")}
+    return None
+
+
+def heading(
+    app: str,
+    fleet_path: str,
+    release: Mapping[str, Any] | None,
+    report: Mapping[str, Any] | None,
+    now: datetime | None,
+) -> list[str]:
+    """What the matrix is measured against: the last release recorded, and the consistency report's age."""
+    desired = release or (report or {}).get("desired")
+    if desired:
+        text = (f"last release {short(desired.get('digest'))} (git {str(desired.get('git_sha') or '?')[:12]}, "
+                f"run {desired.get('run_id') or '?'})")  # fmt: skip
+    else:
+        text = "no release recorded (or Airflow not read)"
+    lines = [f"{app} ({fleet_path}): {text}"]
     if report is None:
-        return [f"{app} ({fleet_path}): no consistency report read: the state column is unknown"]
-    desired = report.get("desired") or {}
-    release = (
-        f"release {short(desired.get('digest'))} (git {str(desired.get('git_sha') or '?')[:12]}, "
-        f"run {desired.get('run_id') or '?'})"
-        if desired
-        else "no release recorded yet"
-    )
-    checked = report.get("checked_at")
-    when = f"{checked} ({age(checked, now)} ago)" if checked and now else str(checked or "?")
-    return [f"{app} ({fleet_path}): {release}", f"consistency checked {when}: {report.get('message') or ''}"]
+        lines.append("no consistency report read: the state column is unknown")
+    else:
+        checked = report.get("checked_at")
+        when = f"{checked} ({age(checked, now)} ago)" if checked and now else str(checked or "?")
+        lines.append(f"consistency checked {when}: {report.get('message') or ''}")
+    return lines

@@ -2,11 +2,12 @@
 without Airflow's UI. fanout.status assembles it; this module only reads.
 
 Recorded facts come from Airflow's REST API (as `fanout trigger`: `FANOUT_AIRFLOW_URL`, a token or
-user and password): the newest consistency report (the `classify` task's XCom) and the release
-runs. Live facts come through FleetHook, the clients the tasks use: per region one Deployment read
-and one Helm read, and one Traffic Manager read for every endpoint — never more. Unlike `trigger`,
-this needs Airflow installed (FleetHook is an Airflow hook); an Azure fleet needs its connection
-where the command runs (e.g. `AIRFLOW_CONN_AZURE_DEFAULT`), as a task would.
+user and password): the last release (the release Asset event `record` emitted), the newest
+consistency report (the `classify` task's XCom) and the release runs. Live facts come through
+FleetHook, the clients the tasks use: per region one Deployment read and one Helm read, and one
+Traffic Manager read for every endpoint — never more. Unlike `trigger`, this needs Airflow
+installed (FleetHook is an Airflow hook); an Azure fleet needs its connection where the command
+runs (e.g. `AIRFLOW_CONN_AZURE_DEFAULT`), as a task would.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fanout.planner import PlanError, plan_waves
 from fanout.trigger import DEFAULT_URL, ENV_URL, EXIT_OK, EXIT_USAGE, TriggerError, connect
 
 RUNS_LOOKED_AT = 50  # release runs read to find each region's last one
+EVENTS_LOOKED_AT = 5  # release events read to find the newest the release DAG itself recorded
 CHECKS_LOOKED_AT = 5  # consistency runs read to find the newest with a report (the running one has none yet)
 
 LiveReader = Callable[[Fleet], dict[str, dict[str, Any]]]
@@ -55,10 +57,11 @@ def run(
         print(f"{args.fleet}: {error}", file=err)
         waves = []
     problems: list[str] = []
-    report, runs = None, []
+    release, report, runs = None, None, []
     if not args.no_airflow:
+        url = args.airflow_url or env.get(ENV_URL) or DEFAULT_URL
         try:
-            report, runs = recorded(fleet.app.name, args.airflow_url or env.get(ENV_URL) or DEFAULT_URL, env, transport)
+            release, report, runs = recorded(fleet.app.name, url, env, transport)
         except TriggerError as error:
             problems.append(f"Airflow: {error}")
     live = None if args.no_live else (read_live or read_live_facts)(fleet)
@@ -70,14 +73,14 @@ def run(
             "app": fleet.app.name,
             "fleet": str(args.fleet),
             "read_at": moment.isoformat(),
-            "release": (report or {}).get("desired"),
+            "release": release,
             "consistency": {k: (report or {}).get(k) for k in ("checked_at", "message", "mode")} if report else None,
             "regions": rows,
             "problems": problems,
         }
         print(json.dumps(document, indent=2), file=out, flush=True)
     else:
-        for line in status.heading(fleet.app.name, str(args.fleet), report, moment):
+        for line in status.heading(fleet.app.name, str(args.fleet), release, report, moment):
             print(line, file=out)
         print(status.table(rows, live=live is not None, now=moment), file=out, flush=True)
     for line in problems:
@@ -87,10 +90,13 @@ def run(
 
 def recorded(
     app: str, url: str, env: Mapping[str, str], transport: httpx.BaseTransport | None = None
-) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """(the newest consistency report, the release runs newest first) as Airflow recorded them."""
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]]]:
+    """(the last release, the newest consistency report, the release runs newest first) as Airflow
+    recorded them."""
     api = connect(url, env, transport=transport)
     try:
+        events = api.asset_events(names.release_dag(app), names.RECORD, EVENTS_LOOKED_AT)
+        release = status.last_release(app, events)
         runs = api.dag_runs(names.release_dag(app), RUNS_LOOKED_AT, missing_ok=True)
         report = None
         for check in api.dag_runs(names.consistency_dag(app), CHECKS_LOOKED_AT, missing_ok=True):
@@ -98,7 +104,7 @@ def recorded(
             if isinstance(value, dict) and "regions" in value:
                 report = value
                 break
-        return report, runs
+        return release, report, runs
     finally:
         api.close()
 

@@ -253,6 +253,13 @@ class AirflowApi:
         response = self._request("GET", path, params=params, retry=True, missing_ok=missing_ok)
         return [] if response is None else response.json().get("dag_runs") or []
 
+    def asset_events(self, source_dag_id: str, source_task_id: str, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` Asset events a task emitted, newest first."""
+        params = {"source_dag_id": source_dag_id, "source_task_id": source_task_id, "order_by": "-timestamp",
+                  "limit": limit}  # fmt: skip
+        response = self._request("GET", "/api/v2/assets/events", params=params, retry=True)
+        return response.json().get("asset_events") or []
+
     def trigger(self, dag_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the run `body["dag_run_id"]`. When the answer is lost (timeout, 5xx) the run may exist:
         look it up before sending again. A connection that never opened sent nothing, so resending is safe."""

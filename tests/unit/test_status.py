@@ -103,17 +103,41 @@ def test_without_a_report_or_live_reads_the_columns_are_unknown():
     rows = status.status_rows(REGIONS, WAVES, None, None, None)
     line = status.table(rows, live=False).splitlines()[1].split()
     assert line[:3] == ["eastus", "westus", "2"] and line[3:] == ["?"] * 8 + ["-", "-"]
-    assert "no consistency report" in status.heading("hello", "f.yaml", None, NOW)[0]
-    head = status.heading("hello", "f.yaml", REPORT, NOW)
-    assert head[0] == f"hello (f.yaml): release {NEW[:19]} (git {SHA[:12]}, run merge__1)"
+    assert status.heading("hello", "f.yaml", None, None, NOW) == [
+        "hello (f.yaml): no release recorded (or Airflow not read)",
+        "no consistency report read: the state column is unknown",
+    ]
+    head = status.heading("hello", "f.yaml", None, REPORT, NOW)
+    assert head[0] == f"hello (f.yaml): last release {NEW[:19]} (git {SHA[:12]}, run merge__1)"
     assert head[1].startswith(f"consistency checked {REPORT['checked_at']} (5m00s ago): 2 in-sync")
+    newer = {"digest": OLD, "git_sha": "2" * 40, "run_id": "merge__2"}
+    assert status.heading("hello", "f.yaml", newer, REPORT, NOW)[0].endswith(
+        f"{OLD[:19]} (git 222222222222, run merge__2)"
+    )
+
+
+def event(**changes) -> dict:
+    extra = {"app": "hello", "digest": NEW, "git_sha": SHA, "source_ref": "main", "run_id": "merge__1",
+             "regions": ["eastus"], "held_back": {}}  # fmt: skip
+    return {"source_dag_id": "release_hello", "source_task_id": "record", "timestamp": "T", "extra": extra} | changes
+
+
+def test_the_last_release_is_the_newest_event_the_release_dag_recorded():
+    forged = event(source_dag_id=None, source_task_id=None, extra={**event()["extra"], "from_rest_api": True})
+    other = event(extra={**event()["extra"], "app": "storefront"})
+    found = status.last_release(
+        "hello", [forged, other, event(extra={**event()["extra"], "digest": "latest"}), event()]
+    )
+    assert found == {"digest": NEW, "git_sha": SHA, "source_ref": "main", "run_id": "merge__1", "regions": ["eastus"],
+                     "held_back": {}, "recorded_at": "T"}  # fmt: skip
+    assert status.last_release("hello", [forged]) is None
 
 
 # -- the command -------------------------------------------------------------------------
 
 
 class FakeAirflow:
-    """The three reads `fanout status` makes: release runs, consistency runs, the classify XCom."""
+    """The reads `fanout status` makes: release events and runs, consistency runs, the classify XCom."""
 
     def __init__(self, report: dict | None = REPORT, release_dag: bool = True) -> None:
         self.report, self.release_dag, self.requests = report, release_dag, []
@@ -121,6 +145,11 @@ class FakeAirflow:
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(f"{request.method} {request.url.path}")
         path = request.url.path
+        if path == "/api/v2/assets/events":
+            assert dict(request.url.params) == {"source_dag_id": "release_hello", "source_task_id": "record",
+                                                "order_by": "-timestamp", "limit": "5"}  # fmt: skip
+            newer = event(extra={**event()["extra"], "digest": OLD, "run_id": "merge__2"})
+            return httpx.Response(200, json={"asset_events": [newer] if self.release_dag else [], "total_entries": 1})
         if path == f"/api/v2/dags/{names.release_dag('hello')}/dagRuns":
             if not self.release_dag:
                 return httpx.Response(404, json={"detail": "not found"})
@@ -148,11 +177,13 @@ def test_status_prints_the_matrix_from_airflow_and_live_reads():
     airflow = FakeAirflow()
     code, out, err = status_command([], airflow, LIVE)
     assert code == 0 and err == "", err
-    assert out.splitlines()[0] == f"hello ({LOCAL}): release {NEW[:19]} (git {SHA[:12]}, run merge__1)"
+    # The last release is the newest recorded event, even before a consistency check has seen it.
+    assert out.splitlines()[0] == f"hello ({LOCAL}): last release {OLD[:19]} (git {SHA[:12]}, run merge__2)"
     assert any(line.split()[:2] == ["westus", "eastus"] and "repair__x" in line for line in out.splitlines())
     # One read of each kind, never one per region.
     assert sorted(airflow.requests) == sorted([
-        "GET /api/v2/dags/release_hello/dagRuns", "GET /api/v2/dags/fleet_consistency_hello/dagRuns",
+        "GET /api/v2/assets/events", "GET /api/v2/dags/release_hello/dagRuns",
+        "GET /api/v2/dags/fleet_consistency_hello/dagRuns",
         "GET /api/v2/dags/fleet_consistency_hello/dagRuns/running/taskInstances/classify/xcomEntries/return_value",
         "GET /api/v2/dags/fleet_consistency_hello/dagRuns/done/taskInstances/classify/xcomEntries/return_value",
     ])  # fmt: skip
@@ -161,7 +192,7 @@ def test_status_prints_the_matrix_from_airflow_and_live_reads():
 def test_status_json_is_one_object_for_scripts():
     code, out, _ = status_command(["--json"], FakeAirflow(), LIVE)
     document = json.loads(out)
-    assert code == 0 and document["app"] == "hello" and document["release"]["digest"] == NEW
+    assert code == 0 and document["app"] == "hello" and document["release"]["digest"] == OLD
     assert document["consistency"]["checked_at"] == REPORT["checked_at"] and document["problems"] == []
     by_region = {r["region"]: r for r in document["regions"]}
     assert by_region["westus"]["state"] == "stale" and by_region["westus"]["helm"] == {
@@ -180,7 +211,7 @@ def test_status_without_airflow_still_shows_the_live_columns_and_says_why():
     out, err = io.StringIO(), io.StringIO()
     assert run(args, env={}, stdout=out, stderr=err, now=lambda: NOW) == 0
     assert "fanout status: Airflow: " in err.getvalue() and "connection refused" in err.getvalue()
-    assert out.getvalue().splitlines()[2].split()[3:] == ["?"] * 8 + ["-", "-"]
+    assert out.getvalue().splitlines()[3].split()[3:] == ["?"] * 8 + ["-", "-"]
 
 
 def test_status_refuses_a_bad_fleet_file_naming_it(tmp_path):
