@@ -18,15 +18,21 @@ from localfleet.faults import read_faults
 pytestmark = pytest.mark.localfleet
 
 
-def status_json(fleet) -> dict:
-    args = argparse.Namespace(fleet=str(fleet.source_path), json=True, airflow_url=None, no_airflow=True, no_live=False)
+def status_out(fleet, as_json: bool = True) -> str:
+    args = argparse.Namespace(fleet=str(fleet.source_path), json=as_json, airflow_url=None, no_airflow=True,
+                              no_live=False)  # fmt: skip
     out, err = io.StringIO(), io.StringIO()
     assert run(args, env={}, stdout=out, stderr=err) == 0, err.getvalue()
-    return json.loads(out.getvalue())
+    return out.getvalue()
+
+
+def status_json(fleet) -> dict:
+    return json.loads(status_out(fleet))
 
 
 def test_status_shows_what_each_region_runs_and_serves(serving_fleet):
     fleet = serving_fleet.fleet
+    print(status_out(fleet, as_json=False))
     document = status_json(fleet)
     seen = snapshot(fleet)  # Helm revision, the digest the edge serves, the endpoint: read by the tests
     assert [row["region"] for row in document["regions"]] == fleet.region_names
