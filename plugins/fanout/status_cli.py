@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -114,6 +115,7 @@ def read_live_facts(fleet: Fleet) -> dict[str, dict[str, Any]]:
     from fanout.airflow.hooks import FleetHook
     from fanout.policy import deployment_facts
 
+    _logs_to_stderr()
     app, hook = fleet.app, FleetHook(fleet)
     try:
         endpoints, traffic_error = None, None
@@ -147,6 +149,15 @@ def read_live_facts(fleet: Fleet) -> dict[str, dict[str, Any]]:
         return live
     finally:
         hook.close()
+
+
+def _logs_to_stderr() -> None:
+    """Importing Airflow logs to stdout at INFO, and the Azure SDK logs every request: stdout is the
+    matrix (`--json` is parsed by scripts), so logs go to stderr, and the SDK's only when they warn."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+    logging.getLogger("azure").setLevel(logging.WARNING)
 
 
 def _why(error: Exception) -> str:

@@ -4,35 +4,39 @@ Traffic Manager is read once for every region — an answer it refuses shows on 
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from release_checks import snapshot
 
-from fanout.status_cli import run
 from localfleet.faults import read_faults
 
 pytestmark = pytest.mark.localfleet
 
+REPO = Path(__file__).resolve().parents[2]
 
-def status_out(fleet, as_json: bool = True) -> str:
-    args = argparse.Namespace(fleet=str(fleet.source_path), json=as_json, airflow_url=None, no_airflow=True,
-                              no_live=False)  # fmt: skip
-    out, err = io.StringIO(), io.StringIO()
-    assert run(args, env={}, stdout=out, stderr=err) == 0, err.getvalue()
-    return out.getvalue()
+
+def status_out(fleet, *flags: str) -> str:
+    """`python -m fanout status FLEET --no-airflow …` as people and scripts run it: stdout only."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}"}
+    argv = [sys.executable, "-m", "fanout", "status", str(fleet.source_path), "--no-airflow", *flags]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def status_json(fleet) -> dict:
-    return json.loads(status_out(fleet))
+    return json.loads(status_out(fleet, "--json"))  # nothing but the document on stdout, logs and all
 
 
 def test_status_shows_what_each_region_runs_and_serves(serving_fleet):
     fleet = serving_fleet.fleet
-    print(status_out(fleet, as_json=False))
+    print(status_out(fleet))
     document = status_json(fleet)
     seen = snapshot(fleet)  # Helm revision, the digest the edge serves, the endpoint: read by the tests
     assert [row["region"] for row in document["regions"]] == fleet.region_names
