@@ -4,7 +4,8 @@ would hold it) whose Apprise config is the receiver's json:// URL, and the relea
 post to it through Airflow's Apprise notifier.
 
 A successful release sends "started" and "succeeded", nothing else; a release whose HTTP gate fails
-in eastus sends exactly one failure message, naming region, gate and cause (and eastus's rollback)."""
+in eastus sends exactly one failure message, naming region, gate and cause (and eastus's rollback),
+and the consistency check then tells the regions it left on the failed build, once."""
 
 from __future__ import annotations
 
@@ -54,8 +55,11 @@ def test_a_successful_release_sends_started_and_succeeded(local_fleet, release, 
 
 
 def test_a_failing_release_sends_one_failure_naming_region_gate_and_cause(
-    serving_fleet, release, faults, receiver, notifying
+    serving_fleet, release, run_dag, faults, receiver, notifying
 ):
+    # The consistency check tells drift when it first sees it: let it see the fleet as it is first.
+    assert run_dag("fleet_consistency_hello", {}, fleet_path=notifying).returncode == 0
+    receiver.received.clear()
     faults(edge_unhealthy=["eastus"])
     run = release({"git_sha": new_commit(serving_fleet.fleet, "notify-fail")}, fleet_path=notifying)
     assert run.returncode != 0, run.tail()
@@ -66,3 +70,12 @@ def test_a_failing_release_sends_one_failure_naming_region_gate_and_cause(
     assert f"{UI}/dags/release_hello/runs/" in failures[0]["message"]
     # Before it: the start, and eastus's rollback; never a success.
     assert events(receiver) == ["release started", "eastus rolled back", "release failed"], receiver.received
+
+    # westus (wave 1) and northeurope (wave 2) now run the failed build, not the last release, and
+    # eastus is back on it but drained (it was unhealthy at its rollback): drift, told in one message.
+    receiver.received.clear()
+    assert run_dag("fleet_consistency_hello", {}, fleet_path=notifying).returncode == 0
+    assert events(receiver) == ["drift found (stale, traffic-mismatch)"], receiver.received
+    lines = receiver.received[0]["message"].splitlines()
+    found = [tuple(line.split(": ")[:2]) for line in lines[1:4]]
+    assert found == [("northeurope", "stale"), ("westus", "stale"), ("eastus", "traffic-mismatch")], lines
