@@ -1,5 +1,6 @@
 """`python -m fanout`: the command line for people and CI (validate a fleet file, print a plan,
-trigger a release on a running Airflow, freeze an app or quarantine a build, list who did).
+trigger a release on a running Airflow, freeze an app or quarantine a build, list who did, show
+the fleet matrix).
 
 The fleet and planner modules (pydantic, PyYAML) are imported only by the commands that use them,
 so `fanout trigger` runs in CI with nothing but httpx installed and `PYTHONPATH=plugins`.
@@ -35,6 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     controls_cli.add_arguments(sub)
+    # Declared here, not in fanout.status_cli: that module needs the fleet model, which `trigger` must not import.
+    status = sub.add_parser(
+        "status",
+        help="the fleet matrix: what each region runs and serves, its consistency class, its last release run",
+        description="One row per region: pair, wave, running digest and commit, Helm revision and status, ready "
+        "replicas, Traffic Manager endpoint / weight / monitor, consistency class and since when, last release run.",
+    )
+    status.add_argument("fleet", help="path to the fleet YAML file")
+    status.add_argument("--json", action="store_true", help="print JSON (one object; `regions` holds the rows)")
+    status.add_argument(
+        "--airflow-url", help=f"Airflow's base URL (default: ${trigger.ENV_URL} or {trigger.DEFAULT_URL})"
+    )
+    status.add_argument("--no-airflow", action="store_true", help="skip what Airflow recorded (live reads only)")
+    status.add_argument("--no-live", action="store_true", help="skip the live reads (what Airflow recorded only)")
     return parser
 
 
@@ -44,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         from fanout.trigger import run
 
         return run(args)
+    if args.command == "status":
+        from fanout import status_cli
+
+        return status_cli.run(args)
     from fanout import controls_cli
 
     if args.command in controls_cli.COMMANDS:

@@ -33,6 +33,7 @@ RESOURCE_GROUP = r"^[-\w.()]*[-\w()]$"
 AKS_NAME = r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$"
 TM_PROFILE = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$"
 TM_ENDPOINT = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,258}[A-Za-z0-9_-])?$"
+CONN_ID = r"^[\w.-]+$"
 _PATTERN_NAMES = {
     DNS_LABEL: "a DNS label (lowercase letters, digits and '-')",
     REGION_NAME: "an Azure region name such as 'westeurope'",
@@ -41,6 +42,7 @@ _PATTERN_NAMES = {
     AKS_NAME: "an AKS cluster name (letters, digits, '-', '_'; starting and ending with a letter or digit)",
     TM_PROFILE: "a Traffic Manager profile name (letters, digits, '-', '.'; starting and ending with a letter/digit)",
     TM_ENDPOINT: "a Traffic Manager endpoint name (letters, digits, '-', '_', '.'; starting with a letter or digit)",
+    CONN_ID: "an Airflow connection id (letters, digits, '_', '.', '-'); URLs and secrets belong in the connection",
 }
 DAY = 86_400
 Weight = Annotated[int, Field(ge=1, le=1000)]
@@ -439,13 +441,29 @@ class Azure(_Strict):
     """How Fanout reaches Azure: the Airflow connection (type `azure`) every Azure client uses,
     and its cloud (the connection's `cloud_environment` must say the same)."""
 
-    conn_id: str = Field("azure_default", pattern=r"^[\w.-]+$", max_length=250)
+    conn_id: str = Field("azure_default", pattern=CONN_ID, max_length=250)
     cloud: Literal["AzurePublicCloud", "AzureUSGovernment", "AzureChinaCloud"] = "AzurePublicCloud"
 
 
 class Consistency(_Strict):
     schedule: Annotated[str, AfterValidator(checks.cron_schedule)] = "*/15 * * * *"
     mode: Literal["report", "repair"] = "report"
+
+
+# What Fanout tells people about (fanout.notify builds each message).
+NOTIFY_EVENTS = ("started", "succeeded", "failed", "approval", "rolled-back", "drift", "repair")
+
+
+class Notifications(_Strict):
+    """Where a release and the consistency check say what they do: through Airflow's Apprise notifier,
+    to whatever services the Airflow connection `conn_id` (type `apprise`) lists. The service URLs
+    carry the webhooks' secrets, so they live in that connection, never in the fleet file."""
+
+    conn_id: str = Field(pattern=CONN_ID, max_length=250, description="an Airflow connection of type apprise")
+    events: list[Literal[NOTIFY_EVENTS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(NOTIFY_EVENTS), min_length=1, max_length=len(NOTIFY_EVENTS)
+    )
+    ui_url: HttpUrl | None = Field(None, description="Airflow's UI for the links (default: its [api] base_url)")
 
 
 class Fleet(_Strict):
@@ -460,6 +478,7 @@ class Fleet(_Strict):
     consistency: Consistency = Field(default_factory=Consistency)
     azure: Azure = Field(default_factory=Azure)
     local: LocalSettings = Field(default_factory=LocalSettings)
+    notifications: Notifications | None = None
     # Set by load_fleet: relative paths in the file are relative to the file's folder.
     source_path: Path | None = Field(None, exclude=True)
 

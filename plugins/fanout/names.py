@@ -123,3 +123,4 @@ def first_seen_variable(app: str) -> str:
 
 FAILURE_KEY = "failure"  # a StepFailure: why a step failed
 SUPERSEDED_KEY = "superseded"  # who superseded a run, and why
+RUN_FAILURES_KEY = "release_failures"  # rebalance: the StepFailures that fail the run (its notification)

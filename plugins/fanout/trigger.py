@@ -251,6 +251,20 @@ class AirflowApi:
         response = self._request("GET", self._run_path(dag_id, run_id), retry=True, missing_ok=True)
         return None if response is None else response.json()
 
+    def dag_runs(self, dag_id: str, limit: int, missing_ok: bool = False) -> list[dict[str, Any]]:
+        """The DAG's newest `limit` runs, newest first ([] for a DAG Airflow does not have, if `missing_ok`)."""
+        path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns"
+        params = {"order_by": "-run_after", "limit": limit}
+        response = self._request("GET", path, params=params, retry=True, missing_ok=missing_ok)
+        return [] if response is None else response.json().get("dag_runs") or []
+
+    def asset_events(self, source_dag_id: str, source_task_id: str, limit: int) -> list[dict[str, Any]]:
+        """The newest `limit` Asset events a task emitted, newest first."""
+        params = {"source_dag_id": source_dag_id, "source_task_id": source_task_id, "order_by": "-timestamp",
+                  "limit": limit}  # fmt: skip
+        response = self._request("GET", "/api/v2/assets/events", params=params, retry=True)
+        return response.json().get("asset_events") or []
+
     def trigger(self, dag_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create the run `body["dag_run_id"]`. When the answer is lost (timeout, 5xx) the run may exist:
         look it up before sending again. A connection that never opened sent nothing, so resending is safe."""
@@ -329,10 +343,8 @@ class AirflowApi:
     def release_events(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
         """What the release DAG's `record` task recorded of each finished release (its Asset events'
         extras: digest, git_sha, source_ref, …), newest first."""
-        params = {"source_dag_id": names.release_dag(app), "source_task_id": names.RECORD,
-                  "order_by": "-timestamp", "limit": limit}  # fmt: skip
-        events = self._request("GET", "/api/v2/assets/events", params=params, retry=True).json().get("asset_events")
-        return [event.get("extra") or {} for event in events or []]
+        events = self.asset_events(names.release_dag(app), names.RECORD, limit)
+        return [event.get("extra") or {} for event in events]
 
     # -- plumbing
 

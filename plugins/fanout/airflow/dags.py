@@ -18,6 +18,7 @@ from fanout import names
 from fanout.airflow import consistency as cc
 from fanout.airflow import dns_waits
 from fanout.airflow import fleet_steps as fs
+from fanout.airflow import notify as notifications
 from fanout.airflow import region_steps as rs
 from fanout.airflow.base import release_asset
 from fanout.airflow.hotfix import HotfixApprovalOperator
@@ -185,6 +186,7 @@ def build_release_dag(fleet: Fleet, path: str) -> DAG:
             rollback_all = fs.RollbackAllOperator(task_id=names.ROLLBACK_ALL, trigger_rule=TriggerRule.ALL_DONE, **kw)
             all_ends >> rollback_all >> rebalance
         [build, rebalance] >> record
+    notifications.attach(fleet, dag.task_dict)
     return dag
 
 
@@ -205,6 +207,7 @@ def build_consistency_dag(fleet: Fleet, path: str) -> DAG:
         classify = cc.ClassifyFleetOperator(task_id=names.CLASSIFY, trigger_rule=TriggerRule.ALL_DONE, **kw)
         repair = cc.RepairFleetOperator(task_id=names.REPAIR, **kw)
         desired >> observe >> classify >> repair
+    notifications.attach(fleet, dag.task_dict)
     return dag
 
 

@@ -305,6 +305,8 @@ class RebalanceOperator(FanoutOperator):
                     f"{r} to revision {o['rolled_back_to']}" if o.get("rolled_back_to") else f"{r} ({o['note']})"
                     for r, o in rolled.items()
                 )
+            # The run's failure notification names these (fanout.airflow.notify).
+            ti.xcom_push(key=names.RUN_FAILURES_KEY, value=[f.to_xcom() for f in failures])
             raise AirflowFailException(f"release of {self.fleet.app.name} {digest} failed — {causes}")
         return {"regions": summary, "warnings": warnings, "held_back": held_back}
 
