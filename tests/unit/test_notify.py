@@ -249,3 +249,24 @@ def test_each_callback_reads_its_event_from_the_run(monkeypatch):
     # Resumed once the answer came: the request was sent when the task started.
     ti._ti_context_from_server = type("Server", (), {"next_method": "execute_complete"})()
     assert wiring.approval({**context, "task": approve}, UI) is None
+
+
+def test_approve_hotfix_asks_only_in_a_hotfix_run():
+    from datetime import timedelta
+
+    from airflow.sdk import DAG
+
+    from fanout.airflow import notify as wiring
+    from fanout.airflow.hotfix import HotfixApprovalOperator
+    from tests.fakes import FakeTI
+
+    with DAG("release_hello", schedule=None):
+        approve = HotfixApprovalOperator(task_id=names.APPROVE_HOTFIX, app="hello", approvers=["alice"],
+                                         response_timeout=timedelta(minutes=30))  # fmt: skip
+    ti = FakeTI()
+    ti.task_id, ti.dag_id, ti.run_id = names.APPROVE_HOTFIX, "release_hello", "run1"
+    context = {"ti": ti, "dag": approve.dag, "run_id": "run1", "task": approve}
+    assert wiring.hotfix_approval({**context, "params": {"hotfix": False}}, UI) is None
+    asked = wiring.hotfix_approval({**context, "params": {"hotfix": True, "hotfix_reason": "INC-9"}}, UI)
+    assert asked.event == "approval" and "Approve a hotfix release of hello?" in asked.body
+    assert "tasks/approve_hotfix/required_actions" in asked.body

@@ -93,6 +93,11 @@ def approval(context: Context, ui_url: str | None) -> msg.Message | None:
     return msg.waiting_for_approval(_app(context), context["run_id"], str(task.subject), link, minutes)
 
 
+def hotfix_approval(context: Context, ui_url: str | None) -> msg.Message | None:
+    """approve_hotfix runs in every release and asks only in a hotfix run."""
+    return approval(context, ui_url) if context["params"].get("hotfix") else None
+
+
 def rolled_back(context: Context, ui_url: str | None) -> msg.Message | None:
     outcome = context["ti"].xcom_pull(task_ids=context["ti"].task_id)
     if not outcome:
@@ -140,6 +145,8 @@ def attach(fleet: Fleet, tasks: dict[str, BaseOperator]) -> None:
             add(task, "on_failure_callback", "failed", failed)
         if task_id == names.APPROVE_AFTER_CANARY:
             add(task, "on_execute_callback", "approval", approval)
+        if task_id == names.APPROVE_HOTFIX:
+            add(task, "on_execute_callback", "approval", hotfix_approval)
         if task_id.endswith(f".{names.ROLLBACK}"):
             add(task, "on_success_callback", "rolled-back", rolled_back)
         if task_id == names.ROLLBACK_ALL:
