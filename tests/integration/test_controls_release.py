@@ -4,20 +4,24 @@ changes a region. A held drain waits deferred (the in-line trigger under `airflo
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from release_checks import new_commit, snapshot, timed, tm_client, variant_fleet
+import yaml
+from release_checks import TrafficWatch, new_commit, snapshot, timed, tm_client, variant_fleet
 
 from fanout import names
-from fanout.controls import Freeze, Pause, Quarantine
+from fanout.controls import Freeze, Pause, Quarantine, rollback_target
+from fanout.trigger import build_conf
+from fanout.windows import DAYS
 from localfleet.testing import airflow_env, wait_until
 
 pytestmark = pytest.mark.localfleet
@@ -131,3 +135,49 @@ def test_a_quarantined_digest_is_refused_before_anything_changes(serving_fleet, 
     assert run.states()["validate"] == "failed"
     assert snapshot(fleet) == before
     timed("quarantine: refused at validate", started)
+
+
+@pytest.mark.matrix  # waits for a window up to 90 s away: make test-matrix
+def test_a_region_outside_its_deploy_window_waits_until_it_opens(serving_fleet, release, tmp_path):
+    started, fleet = time.monotonic(), serving_fleet.fleet
+    opens = (datetime.now(UTC) + timedelta(seconds=90)).replace(second=0, microsecond=0)  # 30–90 s away
+    closes = opens + timedelta(minutes=10)
+    end = "24:00" if closes.date() != opens.date() else f"{closes:%H:%M}"
+    data = yaml.safe_load(fleet.source_path.read_text())
+    eastus = next(r for r in data["regions"] if r["name"] == "eastus")
+    allowed = f"{DAYS[opens.weekday()]} {opens:%H:%M}-{end}"
+    eastus["deploy_window"] = {"timezone": "UTC", "allow": [allowed]}
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    run = release({"git_sha": new_commit(fleet, "window"), "regions": ["eastus"]}, fleet_path=path)
+    assert run.returncode == 0, run.tail()
+    assert (
+        f"outside its deploy window (UTC: {DAYS[opens.weekday()]} {opens:%H:%M}-{end}); it opens {opens.isoformat()}"
+        in (run.output)
+    )
+    assert run.started["deploy_eastus.helm_deploy"] >= opens.timestamp(), "Helm started before the window opened"
+    assert snapshot(fleet)["eastus"].digest == run.recorded()["digest"]
+    timed("deploy window a minute away", started)
+
+
+@pytest.mark.matrix  # one more release and its rollback: make test-matrix
+def test_a_quarantined_release_is_rolled_back_through_the_release_dag(serving_fleet, release, airflow_home):
+    """What `fanout quarantine` triggers (its REST side is tests/unit/test_controls.py's): the last
+    good release, released again, returns every region with the waves, drains and gates of a release."""
+    started, fleet = time.monotonic(), serving_fleet.fleet
+    bad_run = release({"git_sha": new_commit(fleet, "to-quarantine")})
+    assert bad_run.returncode == 0, bad_run.tail()
+    bad = bad_run.recorded()["digest"]
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT extra FROM asset_event WHERE source_dag_id = 'release_hello' AND source_task_id = 'record' "
+            "ORDER BY timestamp DESC"
+        ).fetchall()
+    good = rollback_target([json.loads(extra) for (extra,) in rows], bad, lambda digest: digest == bad)
+    assert good is not None and good["digest"] != bad
+    with TrafficWatch(fleet) as watch:
+        back = release(build_conf(good["git_sha"], good.get("source_ref") or "main", good["digest"]))
+    assert back.returncode == 0, back.tail()
+    assert {state.digest for state in snapshot(fleet).values()} == {good["digest"]}
+    assert watch.fewest_enabled >= fleet.min_serving_regions, watch.report()
+    timed("quarantine: rolled back through the release DAG", started)

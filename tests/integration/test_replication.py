@@ -12,7 +12,7 @@ from release_checks import new_commit, snapshot, timed, variant_fleet
 
 pytestmark = pytest.mark.localfleet
 
-LAG = 25  # long enough that the wait defers to the triggerer
+LAG = 12  # long enough that the wait defers to the triggerer, twice any other region's wait
 SLOW = "northeurope"  # wave 2; eastus is the home registry, which never lags
 REFUSING = "westus"  # wave 1, not home: the build's push still succeeds
 

@@ -60,6 +60,26 @@ def test_drain_disables_the_endpoint_and_records_it_was_enabled():
     assert out == {"was_enabled": True, "held_seconds": 0.0} and hook.tm.calls == [("eastus", False, None)]
 
 
+def test_drain_refused_by_min_serving_records_why_and_changes_nothing():
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    for name in ("westus", "northeurope", "westeurope"):
+        hook.tm.state[name] = hook.tm.state[name].__class__(name, "ExternalEndpoints", False, 100, "Online")
+    with pytest.raises(AirflowFailException, match="eastus: drain failed: refused: draining eastus would leave 0"):
+        run_task(region_op(rs.DrainRegionOperator), ti, hook)
+    assert hook.tm.calls == []
+    failure = ti.xcoms[(names.region_task("eastus", names.DRAIN), names.FAILURE_KEY)]
+    assert failure["region"] == "eastus" and failure["gate"] == "drain" and "min_serving_regions" in failure["cause"]
+
+
+def test_an_approved_hotfix_is_still_refused_a_drain_that_breaks_min_serving():
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    for name in ("westus", "northeurope", "westeurope"):
+        hook.tm.state[name] = hook.tm.state[name].__class__(name, "ExternalEndpoints", False, 100, "Online")
+    with pytest.raises(AirflowFailException, match="eastus: drain failed: refused: draining eastus would leave 0"):
+        run_task(region_op(rs.DrainRegionOperator), ti, hook, {"hotfix": True, "hotfix_reason": "INC-9"})
+    assert hook.tm.calls == []
+
+
 # -- deploy -----------------------------------------------------------------------------
 
 
