@@ -54,7 +54,8 @@ TEST_TIERS := tests/unit tests/contract tests/dags tests/localfleet tests/integr
 test: venv system-packages binaries
 	@$(PY) -m pytest -x --durations=25 -m "not matrix" $(TEST_TIERS)
 
-## The variants make test leaves out (other routing methods, the rollback-all policy, a stuck resolver).
+## The variants make test leaves out (other routing methods, the rollback-all policy, a stuck resolver,
+## on_freeze fail, a deploy window a minute away, a quarantined release rolled back).
 test-matrix: venv system-packages binaries
 	@$(PY) -m pytest -x --durations=10 -m matrix $(TEST_TIERS)
 
