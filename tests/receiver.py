@@ -1,12 +1,40 @@
-"""A real HTTP receiver on loopback that records every notification it gets: what Apprise's `json://`
-service posts ({"version", "title", "message", "type"}), as Slack or Teams would get theirs."""
+"""Real HTTP servers on loopback for tests: `LoopbackHttp` answers each request with a status code
+a test chooses; `Receiver` records every notification it gets: what Apprise's `json://` service
+posts ({"version", "title", "message", "type"}), as Slack or Teams would get theirs."""
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+
+class LoopbackHttp:
+    """A threaded HTTP server on 127.0.0.1 (a free port), serving until `close()`: every GET or POST
+    is answered with the status `answer(method, path, body)` returns and an empty body."""
+
+    def __init__(self, answer: Callable[[str, str, bytes], int]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(answer(self.command, self.path, body))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Receiver:
@@ -15,24 +43,15 @@ class Receiver:
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
-        owner = self
+        self.http = LoopbackHttp(self._record)
+        self.url = f"json://127.0.0.1:{self.http.port}/notify"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    owner.received.append(json.loads(body))
-                except ValueError:
-                    owner.received.append({"raw": body.decode(errors="replace")})
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"json://127.0.0.1:{self.server.server_address[1]}/notify"
+    def _record(self, method: str, path: str, body: bytes) -> int:
+        try:
+            self.received.append(json.loads(body))
+        except ValueError:
+            self.received.append({"raw": body.decode(errors="replace")})
+        return 200
 
     def connection(self) -> str:
         """The Airflow connection (AIRFLOW_CONN_<ID> JSON) whose Apprise config is this receiver."""
@@ -42,9 +61,7 @@ class Receiver:
         return [r.get("title", "") for r in self.received]
 
     def __enter__(self) -> Receiver:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()

@@ -23,8 +23,15 @@ from typing import Any
 from fanout.windows import DeployWindow
 
 
+class _Recorded:
+    """A stop as its Variable records it: the dataclass as JSON (a tuple of regions as a list)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
 @dataclass(frozen=True)
-class Freeze:
+class Freeze(_Recorded):
     """A freeze as recorded: `regions` None means every region; `until` None means until lifted."""
 
     reason: str
@@ -51,9 +58,6 @@ class Freeze:
         if self.lifted:
             return f"unfreeze by {self.by}: {self.reason}"
         return f"freeze {self.scope()}{f' until {self.until}' if self.until else ''} by {self.by}: {self.reason}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)  # a tuple of regions is a JSON list
 
 
 def parse_freeze(text: str | None) -> Freeze | None:
@@ -89,7 +93,7 @@ def check_regions(regions: Collection[str] | None, known: Sequence[str]) -> list
 
 
 @dataclass(frozen=True)
-class Quarantine:
+class Quarantine(_Recorded):
     """A digest no run may release, and why."""
 
     digest: str
@@ -104,9 +108,6 @@ class Quarantine:
     def summary(self) -> str:
         verb = "lift quarantine of" if self.lifted else "quarantine"
         return f"{verb} {self.digest} by {self.by}: {self.reason}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 def parse_quarantine(text: str | None, digest: str) -> Quarantine | None:
@@ -135,7 +136,7 @@ def rollback_target(
 
 
 @dataclass(frozen=True)
-class Pause:
+class Pause(_Recorded):
     """The app's releases paused before their next wave's drains (regions mid-change finish)."""
 
     reason: str
@@ -148,9 +149,6 @@ class Pause:
 
     def summary(self) -> str:
         return f"{'resume' if self.resumed else 'pause'} releases by {self.by}: {self.reason}"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
 
 
 def parse_pause(text: str | None) -> Pause | None:

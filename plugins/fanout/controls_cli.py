@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import re
-import secrets
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -169,8 +168,7 @@ def _audit(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any,
 
 def _record(api: Any, app: str, summary: str, by: str, now: datetime) -> None:
     """The audit record of an action that took effect: created, never changed (a new key each time)."""
-    key = f"{names.audit_variable_prefix(app)}{now.strftime('%Y%m%dT%H%M%S%fZ')}_{secrets.token_hex(3)}"
-    api.set_variable(key, json.dumps({"at": now.isoformat(timespec="seconds"), "by": by}), summary)
+    api.set_variable(*names.audit_record(app, by, now), summary)
 
 
 def _quarantine(api: Any, args: argparse.Namespace, env: Mapping[str, str], out: Any, now: datetime) -> int:

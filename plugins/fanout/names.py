@@ -7,6 +7,10 @@ Plain strings only: this module imports nothing from Airflow.
 
 from __future__ import annotations
 
+import json
+import secrets
+from datetime import datetime
+
 # -- DAGs ------------------------------------------------------------------------------
 
 
@@ -112,6 +116,13 @@ def quarantine_variable(app: str, digest: str) -> str:
 def audit_variable_prefix(app: str) -> str:
     """The app's audit records are Variables named this plus a UTC time and a random tag."""
     return f"fanout_audit_{app}_"
+
+
+def audit_record(app: str, by: str, now: datetime) -> tuple[str, str]:
+    """A new audit record's Variable key and value. The key is new each time (a UTC time and a random
+    tag), so a record is created once and never changed."""
+    key = f"{audit_variable_prefix(app)}{now.strftime('%Y%m%dT%H%M%S%fZ')}_{secrets.token_hex(3)}"
+    return key, json.dumps({"at": now.isoformat(timespec="seconds"), "by": by})
 
 
 def first_seen_variable(app: str) -> str:

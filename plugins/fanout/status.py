@@ -145,10 +145,11 @@ def table(rows: Sequence[Mapping[str, Any]], live: bool = True, now: datetime | 
     return "\n".join(lines)
 
 
-def last_release(app: str, events: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The newest release Asset event the release DAG's `record` task emitted for `app` (as the API
-    lists them, newest first): its record, with the time it was recorded. Events anyone could POST
-    over the REST API, or of another app, are not the release."""
+def releases(app: str, events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The releases recorded in these Asset events (as the API lists them, newest first): each
+    release's record, with the time it was recorded. Only events the release DAG's `record` task
+    emitted for `app` count: not events anyone could POST over the REST API, nor another app's."""
+    found = []
     for event in events:
         extra = event.get("extra") or {}
         if (
@@ -159,8 +160,8 @@ def last_release(app: str, events: Sequence[Mapping[str, Any]]) -> dict[str, Any
             and DIGEST.match(str(extra.get("digest", "")))
         ):
             keys = ("digest", "git_sha", "source_ref", "run_id", "regions", "held_back")
-            return {**{k: extra.get(k) for k in keys}, "recorded_at": event.get("timestamp")}
-    return None
+            found.append({**{k: extra.get(k) for k in keys}, "recorded_at": event.get("timestamp")})
+    return found
 
 
 def heading(

@@ -96,8 +96,7 @@ def recorded(
     recorded them."""
     api = connect(url, env, transport=transport)
     try:
-        events = api.asset_events(names.release_dag(app), names.RECORD, EVENTS_LOOKED_AT)
-        release = status.last_release(app, events)
+        release = next(iter(api.release_events(app, EVENTS_LOOKED_AT)), None)
         runs = api.dag_runs(names.release_dag(app), RUNS_LOOKED_AT, missing_ok=True)
         report = None
         for check in api.dag_runs(names.consistency_dag(app), CHECKS_LOOKED_AT, missing_ok=True):

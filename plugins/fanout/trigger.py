@@ -341,10 +341,11 @@ class AirflowApi:
         return self._request("GET", "/api/v2/eventLogs", params=params, retry=True).json().get("event_logs") or []
 
     def release_events(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
-        """What the release DAG's `record` task recorded of each finished release (its Asset events'
-        extras: digest, git_sha, source_ref, …), newest first."""
-        events = self.asset_events(names.release_dag(app), names.RECORD, limit)
-        return [event.get("extra") or {} for event in events]
+        """What the release DAG's `record` task recorded of each finished release (digest, git_sha,
+        source_ref, run_id, …, recorded_at), newest first (fanout.status.releases)."""
+        from fanout.status import releases
+
+        return releases(app, self.asset_events(names.release_dag(app), names.RECORD, limit))
 
     # -- plumbing
 

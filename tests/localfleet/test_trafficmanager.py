@@ -7,12 +7,10 @@ Everything runs in-process on free loopback ports; no binaries needed, so these 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential, 
 from fanout.fleet import Fleet, parse_fleet
 from localfleet.testing import wait_until
 from localfleet.trafficmanager import clear_errors, inject_errors, serve
+from tests.receiver import LoopbackHttp
 
 REPO = Path(__file__).resolve().parents[2]
 SUB, RG, PROFILE = "00000000-0000-0000-0000-000000000000", "fanout-local", "hello"
@@ -33,31 +32,20 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class FakeEdge:
-    """A region's edge: answers GET /healthz with `status`, changeable while running."""
+    """A region's edge: answers GET /healthz with `status` after `delay`, changeable while running."""
 
     def __init__(self) -> None:
         self.status = 200
         self.delay = 0.0
-        edge = self
+        self.http = LoopbackHttp(self._answer)
+        self.url = f"http://127.0.0.1:{self.http.port}"
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                time.sleep(edge.delay)
-                code = edge.status if self.path == "/healthz" else 404
-                self.send_response(code)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+    def _answer(self, method: str, path: str, body: bytes) -> int:
+        time.sleep(self.delay)
+        return self.status if path == "/healthz" else 404
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.http.close()
 
 
 @pytest.fixture

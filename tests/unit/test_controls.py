@@ -237,7 +237,10 @@ class PlayedAirflow:
             assert dict(request.url.params) | {"source_dag_id": "release_hello", "source_task_id": "record"} == dict(
                 request.url.params
             )
-            events = [{"extra": extra} for extra in self.releases]
+            events = [
+                {"source_dag_id": "release_hello", "source_task_id": "record", "extra": {"app": "hello", **extra}}
+                for extra in self.releases
+            ]
             return httpx.Response(200, json={"asset_events": events, "total_entries": len(events)})
         if path == "/api/v2/dags/release_hello/dagRuns" and method == "POST":
             self.runs.append(json.loads(request.content))

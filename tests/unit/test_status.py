@@ -122,15 +122,13 @@ def event(**changes) -> dict:
     return {"source_dag_id": "release_hello", "source_task_id": "record", "timestamp": "T", "extra": extra} | changes
 
 
-def test_the_last_release_is_the_newest_event_the_release_dag_recorded():
+def test_only_events_the_release_dag_recorded_for_the_app_are_releases():
     forged = event(source_dag_id=None, source_task_id=None, extra={**event()["extra"], "from_rest_api": True})
     other = event(extra={**event()["extra"], "app": "storefront"})
-    found = status.last_release(
-        "hello", [forged, other, event(extra={**event()["extra"], "digest": "latest"}), event()]
-    )
+    [found] = status.releases("hello", [forged, other, event(extra={**event()["extra"], "digest": "latest"}), event()])
     assert found == {"digest": NEW, "git_sha": SHA, "source_ref": "main", "run_id": "merge__1", "regions": ["eastus"],
                      "held_back": {}, "recorded_at": "T"}  # fmt: skip
-    assert status.last_release("hello", [forged]) is None
+    assert status.releases("hello", [forged]) == []
 
 
 # -- the command -------------------------------------------------------------------------

@@ -29,19 +29,22 @@ def release_asset(app: str) -> Asset:
     return Asset(name=names.release_asset_name(app), uri=names.release_asset_uri(app))
 
 
-def current_hold(fleet: Fleet, region: str, hotfix: bool = False) -> Hold | None:
-    """What holds `region` back from a change now: a freeze (which an approved `hotfix` passes), a
-    pause (Airflow Variables, read as they are now) or its deploy window. The drain asks in the
-    worker and its wait in the triggerer."""
-    app, spec = fleet.app.name, fleet.region(region).deploy_window
-    return hold(
+def current_hold(fleet: Fleet, region: str, hotfix: bool = False) -> tuple[Hold | None, Freeze | None]:
+    """(what holds `region` back from a change now, the freeze an approved `hotfix` passes): a
+    freeze, a pause (Airflow Variables, read as they are now) or its deploy window. The drain asks
+    in the worker and its wait in the triggerer."""
+    app, spec, now = fleet.app.name, fleet.region(region).deploy_window, datetime.now(UTC)
+    freeze = parse_freeze(Variable.get(names.freeze_variable(app), default=None))
+    passed = freeze if hotfix and freeze is not None and freeze.covers(region, now) else None
+    held = hold(
         region,
-        datetime.now(UTC),
-        freeze=None if hotfix else parse_freeze(Variable.get(names.freeze_variable(app), default=None)),
+        now,
+        freeze=None if hotfix else freeze,
         pause=parse_pause(Variable.get(names.pause_variable(app), default=None)),
         window=spec.window if spec else None,
         on_freeze=fleet.rollout.on_freeze,
     )
+    return held, passed
 
 
 def targeted(params: dict[str, Any], region: str) -> bool:

@@ -5,8 +5,6 @@ limits, minimum serving and every gate apply as to any release. Any other run pa
 
 from __future__ import annotations
 
-import json
-import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,7 +45,7 @@ class HotfixApprovalOperator(ApprovalOperator):
         reason = context["params"].get("hotfix_reason")
         summary = f"hotfix {context['run_id']} approved by {approver}: {reason}"
         # An audit record like `fanout audit`'s own (fanout.controls_cli), kept in Airflow's database.
-        key = f"{names.audit_variable_prefix(self.app)}{now.strftime('%Y%m%dT%H%M%S%fZ')}_{secrets.token_hex(3)}"
-        Variable.set(key, json.dumps({"at": now.isoformat(timespec="seconds"), "by": approver}), description=summary)
+        key, value = names.audit_record(self.app, approver, now)
+        Variable.set(key, value, description=summary)
         self.log.info("%s", summary)
         return {"approved_by": approver, "reason": reason}

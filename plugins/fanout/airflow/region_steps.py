@@ -4,7 +4,6 @@ restore — or roll back when a step failed."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import Context
@@ -88,7 +87,7 @@ class DrainRegionOperator(_RegionStep):
         # holds it here, before anything changed (a region already mid-change finishes its steps,
         # and a rollback is never held). The wait is deferred and re-checked after it ends.
         hotfix = self.hotfix(context) is not None  # approved: approve_hotfix is upstream of every drain
-        held = current_hold(self.fleet, str(self.region), hotfix=hotfix)
+        held, passed = current_hold(self.fleet, str(self.region), hotfix=hotfix)
         if held is not None:
             if held.refuse:
                 self.fail(context, f"{held.line}; nothing was changed (`fanout unfreeze` lifts it)")
@@ -102,8 +101,8 @@ class DrainRegionOperator(_RegionStep):
                 not_before=time.time() + SETTLE_SECONDS,  # the drain resumes on a worker (see waits.py)
             )
             self.defer(trigger=trigger, method_name="after_hold")
-        if hotfix and (freeze := self.freeze()) is not None and freeze.covers(str(self.region), datetime.now(UTC)):
-            self.log.warning("%s: %s; an approved hotfix passes it", self.region, freeze.line())
+        if passed is not None:
+            self.log.warning("%s: %s; an approved hotfix passes it", self.region, passed.line())
         held_seconds = round(time.time() - held_since, 1) if held_since else 0.0
         if held_seconds:
             self.log.info("%s was held back %.0f s; draining now", self.region, held_seconds)

@@ -250,7 +250,7 @@ class HoldTrigger(FleetTrigger):
 
     async def check(self) -> tuple[bool, str]:
         fleet = (await self.hook()).fleet
-        held = await asyncio.to_thread(current_hold, fleet, self.region, self.hotfix)
+        held, _ = await asyncio.to_thread(current_hold, fleet, self.region, self.hotfix)
         if held is None:
             return True, "nothing holds it back"
         if held.refuse:
