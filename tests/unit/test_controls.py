@@ -362,9 +362,12 @@ def test_pause_and_resume_are_written_and_audited():
 GOOD, OTHER = "sha256:" + "e" * 64, "sha256:" + "f" * 64  # DIGEST (tests.fakes) is the bad one
 
 
-def test_a_quarantine_releases_the_last_good_release_again_through_the_release_dag():
+def test_a_quarantine_releases_the_app_s_last_good_release_again_through_the_release_dag():
     releases = [
         {"digest": DIGEST, "git_sha": "c" * 40, "source_ref": "main"},  # the bad one, newest
+        # Not releases of this app: an event anyone could POST over the REST API, another app's.
+        {"digest": "sha256:" + "9" * 64, "git_sha": "d" * 40, "source_ref": "main", "from_rest_api": True},
+        {"app": "storefront", "digest": "sha256:" + "8" * 64, "git_sha": "d" * 40, "source_ref": "main"},
         {"digest": OTHER, "git_sha": "b" * 40, "source_ref": "main"},  # quarantined earlier
         {"digest": GOOD, "git_sha": "a" * 40, "source_ref": "release/1"},
     ]
