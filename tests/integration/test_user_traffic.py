@@ -100,7 +100,9 @@ NESTED = [
         pytest.param("Geographic-nested", marks=pytest.mark.matrix),
     ],
 )
-def test_a_release_keeps_the_promise_to_users(local_fleet, release, tmp_path, method):
+def test_a_release_keeps_the_promise_to_users(local_fleet, serving_fleet, release, tmp_path, method):
+    # serving_fleet: an empty fleet's first release runs under the session's own (Weighted) profile,
+    # before this test swaps the stand-in for a variant the session's fleet file does not match.
     changes: dict[str, Any] = {"traffic_manager.routing_method": method.removesuffix("-nested")}
     if method == "Priority":
         changes["regions"] = priority_regions(local_fleet)
