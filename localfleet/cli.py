@@ -304,6 +304,7 @@ def status_rows(fleet: Fleet, state: Path | None = None) -> list[dict[str, str]]
     try:
         with AzureTrafficManager(
             StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
+            endpoint_profiles={r.endpoint.name: fleet.endpoint_profiles(r.name) for r in fleet.regions},
             base_url=tm.base_url, retry_total=0, timeout=3,
         ) as client:  # fmt: skip
             endpoints, tm_state = client.endpoints(), "missing"

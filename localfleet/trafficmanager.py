@@ -6,6 +6,7 @@ DAG drains and restores real HTTP resources locally. Implemented, under
 (fixed segments match case-insensitively, as in Azure; ``?api-version=2026-09-01``)::
 
     GET                         the profile, with its endpoints and monitor status
+                                (also each child profile of a NestedEndpoints endpoint, by its name)
     GET|PUT|PATCH|DELETE  /{ExternalEndpoints|AzureEndpoints|NestedEndpoints}/{name}
     GET /_fanout/state          debug: the profile JSON and the pending faults (no auth)
 
@@ -157,7 +158,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if url.path == "/_fanout/state" and method == "GET":
             pending = dict(faults.read_faults(self.server.state_dir).get("tm_errors") or {})
-            return self._send(200, {"profile": self.server.store.profile_json(), "tm_errors": pending})
+            store = self.server.store
+            children = [store.profile_json(k) for k in store.state.get("children", {})]
+            return self._send(200, {"profile": store.profile_json(), "children": children, "tm_errors": pending})
         auth = self.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -199,17 +202,17 @@ class _Handler(BaseHTTPRequestHandler):
         if not fixed_ok or (len(parts) == 10 and kind is None):
             raise ArmError(404, "InvalidResourceType", f"The resource path '{path}' is not served by this stand-in.")
         store = self.server.store
-        store.check_scope(parts[1], parts[3], parts[7])
+        pkey = store.check_scope(parts[1], parts[3], parts[7])
         if len(parts) == 8:
             if method != "GET":
                 raise ArmError(405, "MethodNotAllowed", f"{method} on a profile is not supported by this stand-in.")
-            return self._send(200, store.profile_json())
+            return self._send(200, store.profile_json(pkey))
         assert kind is not None
         name = parts[9]
         if method == "GET":
-            return self._send(200, store.get_endpoint(kind, name))
+            return self._send(200, store.get_endpoint(kind, name, pkey))
         if method == "DELETE":
-            existed = store.delete_endpoint(kind, name)
+            existed = store.delete_endpoint(kind, name, pkey)
             return self._send(200, {"boolean": True}) if existed else self._send(204)
         try:
             body = json.loads(raw or b"{}")
@@ -218,8 +221,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict) or not isinstance(body.get("properties", {}), dict):
             raise ArmError(400, "InvalidRequestContent", "The request content must be an object with 'properties'.")
         if method == "PATCH":
-            return self._send(200, store.patch_endpoint(kind, name, body))
-        endpoint, created = store.put_endpoint(kind, name, body)
+            return self._send(200, store.patch_endpoint(kind, name, body, pkey))
+        endpoint, created = store.put_endpoint(kind, name, body, pkey)
         return self._send(201 if created else 200, endpoint)
 
 

@@ -13,6 +13,11 @@ rather than answer nothing). Then the routing method picks one:
   that endpoint is disabled or not Online the answer is empty (NODATA), which is why Azure
   recommends nested profiles there, and why Fanout refuses to drain a geography's only answer.
 
+A NestedEndpoints endpoint (`kind`) carries its child profile's view (`child`); its monitor status
+is the child's (Online while at least minChildEndpoints child endpoints are). Chosen, it answers
+with what the child profile chooses, in one step (Traffic Manager walks the hierarchy itself and
+returns one record, with the parent's TTL).
+
 No endpoint enabled at all is NXDOMAIN (`None`); an empty list is NODATA.
 """
 
@@ -45,7 +50,18 @@ def choose(view: Mapping[str, Any], where: Where, rng: random.Random | None = No
     endpoints = view["endpoints"]
     if not view.get("enabled", True) or not any(ep.get("endpointStatus") == "Enabled" for ep in endpoints):
         return None
-    method = view["routing_method"]
+    return _through(_pick(view, where, rng), where, rng)
+
+
+def _through(chosen: list[Mapping[str, Any]], where: Where, rng: random.Random | None) -> list[Mapping[str, Any]]:
+    """A chosen nested endpoint answers with its child profile's choice (NODATA if it has none)."""
+    if chosen and chosen[0].get("kind") == "NestedEndpoints":
+        return choose(chosen[0]["child"], where, rng) or [] if "child" in chosen[0] else []
+    return chosen
+
+
+def _pick(view: Mapping[str, Any], where: Where, rng: random.Random | None) -> list[Mapping[str, Any]]:
+    endpoints, method = view["endpoints"], view["routing_method"]
     if method == "Geographic":
         for code in reversed(where.geography):
             mapped = [ep for ep in endpoints if code in (ep.get("geoMapping") or [])]

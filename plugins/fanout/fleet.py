@@ -304,6 +304,21 @@ class UserLocation(_Strict):
     latency_ms: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
 
+class NestedProfile(_Strict):
+    """A Geographic parent's geographies answered through a child profile: the parent holds a
+    NestedEndpoints endpoint `endpoint` (targetResourceId: the child `profile`, in the parent's
+    subscription and resource group) mapped to `geo_mapping`; the child routes by Priority over
+    `regions`, the first the primary and the others its fallbacks in order. The parent counts the
+    nested endpoint Degraded (no answer: Geographic does not fail over) while fewer than
+    `min_child_endpoints` of the child's endpoints are enabled and Online."""
+
+    endpoint: str = Field(pattern=TM_ENDPOINT)
+    profile: str = Field(pattern=TM_PROFILE)
+    regions: list[str] = Field(min_length=1, max_length=100)
+    geo_mapping: list[str] = Field(min_length=1)
+    min_child_endpoints: int = Field(1, ge=1, le=100)
+
+
 class TrafficManager(_Strict):
     kind: Literal["azure", "local"]
     subscription: Subscription
@@ -318,6 +333,8 @@ class TrafficManager(_Strict):
     locations: dict[str, UserLocation] = Field(default_factory=dict)
     # Local fleet only: the stand-in's DNS server listens on the base_url's host at this port.
     dns_port: int | None = Field(None, ge=1024, le=65535)
+    # Geographic only: geographies answered through child profiles with fallback regions.
+    nested: list[NestedProfile] = Field(default_factory=list, max_length=50)
 
 
 class Hotfix(_Strict):
@@ -494,6 +511,13 @@ class Fleet(_Strict):
     @property
     def region_names(self) -> list[str]:
         return [r.name for r in self.regions]
+
+    def endpoint_profiles(self, region: str) -> list[str]:
+        """The profiles holding `region`'s endpoint: the parent unless the region only answers through
+        nested profiles (no geo_mapping of its own), and every child profile that lists it."""
+        tm, r = self.traffic_manager, self.region(region)
+        children = [n.profile for n in tm.nested if region in n.regions]
+        return ([] if children and not r.endpoint.geo_mapping else [tm.profile]) + children
 
     @property
     def total_weight(self) -> int:
@@ -711,10 +735,12 @@ def routing_problems(fleet: Fleet) -> list[str]:
                         "Traffic Manager maps a geography to one endpoint"
                     )
                 owner.setdefault(code, region.name)
-            if not region.endpoint.geo_mapping and region.standby is None:
+            nested = any(region.name in n.regions for n in tm.nested)
+            if not region.endpoint.geo_mapping and region.standby is None and not nested:
                 problems.append(
                     f"regions[{i}].endpoint.geo_mapping: required when traffic_manager.routing_method is Geographic"
                 )
+    problems += _nested_problems(fleet)
     for loc, where in tm.locations.items():
         for region in where.latency_ms:
             if region not in names:
@@ -733,6 +759,45 @@ def routing_problems(fleet: Fleet) -> list[str]:
         edges = [urlsplit(r.edge_url) for r in fleet.regions]
         if len({e.port for e in edges}) > 1 or len({e.hostname for e in edges}) < len(edges):
             problems.append("regions[].edge_url: with traffic_manager.dns_port every edge needs its own host, one port")
+    return problems
+
+
+def _nested_problems(fleet: Fleet) -> list[str]:
+    """Nested profiles: Geographic parents only, names unique, regions of this fleet, a threshold the
+    child can meet, geographies mapped once across the parent."""
+    tm, problems = fleet.traffic_manager, []
+    if tm.nested and tm.routing_method != "Geographic":
+        problems.append(
+            f"traffic_manager.nested: only for routing_method Geographic (the file says {tm.routing_method})"
+        )
+    owner = {code: f"regions[{i}]" for i, r in enumerate(fleet.regions) for code in r.endpoint.geo_mapping}
+    endpoints = {r.endpoint.name.lower() for r in fleet.regions}
+    profiles = {tm.profile.lower()}
+    for i, nested in enumerate(tm.nested):
+        where = f"traffic_manager.nested[{i}]"
+        if nested.endpoint.lower() in endpoints:
+            problems.append(f"{where}.endpoint: '{nested.endpoint}' is already an endpoint name of the parent profile")
+        endpoints.add(nested.endpoint.lower())
+        if nested.profile.lower() in profiles:
+            problems.append(f"{where}.profile: '{nested.profile}' is the parent's or another nested entry's profile")
+        profiles.add(nested.profile.lower())
+        for j, region in enumerate(nested.regions):
+            if region not in fleet.region_names:
+                problems.append(f"{where}.regions[{j}]: '{region}' is not a region of this fleet")
+            elif nested.regions.index(region) != j:
+                problems.append(f"{where}.regions[{j}]: '{region}' appears more than once")
+        if nested.min_child_endpoints > len(nested.regions):
+            problems.append(
+                f"{where}.min_child_endpoints: {nested.min_child_endpoints} is more than its {len(nested.regions)} "
+                "region(s): the nested endpoint would never be Online"
+            )
+        for code in nested.geo_mapping:
+            if code in owner:
+                problems.append(
+                    f"{where}.geo_mapping: '{code}' is already mapped to {owner[code]}; "
+                    "Traffic Manager maps a geography to one endpoint"
+                )
+            owner.setdefault(code, where)
     return problems
 
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from fanout.fleet import Fleet
+from fanout.routing import orphaned_geographies
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")  # \Z: `$` would also take a trailing newline
 
@@ -54,6 +55,16 @@ def check_drain(fleet: Fleet, endpoints: dict[str, EndpointState], region: str) 
             f"draining {region} would leave {len(enabled_after)} region(s) serving "
             f"({', '.join(enabled_after) or 'none'}), below min_serving_regions {fleet.min_serving_regions}"
         )
+    if fleet.traffic_manager.routing_method == "Geographic" and endpoints[name].enabled:
+        # The plan checked each wave alone; a fallback drained now (down, or held back) counts too.
+        down = [r for r, e in by_region.items() if not e.enabled]
+        lost = sorted(set(orphaned_geographies(fleet, [*down, region])) - set(orphaned_geographies(fleet, down)))
+        if lost:
+            raise PolicyError(
+                f"draining {region} would leave geograph{'y' if len(lost) == 1 else 'ies'} {', '.join(lost)} with "
+                f"no answer while {', '.join(down) or 'nothing else'} {'is' if len(down) == 1 else 'are'} drained "
+                "(Geographic routing does not fail over; a nested endpoint needs min_child_endpoints regions)"
+            )
     weights = {r.name: r.traffic_weight for r in fleet.regions}
     drained = [r for r, e in by_region.items() if not e.enabled or r == region]
     drained_weight = sum(weights[r] for r in drained)

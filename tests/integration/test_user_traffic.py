@@ -81,6 +81,15 @@ def priority_regions(local_fleet) -> list[dict[str, Any]]:
     return regions
 
 
+# Each geography answers through a child profile (Priority) whose fallback takes it while the primary
+# is drained: a Geographic fleet that is released instead of refused.
+NESTED = [
+    {"endpoint": "america", "profile": "hello-america", "regions": ["eastus", "westus"], "geo_mapping": ["GEO-NA"]},
+    {"endpoint": "europe", "profile": "hello-europe", "regions": ["westeurope", "northeurope"],
+     "geo_mapping": ["GEO-EU", "WORLD"]},
+]  # fmt: skip
+
+
 # Weighted in make test; the other methods keep the same promise through other answers (make test-matrix).
 @pytest.mark.parametrize(
     "method",
@@ -88,12 +97,17 @@ def priority_regions(local_fleet) -> list[dict[str, Any]]:
         "Weighted",
         pytest.param("Performance", marks=pytest.mark.matrix),
         pytest.param("Priority", marks=pytest.mark.matrix),
+        pytest.param("Geographic-nested", marks=pytest.mark.matrix),
     ],
 )
-def test_a_release_keeps_the_promise_to_users(local_fleet, release, tmp_path, method):
-    changes: dict[str, Any] = {"traffic_manager.routing_method": method}
+def test_a_release_keeps_the_promise_to_users(local_fleet, serving_fleet, release, tmp_path, method):
+    # serving_fleet: an empty fleet's first release runs under the session's own (Weighted) profile,
+    # before this test swaps the stand-in for a variant the session's fleet file does not match.
+    changes: dict[str, Any] = {"traffic_manager.routing_method": method.removesuffix("-nested")}
     if method == "Priority":
         changes["regions"] = priority_regions(local_fleet)
+    if method == "Geographic-nested":
+        changes["traffic_manager.nested"] = NESTED
     with profile(local_fleet, tmp_path, **changes) as path:
         run, summary = watched_release(release, local_fleet, path)
     assert run.returncode == 0, run.tail()
@@ -110,6 +124,13 @@ def test_a_release_keeps_the_promise_to_users(local_fleet, release, tmp_path, me
         assert summary.per_region_phase[("eastus", "after")] > 0 and summary.per_region_phase[("westus", "after")] == 0
     elif method == "Performance":
         assert served >= {"eastus", "westeurope"}  # each location's closest region
+    elif method == "Geographic-nested":
+        # The primaries before and after; each fallback only while its primary is drained.
+        phase = summary.per_region_phase
+        assert phase[("eastus", "before")] > 0 and phase[("westeurope", "before")] > 0
+        assert phase[("westus", "before")] == 0 and phase[("northeurope", "before")] == 0
+        assert phase[("westus", "during")] > 0 and phase[("northeurope", "during")] > 0
+        assert "via nested 'america' answered by fallback westus" in run.segments["validate"]
     else:
         assert served == set(REGIONS)
 

@@ -26,6 +26,7 @@ from localfleet import procs
 from localfleet.edge import Edge as LocalEdge
 from localfleet.edge import make_server
 from localfleet.faults import update_faults
+from localfleet.testing import wait_until
 from localfleet.traffic.dns import fqdn, source_address
 from localfleet.traffic.promise import read_changes, summarize
 from localfleet.traffic.users import Population, read
@@ -63,7 +64,7 @@ class Edge:
         self.server.server_close()
 
 
-def _fleet(tmp_path: Path, port: int, method: str, **endpoint_extra: dict[str, Any]) -> Fleet:
+def _fleet(tmp_path: Path, port: int, method: str, nested: Any = None, **endpoint_extra: dict[str, Any]) -> Fleet:
     data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
     data["app"]["chart"]["path"] = str(REPO / "include/charts/hello")  # the copy lives in tmp
     for n, region in enumerate(data["regions"], start=1):
@@ -71,6 +72,8 @@ def _fleet(tmp_path: Path, port: int, method: str, **endpoint_extra: dict[str, A
         region["endpoint"].update(endpoint_extra.get(region["name"], {}))
     tm = data["traffic_manager"]
     tm.update(routing_method=method, dns_port=procs.free_port(), dns_ttl_seconds=1)
+    if nested:
+        tm["nested"] = nested
     tm["base_url"] = f"http://127.0.0.1:{procs.free_port()}"
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -91,9 +94,12 @@ class Profile:
         self.fleet = fleet
         tm = fleet.traffic_manager
         self.server, _ = serve(fleet, state, port=int(tm.base_url.rsplit(":", 1)[1]), probe_interval=0.2)
+        # As the release's hook builds it: a region held in child profiles is read and drained there.
+        places = {r.endpoint.name: fleet.endpoint_profiles(r.name) for r in fleet.regions}
         self.tm = AzureTrafficManager(
-            StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile, base_url=tm.base_url
-        )
+            StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile, base_url=tm.base_url,
+            endpoint_profiles=places,
+        )  # fmt: skip
         deadline = time.monotonic() + 10
         while any(e.monitor_status != "Online" for e in self.tm.endpoints().values() if e.enabled):
             assert time.monotonic() < deadline, "endpoints never came Online"
@@ -120,8 +126,8 @@ class Profile:
 
 @pytest.fixture
 def profile(tmp_path: Path, edges, request) -> Iterator[Profile]:
-    method, extra = request.param
-    made = Profile(_fleet(tmp_path, edges[0], method, **extra), tmp_path / "state")
+    method, extra, *nested = request.param
+    made = Profile(_fleet(tmp_path, edges[0], method, *nested, **extra), tmp_path / "state")
     yield made
     made.close()
 
@@ -167,6 +173,50 @@ def test_geographic_answers_the_narrowest_mapping_and_does_not_fail_over(profile
     profile.tm.set_endpoint("northeurope", enabled=False)
     reply = profile.ask("europe")
     assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # NODATA: no failover inside the profile
+
+
+NESTED = ("Geographic", {}, [
+    {"endpoint": "america", "profile": "hello-america", "regions": ["eastus", "westus"], "geo_mapping": ["GEO-NA"]},
+    {"endpoint": "europe", "profile": "hello-europe", "regions": ["westeurope", "northeurope"],
+     "geo_mapping": ["GEO-EU", "WORLD"]},
+])  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", [NESTED], indirect=True)
+def test_geographic_answers_through_a_nested_profile_and_its_fallback_until_min_child_endpoints(profile, tmp_path):
+    from fanout.routing import nested_mismatches
+
+    tm, fleet = profile.tm, profile.fleet
+    parent, children = tm.profile_tree()  # the child profiles over their own ARM paths
+    assert nested_mismatches(fleet, parent.endpoints, children) == []
+    assert children["hello-america"].routing_method == "Priority"
+    assert {n: e.priority for n, e in children["hello-america"].endpoints.items()} == {"eastus": 1, "westus": 2}
+    assert "eastus" not in parent.endpoints and parent.endpoints["america"].type == "NestedEndpoints"
+    assert profile.region("us-east") == "eastus" and profile.region("europe") == "westeurope"
+    assert profile.region() == "westeurope"  # WORLD is mapped to the europe nested endpoint
+
+    # The drain reaches the child profile; the child's Priority routing answers the fallback.
+    assert tm.set_endpoint("eastus", enabled=False).enabled is False
+    reply = profile.ask("us-east")
+    assert profile.region("us-east") == "westus" and reply.answer[0].ttl == 1  # one record, the parent's TTL
+    assert tm.endpoints()["america"].monitor_status == "Online"  # 1 of min 1 child endpoints left
+    tm.set_endpoint("westus", enabled=False)
+    wait_until(lambda: tm.endpoints()["america"].monitor_status == "Degraded", what="america Degraded")
+    reply = profile.ask("us-east")
+    assert reply.rcode() == dns.rcode.NOERROR and not reply.answer  # NODATA: the parent does not fail over
+    assert profile.region("europe") == "westeurope"
+
+    # minChildEndpoints through the NestedEndpoints ARM path: 2 of the europe child's 2 must be Online.
+    tm._call("setting minChildEndpoints", "europe", tm._client.endpoints.update, tm.resource_group, tm.profile,
+             "NestedEndpoints", "europe", {"properties": {"minChildEndpoints": 2}})  # fmt: skip
+    parent, children = tm.profile_tree()
+    assert nested_mismatches(fleet, parent.endpoints, children) == [
+        "traffic_manager.nested[1].min_child_endpoints: the file says 1, 'europe' has 2"
+    ]
+    tm.set_endpoint("northeurope", enabled=False)
+    assert not profile.ask("europe").answer  # the child still has westeurope, but fewer than 2
+    changes = read_changes(profile.server.state_dir)
+    assert {"endpoint": "eastus", "status": "Disabled", "profile": "hello-america"}.items() <= changes[0].items()
 
 
 @pytest.mark.parametrize("profile", [WEIGHTED], indirect=True)

@@ -267,3 +267,14 @@ def test_injected_500s_end_in_a_clear_error(standin: StandIn) -> None:
     faults = json.loads((standin.state_dir / "faults.json").read_text())
     assert faults == {"region_down": ["westus"]}  # other fault knobs' keys are left alone
     assert standin.adapter().endpoints()["westus"].enabled is True
+
+
+def test_a_nested_endpoint_must_target_a_profile_of_the_stand_in(standin: StandIn) -> None:
+    from azure.core.exceptions import HttpResponseError
+
+    endpoints = standin.client().endpoints
+    for props in ({"minChildEndpoints": 1}, {"targetResourceId": f"/subscriptions/{SUB}/resourceGroups/{RG}/x"}):
+        with pytest.raises(HttpResponseError) as err:
+            endpoints.create_or_update(RG, PROFILE, "NestedEndpoints", "child", {"properties": props}, **HTTP)
+        assert err.value.status_code == 400 and "properties.targetResourceId" in str(err.value)
+    assert "child" not in standin.adapter().endpoints()

@@ -79,3 +79,121 @@ def test_the_wait_is_the_live_ttl_never_below_the_fleet_floor():
     assert settle_seconds(60, 10) == 60
     assert settle_seconds(5, 10) == 10
     assert settle_seconds(None, 10) == 10
+
+
+# -- Geographic with nested profiles: a geography answers through a child profile with fallbacks --
+
+NESTED = [
+    {"endpoint": "america", "profile": "hello-america", "regions": ["eastus", "westus"], "geo_mapping": ["GEO-NA"]},
+    {"endpoint": "europe", "profile": "hello-europe", "regions": ["westeurope", "northeurope"],
+     "geo_mapping": ["GEO-EU", "WORLD"]},
+]  # fmt: skip
+
+
+def nested_fleet(nested=None, capacity=True, **rollout):
+    data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
+    for region in data["regions"]:
+        region["capacity_share"] = region["capacity_share"] if capacity else None
+    tm = data["traffic_manager"]
+    tm["routing_method"], tm["nested"] = "Geographic", nested or NESTED
+    data["rollout"].update(rollout)
+    return parse_fleet(data, REPO / "include/fleets/local.yaml")
+
+
+@given(out=drained_sets)
+def test_nested_geographies_fall_back_to_the_next_region_or_the_wave_is_refused(out):
+    f = nested_fleet()
+    shares = traffic_shares(f, out)
+    lost = {"eastus", "westus"} <= out or {"westeurope", "northeurope"} <= out
+    if lost:
+        with pytest.raises(RoutingError, match="with no answer"):
+            check_wave(f, out)
+        return
+    assert sum(shares.values()) == pytest.approx(1.0) and all(shares[r] == 0 for r in out)
+    assert shares["westus" if "eastus" in out else "eastus"] == 0.5
+    assert shares["northeurope" if "westeurope" in out else "westeurope"] == 0.5
+    check_wave(f, out)  # each takes 50 %, what capacity_share 25 % with 50 % headroom carries
+
+
+def test_a_nested_primary_drained_is_answered_by_its_fallback_in_the_plan():
+    f = nested_fleet()
+    check_wave(f, ["eastus", "westeurope"])  # was refused without a nested endpoint
+    text = explain_waves(f, [["eastus"], ["westeurope", "westus"]])
+    assert "wave 1: westus 50%, westeurope 50%" in text
+    assert "GEO-NA via nested 'america' answered by fallback westus" in text
+    assert "wave 2: eastus 50%, northeurope 50%" in text and "no answer" not in text
+
+
+def test_a_fallback_drained_in_the_same_wave_is_refused_naming_the_nested_endpoint():
+    with pytest.raises(RoutingError) as err:
+        check_wave(nested_fleet(), ["eastus", "westus"])
+    assert "leaves geography GEO-NA with no answer" in str(err.value)
+    assert "traffic_manager.nested 'america' keeps 0 of min_child_endpoints 1 (none not drained)" in str(err.value)
+
+
+def test_below_min_child_endpoints_the_nested_endpoint_has_no_answer():
+    three = [{**NESTED[0], "regions": ["eastus", "westus", "northeurope"], "min_child_endpoints": 2},
+             {**NESTED[1], "regions": ["westeurope"]}]  # fmt: skip
+    f = nested_fleet(three, capacity=False)  # capacity is not what this test is about
+    check_wave(f, ["eastus"])
+    with pytest.raises(RoutingError, match=r"'america' keeps 1 of min_child_endpoints 2 \(northeurope not drained\)"):
+        check_wave(f, ["eastus", "westus"])
+    assert traffic_shares(f, ["eastus", "westus"])["northeurope"] == 0  # Degraded: Geographic does not fail over
+
+
+def test_a_drain_is_refused_when_the_live_profile_already_has_the_fallback_disabled():
+    from fanout.policy import EndpointState, PolicyError, check_drain
+
+    f = nested_fleet(max_drain_share=0.75)
+    live = {r: EndpointState(r, "ExternalEndpoints", r != "westus", 100, "Online") for r in REGIONS}
+    check_drain(f, live, "westeurope")
+    with pytest.raises(PolicyError, match="eastus would leave geography GEO-NA with no answer while westus is"):
+        check_drain(f, live, "eastus")
+
+
+def test_nested_profiles_in_the_fleet_file_are_checked_naming_the_field():
+    from fanout.fleet import FleetError
+
+    bad = [{**NESTED[0], "regions": ["eastus", "mars"], "min_child_endpoints": 3},
+           {**NESTED[1], "profile": "hello", "geo_mapping": ["GEO-NA"]}]  # fmt: skip
+    with pytest.raises(FleetError) as err:
+        nested_fleet(bad)
+    text = str(err.value)
+    assert "local.yaml: traffic_manager.nested[0].regions[1]: 'mars' is not a region of this fleet" in text
+    assert "traffic_manager.nested[0].min_child_endpoints: 3 is more than its 2 region(s)" in text
+    assert "traffic_manager.nested[1].profile: 'hello' is the parent's or another nested entry's profile" in text
+    assert "traffic_manager.nested[1].geo_mapping: 'GEO-NA' is already mapped to traffic_manager.nested[0]" in text
+    data = yaml.safe_load((REPO / "include/fleets/local.yaml").read_text())
+    data["traffic_manager"]["nested"] = NESTED
+    with pytest.raises(FleetError, match=r"traffic_manager\.nested: only for routing_method Geographic"):
+        parse_fleet(data, "f.yaml")
+
+
+def test_validate_names_each_difference_between_the_live_nested_structure_and_the_file():
+    from fanout.routing import LiveEndpoint, LiveProfile, nested_mismatches
+
+    f = nested_fleet()
+    base = "/subscriptions/s/resourceGroups/fanout-local/providers/Microsoft.Network/trafficManagerProfiles/"
+
+    def child(*order, method="Priority"):
+        return LiveProfile(method, {r: LiveEndpoint("ExternalEndpoints", n) for n, r in enumerate(order, start=1)})
+
+    parent = {
+        "america": LiveEndpoint("NestedEndpoints", None, ("GEO-NA",), base + "hello-america", 1),
+        "europe": LiveEndpoint("NestedEndpoints", None, ("WORLD", "GEO-EU"), base + "hello-europe", None),
+    }
+    good = {"hello-america": child("eastus", "westus"), "hello-europe": child("westeurope", "northeurope")}
+    assert nested_mismatches(f, parent, good) == []
+    parent["america"] = LiveEndpoint("NestedEndpoints", None, ("GEO-NA", "US"), base + "other", 2)
+    wrong = {"hello-america": child("westus", "eastus", method="Weighted"), "hello-europe": None}
+    assert nested_mismatches(f, parent, wrong) == [
+        "traffic_manager.nested[0].profile: the file says hello-america, nested endpoint 'america' targets "
+        + base
+        + "other",
+        "traffic_manager.nested[0].min_child_endpoints: the file says 1, 'america' has 2",
+        "traffic_manager.nested[0].geo_mapping: the file says GEO-NA, 'america' maps GEO-NA, US",
+        "traffic_manager.nested[0].profile: 'hello-america' routes Weighted; a child profile routes Priority "
+        "(regions in the file's order)",
+        "traffic_manager.nested[0].regions: the file lists eastus, westus, 'hello-america' prioritises westus, eastus",
+        "traffic_manager.nested[1].profile: there is no profile 'hello-europe' in resource group 'fanout-local'",
+    ]

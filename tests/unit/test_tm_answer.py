@@ -49,3 +49,23 @@ def test_only_enabled_endpoints_are_answered_and_online_ones_first(method, state
 def test_when_no_enabled_endpoint_is_online_traffic_manager_fails_open():
     eps = [ep("a", monitor="Degraded"), ep("b", "Disabled")]
     assert choose(view("Weighted", eps), Where())[0]["name"] == "a"
+
+
+def nested(name, child_endpoints, geo, status="Enabled", monitor="Online"):
+    child = view("Priority", child_endpoints)
+    return ep(name, status, monitor, kind="NestedEndpoints", geoMapping=geo, child=child)
+
+
+@given(
+    child=st.lists(st.tuples(STATUS, MONITOR), min_size=1, max_size=4),
+    parent_monitor=st.sampled_from(["Online", "CheckingEndpoint", "Degraded"]),
+)
+def test_a_nested_endpoint_answers_with_its_child_profiles_choice_or_nodata_when_degraded(child, parent_monitor):
+    eps = [ep(f"c{i}", s, m, priority=i + 1) for i, (s, m) in enumerate(child)]
+    parent = view("Geographic", [nested("europe", eps, ["GEO-EU"], monitor=parent_monitor)])
+    got = choose(parent, Where("eu", ("WORLD", "GEO-EU")))
+    expected = choose(view("Priority", eps), Where())
+    if parent_monitor == "Degraded" or expected is None:
+        assert got == []  # Geographic does not fail over: NODATA, never NXDOMAIN for the parent
+    else:
+        assert got == expected and got[0]["name"].startswith("c")

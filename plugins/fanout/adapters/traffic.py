@@ -1,6 +1,8 @@
 """Azure Traffic Manager: read endpoint state, drain (disable) and restore (enable + weight).
 
-`TrafficManager` is the interface the rest of Fanout uses; `AzureTrafficManager` implements it
+`TrafficManager` is the interface the rest of Fanout uses (one endpoint per region, by name, even
+when the region's endpoint lives in child profiles of NestedEndpoints: reads merge them, a drain or
+restore changes every profile holding it); `AzureTrafficManager` implements it
 over `azure.mgmt.trafficmanager.TrafficManagerManagementClient`, against Azure or, with a loopback
 ``base_url``, against the local stand-in (``localfleet.trafficmanager``). No Airflow imports here:
 an Airflow hook builds this from a connection.
@@ -9,7 +11,7 @@ an Airflow hook builds this from a connection.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -23,6 +25,7 @@ from azure.mgmt.trafficmanager import TrafficManagerManagementClient
 from fanout.fleet_checks import is_loopback
 from fanout.policy import EndpointState
 from fanout.redact import scrub
+from fanout.routing import LiveEndpoint, LiveProfile
 
 __all__ = [
     "AzureTrafficManager",
@@ -73,6 +76,8 @@ class TrafficManager(Protocol):
     def set_endpoint(self, name: str, *, enabled: bool, weight: int | None = None) -> EndpointState: ...
 
     def profile_status(self) -> ProfileState: ...
+
+    def profile_tree(self) -> tuple[LiveProfile, dict[str, LiveProfile | None]]: ...
 
 
 class StaticTokenCredential:
@@ -126,6 +131,25 @@ def _endpoint_type(arm_type: str | None) -> str:
     return next((t for t in ENDPOINT_TYPES if t.lower() == last), arm_type or "")
 
 
+def _live_endpoint(ep: Any) -> LiveEndpoint:
+    props = ep.properties
+    return LiveEndpoint(
+        type=_endpoint_type(ep.type),
+        priority=props.priority if props else None,
+        geo_mapping=tuple((props.geo_mapping if props else None) or ()),
+        target_resource_id=props.target_resource_id if props else None,
+        min_child_endpoints=props.min_child_endpoints if props else None,
+    )
+
+
+def _merged(name: str, places: Sequence[EndpointState]) -> EndpointState:
+    """One region's endpoint held in several profiles: enabled only where all are, Online only where
+    all are (a drain that reached one child profile and not another is not a drain)."""
+    worst = next((s.monitor_status for s in places if s.monitor_status != "Online"), places[0].monitor_status)
+    first = places[0]
+    return EndpointState(name, first.type, all(s.enabled for s in places), first.weight, worst, first.target)
+
+
 def _endpoint_state(ep: Any) -> EndpointState:
     props = ep.properties
     return EndpointState(
@@ -141,7 +165,9 @@ def _endpoint_state(ep: Any) -> EndpointState:
 class AzureTrafficManager:
     """`TrafficManager` over the Azure SDK for one profile.
 
-    `endpoint_types` maps an endpoint name to its type (default ``ExternalEndpoints``).
+    `endpoint_types` maps an endpoint name to its type (default ``ExternalEndpoints``);
+    `endpoint_profiles` an endpoint name to the profiles holding it (default: `profile` only), child
+    profiles being in the same subscription and resource group.
     Retries are azure-core's RetryPolicy: 408/429/5xx are retried, honouring Retry-After.
     """
 
@@ -153,6 +179,7 @@ class AzureTrafficManager:
         profile: str,
         *,
         endpoint_types: Mapping[str, str] | None = None,
+        endpoint_profiles: Mapping[str, Sequence[str]] | None = None,
         base_url: str | None = None,
         retry_total: int = 5,
         retry_backoff_factor: float = 0.8,
@@ -166,6 +193,7 @@ class AzureTrafficManager:
             if kind not in ENDPOINT_TYPES:
                 raise ValueError(f"endpoint '{name}': type {kind!r} is not one of {', '.join(ENDPOINT_TYPES)}")
         self.resource_group, self.profile = resource_group, profile
+        self.endpoint_profiles = {name: list(where) for name, where in (endpoint_profiles or {}).items() if where}
         self._credential = credential
         self._client = TrafficManagerManagementClient(
             credential,
@@ -212,11 +240,58 @@ class AzureTrafficManager:
             return (self._credential._token,)
         return ()
 
+    def _read(self, profile: str) -> Any:
+        return self._call(
+            "reading the profile" + ("" if profile == self.profile else f" '{profile}'"),
+            None,
+            self._client.profiles.get,
+            self.resource_group,
+            profile,
+        )
+
+    @property
+    def child_profiles(self) -> list[str]:
+        """The child profiles holding some region's endpoint, in first-seen order."""
+        seen = [p for where in self.endpoint_profiles.values() for p in where if p != self.profile]
+        return list(dict.fromkeys(seen))
+
+    def _profile_endpoints(self, profile: str) -> dict[str, EndpointState]:
+        props = self._read(profile).properties
+        return {ep.name: _endpoint_state(ep) for ep in (props.endpoints if props else None) or []}
+
     def endpoints(self) -> dict[str, EndpointState]:
-        """Every endpoint of the profile by name, with status, weight and monitor status."""
-        profile = self._call("reading the profile", None, self._client.profiles.get, self.resource_group, self.profile)
-        endpoints = (profile.properties.endpoints if profile.properties else None) or []
-        return {ep.name: _endpoint_state(ep) for ep in endpoints}
+        """Every endpoint of the profile by name, with status, weight and monitor status; a region's
+        endpoint held in child profiles is read there and merged (see `_merged`)."""
+        out = self._profile_endpoints(self.profile)
+        if not self.endpoint_profiles:
+            return out
+        held = {self.profile: out} | {p: self._profile_endpoints(p) for p in self.child_profiles}
+        merged = {}
+        for name, where in self.endpoint_profiles.items():
+            places = [held[p][name] for p in where if name in held[p]]
+            if places:
+                merged[name] = _merged(name, places)
+        return {n: e for n, e in out.items() if n not in self.endpoint_profiles} | merged
+
+    def profile_tree(self) -> tuple[LiveProfile, dict[str, LiveProfile | None]]:
+        """The parent profile and each child profile (None: it does not exist), for validate."""
+
+        def live(p: Any) -> LiveProfile:
+            props = p.properties
+            method = _str(props.traffic_routing_method if props else None)
+            return LiveProfile(
+                method, {ep.name: _live_endpoint(ep) for ep in (props.endpoints if props else None) or []}
+            )
+
+        children: dict[str, LiveProfile | None] = {}
+        for child in self.child_profiles:
+            try:
+                children[child] = live(self._read(child))
+            except TrafficManagerError as err:
+                if err.status_code != 404:
+                    raise
+                children[child] = None
+        return live(self._read(self.profile)), children
 
     def endpoint(self, name: str) -> EndpointState:
         ep = self._call(
@@ -224,30 +299,34 @@ class AzureTrafficManager:
             name,
             self._client.endpoints.get,
             self.resource_group,
-            self.profile,
+            (self.endpoint_profiles.get(name) or [self.profile])[0],
             self._type(name),
             name,
         )
         return _endpoint_state(ep)
 
     def set_endpoint(self, name: str, *, enabled: bool, weight: int | None = None) -> EndpointState:
-        """Enable or disable an endpoint and optionally set its weight, in one PATCH."""
+        """Enable or disable an endpoint and optionally set its weight, in one PATCH per profile holding it."""
         validate_weight(weight, name)
         props: dict[str, Any] = {"endpointStatus": "Enabled" if enabled else "Disabled"}
         if weight is not None:
             props["weight"] = weight
         action = ("enabling" if enabled else "disabling") + (f" with weight {weight}" if weight is not None else "")
-        ep = self._call(
-            action,
-            name,
-            self._client.endpoints.update,
-            self.resource_group,
-            self.profile,
-            self._type(name),
-            name,
-            {"properties": props},
-        )
-        return _endpoint_state(ep)
+        places = []
+        for profile in self.endpoint_profiles.get(name) or [self.profile]:
+            where = "" if profile == self.profile else f" in child profile '{profile}'"
+            ep = self._call(
+                action + where,
+                name,
+                self._client.endpoints.update,
+                self.resource_group,
+                profile,
+                self._type(name),
+                name,
+                {"properties": props},
+            )
+            places.append(_endpoint_state(ep))
+        return _merged(name, places)
 
     def profile_status(self) -> ProfileState:
         p = self._call("reading the profile", None, self._client.profiles.get, self.resource_group, self.profile)

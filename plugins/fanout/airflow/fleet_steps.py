@@ -25,7 +25,7 @@ from fanout.planner import Plan, PlanError, plan_waves
 from fanout.policy import DIGEST, PolicyError, chart_values, check_drain, final_traffic, rollback_all_targets
 from fanout.provenance import build_labels
 from fanout.records import FleetSnapshot, Release, release_shape, shape_changes
-from fanout.routing import RoutingError, check_wave, explain_waves, profile_mismatches
+from fanout.routing import RoutingError, check_wave, explain_waves, nested_mismatches, profile_mismatches
 
 
 class ValidateReleaseOperator(FanoutOperator):
@@ -121,7 +121,11 @@ class ValidateReleaseOperator(FanoutOperator):
         """Routing method and endpoint types as Traffic Manager has them, against the fleet file."""
         tm = self.hook.traffic_manager()
         types = {name: ep.type for name, ep in tm.endpoints().items()}
-        return profile_mismatches(self.fleet, tm.profile_status().routing_method, types)
+        problems = profile_mismatches(self.fleet, tm.profile_status().routing_method, types)
+        if self.fleet.traffic_manager.nested:
+            parent, children = tm.profile_tree()
+            problems += nested_mismatches(self.fleet, parent.endpoints, children)
+        return problems
 
 
 def pinned(release: Release) -> dict[str, Any]:

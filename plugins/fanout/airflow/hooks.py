@@ -120,10 +120,12 @@ class FleetHook(BaseHook):
 
         tm = self.fleet.traffic_manager
         types = {r.endpoint.name: r.endpoint.type for r in self.fleet.regions}
+        # A region answering through nested profiles is drained in each child profile holding it.
+        places = {r.endpoint.name: self.fleet.endpoint_profiles(r.name) for r in self.fleet.regions}
         if tm.kind == "local":
             return self._keep(AzureTrafficManager(
                 StaticTokenCredential(), tm.subscription, tm.resource_group, tm.profile,
-                endpoint_types=types, base_url=tm.base_url,
+                endpoint_types=types, endpoint_profiles=places, base_url=tm.base_url,
             ))  # fmt: skip
         from fanout.adapters.azure_credentials import arm_scope
 
@@ -131,7 +133,8 @@ class FleetHook(BaseHook):
         options = self._arm()
         options["credential_scopes"] = [arm_scope(options.pop("cloud"))]
         return self._keep(AzureTrafficManager(
-            self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types, **options
+            self.azure.credential, tm.subscription, tm.resource_group, tm.profile, endpoint_types=types,
+            endpoint_profiles=places, **options
         ))  # fmt: skip
 
     def _acr(self) -> Registry:
