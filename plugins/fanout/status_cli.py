@@ -27,7 +27,7 @@ from fanout import names, status
 from fanout.drift import redact
 from fanout.fleet import Fleet, FleetError, load_fleet
 from fanout.planner import PlanError, plan_waves
-from fanout.trigger import DEFAULT_URL, ENV_URL, EXIT_OK, EXIT_USAGE, TriggerError, connect
+from fanout.trigger import DEFAULT_URL, ENV_URL, EXIT_OK, EXIT_USAGE, AirflowApi, TriggerError, connect
 
 RUNS_LOOKED_AT = 50  # release runs read to find each region's last one
 EVENTS_LOOKED_AT = 5  # release events read to find the newest the release DAG itself recorded
@@ -65,6 +65,8 @@ def run(
             release, report, runs = recorded(fleet.app.name, url, env, transport)
         except TriggerError as error:
             problems.append(f"Airflow: {error}")
+    if not args.no_live and read_live is None:
+        _logs_to_stderr()
     live = None if args.no_live else (read_live or read_live_facts)(fleet)
     regions = [(r.name, r.pair) for r in fleet.regions]
     rows = status.status_rows(regions, waves, live, report, status.last_runs(fleet.region_names, runs))
@@ -99,15 +101,18 @@ def recorded(
         events = api.asset_events(names.release_dag(app), names.RECORD, EVENTS_LOOKED_AT)
         release = status.last_release(app, events)
         runs = api.dag_runs(names.release_dag(app), RUNS_LOOKED_AT, missing_ok=True)
-        report = None
-        for check in api.dag_runs(names.consistency_dag(app), CHECKS_LOOKED_AT, missing_ok=True):
-            value = api.xcom(names.consistency_dag(app), check["dag_run_id"], names.CLASSIFY, "return_value")
-            if isinstance(value, dict) and "regions" in value:
-                report = value
-                break
-        return release, report, runs
+        return release, consistency_report(api, app), runs
     finally:
         api.close()
+
+
+def consistency_report(api: AirflowApi, app: str) -> dict[str, Any] | None:
+    """The newest consistency report: the `classify` task's return value of the newest check that has one."""
+    for check in api.dag_runs(names.consistency_dag(app), CHECKS_LOOKED_AT, missing_ok=True):
+        value = api.xcom(names.consistency_dag(app), check["dag_run_id"], names.CLASSIFY, "return_value")
+        if isinstance(value, dict) and "regions" in value:
+            return value
+    return None
 
 
 def read_live_facts(fleet: Fleet) -> dict[str, dict[str, Any]]:
@@ -115,7 +120,6 @@ def read_live_facts(fleet: Fleet) -> dict[str, dict[str, Any]]:
     from fanout.airflow.hooks import FleetHook
     from fanout.policy import deployment_facts
 
-    _logs_to_stderr()
     app, hook = fleet.app, FleetHook(fleet)
     try:
         endpoints, traffic_error = None, None
