@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
@@ -134,7 +134,9 @@ def create_app(
             raise HTTPException(404, f"no fleet file for app {app_name!r} in FANOUT_FLEETS")
         return load_fleet(path), user
 
-    Readable = Annotated[tuple[Fleet, BaseUser], Depends(fleet_for)]
+    # A default, not Annotated: this module's annotations are strings, and FastAPI resolves them
+    # in the module, where a name local to create_app is not.
+    readable_fleet = Depends(fleet_for)
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user: GetUserDep) -> Any:
@@ -146,7 +148,7 @@ def create_app(
         return HTMLResponse(f"<!doctype html><title>Fanout</title><h1>Fanout fleets</h1><ul>{links}</ul>")
 
     @app.get("/{app_name}", response_class=HTMLResponse)
-    def fleet_page(request: Request, readable: Readable) -> HTMLResponse:
+    def fleet_page(request: Request, readable: tuple[Fleet, BaseUser] = readable_fleet) -> HTMLResponse:
         fleet, _ = readable
         html = TEMPLATE.read_text()
         data_url = f"{request.scope.get('root_path', '')}/{fleet.app.name}/data"
@@ -156,7 +158,7 @@ def create_app(
         return HTMLResponse(html)
 
     @app.get("/{app_name}/data")
-    def fleet_data(readable: Readable) -> dict[str, Any]:
+    def fleet_data(readable: tuple[Fleet, BaseUser] = readable_fleet) -> dict[str, Any]:
         fleet, user = readable
         app_name, problems = fleet.app.name, []
         try:
