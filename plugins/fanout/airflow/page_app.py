@@ -16,6 +16,7 @@ read per region and system.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,9 @@ LIVE_SECONDS = 4.0  # under one refresh: the next refresh after a change reads i
 RECORDED_SECONDS = 3.0
 EVENTS_READ = 50  # release events read for the history
 TEMPLATE = Path(__file__).with_name("page.html")
+
+# The Azure SDK logs each request at INFO: every refresh would put lines in the api-server's log.
+logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
 
 LiveReader = Callable[[Fleet], dict[str, dict[str, Any]]]
 ApiFactory = Callable[[BaseUser], AirflowApi]
