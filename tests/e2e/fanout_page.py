@@ -89,7 +89,7 @@ class FanoutPage:
 
 
 class StepWatch:
-    """Reads the open page every second while a release runs: what the release section showed, in
+    """Reads the open page every other second while a release runs: what the release section showed, in
     order, and a screenshot once a region is deploying or gating."""
 
     def __init__(self, page: FanoutPage) -> None:
@@ -101,7 +101,7 @@ class StepWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(2.0):  # every step but the shortest lasts longer
             try:
                 page = self.page.read()
             except Exception as error:  # a slow read must not end the watch; keep why

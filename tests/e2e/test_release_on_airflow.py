@@ -52,6 +52,12 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     assert {s.digest for s in state.values()} == {digest}, state
     assert all(s.enabled for s in state.values()), state
     assert watch.fewest_enabled >= fleet.min_serving_regions, watch.report()
+    page_started = time.monotonic()
+    the_page_followed_the_release(fanout_page, steps, run_id)
+    the_page_shows_the_fleet_as_it_is(fanout_page, fleet, run_id)
+    the_page_wants_a_signed_in_user(airflow_stack.url, rest)
+    the_page_shows_a_fault_within_one_refresh(fanout_page, fleet, faults, region="eastus")
+    timed("e2e: the Fanout page in a browser", page_started)
     # The lagging replica's wait went to the triggerer (holding no worker slot) and came back.
     wait = f"wait_replication_{SLOW}"
     tis = rest.tasks(DAG, run_id)
@@ -63,12 +69,6 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     )
     assert figures["waits"][wait]["deferred_s"] >= LAG - INLINE_SECONDS - 10, figures["waits"][wait]
     timed("e2e: merge trigger → release through the scheduler", started)
-    page_started = time.monotonic()
-    the_page_followed_the_release(fanout_page, steps, run_id)
-    the_page_shows_the_fleet_as_it_is(fanout_page, fleet, run_id)
-    the_page_wants_a_signed_in_user(airflow_stack.url, rest)
-    the_page_shows_a_fault_within_one_refresh(fanout_page, fleet, faults, region="eastus")
-    timed("e2e: the Fanout page in a browser", page_started)
 
 
 def the_page_followed_the_release(page: FanoutPage, steps: StepWatch, run_id: str) -> None:

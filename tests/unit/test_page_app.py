@@ -100,3 +100,25 @@ def test_a_signed_in_user_gets_the_page_and_its_data(client, auth_manager):
     # Two polls within a refresh read the fleet once.
     http.get("/fanout/hello/data")
     assert reads.live == 1
+
+
+def test_viewers_refreshing_at_once_share_one_read_until_it_is_stale():
+    import threading
+    import time as clock
+
+    now = [0.0]
+    cache, reads = page_app.Cache(4.0, clock=lambda: now[0]), []
+
+    def slow_read():
+        reads.append(1)
+        clock.sleep(0.2)  # every other viewer arrives while this read is under way
+        return len(reads)
+
+    viewers = [threading.Thread(target=cache.get, args=("fleet", slow_read)) for _ in range(8)]
+    for viewer in viewers:
+        viewer.start()
+    for viewer in viewers:
+        viewer.join()
+    assert len(reads) == 1 and cache.get("fleet", slow_read) == 1
+    now[0] = 4.0
+    assert cache.get("fleet", slow_read) == 2 and cache.get("other", slow_read) == 3
