@@ -35,7 +35,7 @@ class FanoutPage:
         shots.mkdir(parents=True, exist_ok=True)
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
-        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1000"):
+        for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
             options.add_argument(arg)
         self.driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
         self._lock = threading.Lock()  # one WebDriver session: one command at a time
