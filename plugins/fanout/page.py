@@ -258,6 +258,7 @@ def document(
         "release": status.last_release(app, events),
         "consistency": {k: report.get(k) for k in ("checked_at", "message", "mode")} if report else None,
         "regions": rows,
+        "live": live is not None,  # False: the live columns were not read (unknown, not empty)
         "current": current,
         "approvals": waiting,
         "history": history(app, region_names, events, runs, now),

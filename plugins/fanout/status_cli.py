@@ -126,7 +126,7 @@ def read_live_facts(fleet: Fleet) -> dict[str, dict[str, Any]]:
         try:
             endpoints = hook.traffic_manager().endpoints()
         except Exception as error:  # Traffic Manager down: every row's traffic columns say why
-            traffic_error = _why(error)
+            traffic_error = failure_text(error)
         live = {}
         for region in fleet.regions:
             errors: dict[str, str] = {}
@@ -134,12 +134,12 @@ def read_live_facts(fleet: Fleet) -> dict[str, dict[str, Any]]:
             try:
                 deployment = deployment_facts(hook.cluster(region.name).deployment(app.namespace, app.name))
             except Exception as error:  # an unreachable cluster is a finding, not a crash
-                errors["cluster"] = _why(error)
+                errors["cluster"] = failure_text(error)
             try:
                 current = hook.helm(region.name).current(app.name, app.namespace)
                 helm = (current.revision, current.status) if current else None
             except Exception as error:
-                errors["helm"] = _why(error)
+                errors["helm"] = failure_text(error)
             if endpoints is not None:
                 state = endpoints.get(region.endpoint.name)
                 if state is None:
@@ -164,5 +164,6 @@ def _logs_to_stderr() -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
 
 
-def _why(error: Exception) -> str:
+def failure_text(error: Exception) -> str:
+    """What a failed read says, redacted and short enough for a table's footnote or a page."""
     return redact(str(error) or type(error).__name__, limit=200) or type(error).__name__

@@ -11,6 +11,7 @@ from typing import Any
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 
 from fanout.trigger import AirflowApi
 from localfleet.airflow_stack import AirflowStack
@@ -47,13 +48,27 @@ class FanoutPage:
     def close(self) -> None:
         self.driver.quit()
 
-    def open(self, in_airflow: bool = False) -> None:
-        """The page itself, or Airflow's UI with the page in it (Browse → Fanout)."""
-        path = "/plugin/fanout" if in_airflow else f"/fanout/{self.app}"
+    def open(self) -> None:
         with self._lock:
-            self.driver.get(f"{self.stack.url}{path}")
-        if not in_airflow:
-            self.wait(lambda page: page["read_at"] is not None, 30, "the page never loaded its data")
+            self.driver.get(f"{self.stack.url}/fanout/{self.app}")
+        self.wait(lambda page: page["read_at"] is not None, 30, "the page never loaded its data")
+
+    def open_in_airflow(self, timeout: float = 60) -> str:
+        """Airflow's UI at Browse → Fanout, once the page in its frame has its data; the frame's src."""
+        with self._lock:
+            self.driver.get(f"{self.stack.url}/plugin/fanout")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                frames = self.driver.find_elements(By.TAG_NAME, "iframe")
+                if frames:
+                    self.driver.switch_to.frame(frames[0])
+                    loaded = self.driver.execute_script("return document.body && document.body.dataset.readAt")
+                    self.driver.switch_to.default_content()
+                    if loaded:
+                        return frames[0].get_attribute("src")
+            time.sleep(0.5)
+        raise AssertionError(f"Airflow's UI did not show the Fanout page within {timeout:.0f} s")
 
     def read(self) -> dict[str, Any]:
         with self._lock:

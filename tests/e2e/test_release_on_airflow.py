@@ -102,15 +102,16 @@ def the_page_shows_the_fleet_as_it_is(page: FanoutPage, fleet, run_id: str) -> N
     shown = page.wait(matches, 30, f"the page does not show the fleet as it is: {truth}")
     assert {r: cells["step"]["text"] for r, cells in shown["steps"].items()} == dict.fromkeys(truth, "restored")
     page.shot("after-release")
-    page.open(in_airflow=True)  # the same page inside Airflow's UI, as its menu opens it
-    time.sleep(5)
+    # The same page inside Airflow's UI, as its menu (Browse → Fanout) opens it.
+    assert page.open_in_airflow().endswith("/fanout/")
     page.shot("in-airflow")
     page.open()
 
 
 def the_page_wants_a_signed_in_user(url: str, rest: Rest) -> None:
-    anonymous = httpx.get(f"{url}/fanout/hello/data", timeout=30)
-    assert anonymous.status_code == 401, anonymous.text
+    for path in ("/fanout/hello/data", "/fanout/hello", "/fanout/"):
+        anonymous = httpx.get(f"{url}{path}", timeout=30)
+        assert anonymous.status_code == 401, (path, anonymous.text)
     signed_in = httpx.get(f"{url}/fanout/hello/data", headers=rest._client.headers, timeout=30)
     assert signed_in.status_code == 200 and signed_in.json()["app"] == "hello", signed_in.text
 

@@ -172,3 +172,4 @@ def test_the_document_shares_fanout_status_rows_and_links_each_region_s_last_run
     assert doc["problems"] == ["a problem"] and doc["read_at"] == NOW.isoformat()
     empty = page.document("hello", REGIONS, WAVES, [], {}, None, [], NOW)
     assert empty["current"] is None and empty["release"] is None and empty["regions"][0]["running"] is None
+    assert doc["live"] is True and empty["live"] is False

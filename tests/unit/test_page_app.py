@@ -122,3 +122,16 @@ def test_viewers_refreshing_at_once_share_one_read_until_it_is_stale():
     assert len(reads) == 1 and cache.get("fleet", slow_read) == 1
     now[0] = 4.0
     assert cache.get("fleet", slow_read) == 2 and cache.get("other", slow_read) == 3
+
+
+def test_a_failed_live_read_is_a_problem_on_the_page_not_an_error(auth_manager):
+    def no_connection(fleet):
+        raise RuntimeError("connection 'azure_fanout' is not defined")
+
+    sub = page_app.create_app(lambda: {"hello": LOCAL}, no_connection, Reads().connect, lambda: NOW)
+    root = FastAPI()
+    root.mount(page_app.PREFIX, sub)
+    bearer = {"Authorization": f"Bearer {token(auth_manager)}"}
+    doc = TestClient(root).get("/fanout/hello/data", headers=bearer).json()
+    assert "live reads: connection 'azure_fanout' is not defined" in doc["problems"]
+    assert doc["live"] is False and doc["regions"][0]["running"] is None

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +144,12 @@ def create_app(
     readable_fleet = Depends(fleet_for)
 
     @app.get("/", response_class=HTMLResponse)
-    def index(request: Request, user: GetUserDep) -> Any:
+    def index(request: Request, user: GetUserDep) -> Any:  # `user`: signed in, or 401
         found = sorted(find_fleets())
         base = request.scope.get("root_path", "")
         if len(found) == 1:
             return RedirectResponse(f"{base}/{found[0]}")
-        links = "".join(f'<li><a href="{base}/{a}">{a}</a></li>' for a in found) or "<li>no fleet</li>"
+        links = "".join(f'<li><a href="{base}/{escape(a)}">{escape(a)}</a></li>' for a in found) or "<li>no fleet</li>"
         return HTMLResponse(f"<!doctype html><title>Fanout</title><h1>Fanout fleets</h1><ul>{links}</ul>")
 
     @app.get("/{app_name}", response_class=HTMLResponse)
@@ -186,7 +187,11 @@ def create_app(
         except TriggerError as error:
             recorded = {}
             problems.append(f"Airflow: {error}")
-        live = live_cache.get(str(fleet.source_path), lambda: (read_live or status_cli.read_live_facts)(fleet))
+        try:
+            live = live_cache.get(str(fleet.source_path), lambda: (read_live or status_cli.read_live_facts)(fleet))
+        except Exception as error:  # e.g. no Azure connection here: the recorded half still shows
+            live = None
+            problems.append(f"live reads: {status_cli.failure_text(error)}")
         regions = [(r.name, r.pair) for r in fleet.regions]
         return page.document(app_name, regions, waves, canary, recorded, live, problems, now())
 
