@@ -46,10 +46,10 @@ def rest(airflow_stack) -> Rest:
     return Rest(airflow_stack)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def fanout_page(airflow_stack, rest, tmp_path_factory) -> Iterator[FanoutPage]:
     """The Fanout page in headless Chromium, signed in as the stack's admin; screenshots go to
-    <basetemp>/fanout-page/."""
+    <basetemp>/fanout-page/. Closed after its test: an open page keeps polling the api-server."""
     page = FanoutPage(airflow_stack, rest, tmp_path_factory.getbasetemp() / "fanout-page")
     try:
         yield page
