@@ -34,8 +34,9 @@ $(STAMP): requirements.txt constraints.txt
 # invoke-rc.d to start a system-wide prometheus on :9090; without systemd or a runlevel (these
 # machines) invoke-rc.d refuses, and policy-rc.d (exit 101, if the image has one) refuses too, so
 # none is left running: the fleet starts its own on the fleet file's port, with its state.
+# chromium and chromium-driver: the e2e tests open the Fanout page in a real, headless browser.
 system-packages:
-	@missing=$$(for p in docker-registry skopeo buildah postgresql git docker-compose prometheus; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in docker-registry skopeo buildah postgresql git docker-compose prometheus chromium chromium-driver; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                   "simple_auth_manager_passwords.json.generated")  # fmt: skip
             print("trigger a release: eval $(python -m localfleet.airflow_stack env) && "
                   "python -m fanout trigger --app <app> --git-sha <sha> --wait")  # fmt: skip
+            print(f"the Fanout page: {stack.url}/fanout/ (signed in; in the UI: Browse → Fanout)")
         elif args.command == "down":
             stack.down(remove=args.remove)
         elif args.command == "status":

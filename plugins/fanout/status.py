@@ -50,10 +50,7 @@ def last_runs(regions: Iterable[str], runs: Sequence[Mapping[str, Any]]) -> dict
     for region in regions:
         found[region] = None
         for run in runs:
-            conf = run.get("conf") or {}
-            if conf.get("dry_run"):
-                continue
-            if not conf.get("regions") or region in conf["regions"]:
+            if targets(run, region):
                 found[region] = {
                     "run_id": run.get("dag_run_id") or run.get("run_id"),
                     "state": run.get("state"),
@@ -61,6 +58,13 @@ def last_runs(regions: Iterable[str], runs: Sequence[Mapping[str, Any]]) -> dict
                 }
                 break
     return found
+
+
+def targets(run: Mapping[str, Any], region: str) -> bool:
+    """Whether a release run (as the API lists it) was to change `region`: conf `regions` absent
+    (every region) or naming it. Dry runs change nothing."""
+    conf = run.get("conf") or {}
+    return not conf.get("dry_run") and (not conf.get("regions") or region in conf["regions"])
 
 
 def status_rows(
@@ -152,16 +156,22 @@ def releases(app: str, events: Iterable[Mapping[str, Any]]) -> list[dict[str, An
     found = []
     for event in events:
         extra = event.get("extra") or {}
-        if (
-            event.get("source_dag_id") == names.release_dag(app)
-            and event.get("source_task_id") == names.RECORD
-            and not extra.get("from_rest_api")
-            and extra.get("app") == app
-            and DIGEST.match(str(extra.get("digest", "")))
-        ):
+        if is_release_event(app, event):
             keys = ("digest", "git_sha", "source_ref", "run_id", "regions", "held_back")
             found.append({**{k: extra.get(k) for k in keys}, "recorded_at": event.get("timestamp")})
     return found
+
+
+def is_release_event(app: str, event: Mapping[str, Any]) -> bool:
+    """Whether an Asset event is a release the release DAG's `record` task emitted for `app`."""
+    extra = event.get("extra") or {}
+    return (
+        event.get("source_dag_id") == names.release_dag(app)
+        and event.get("source_task_id") == names.RECORD
+        and not extra.get("from_rest_api")
+        and extra.get("app") == app
+        and bool(DIGEST.match(str(extra.get("digest", ""))))
+    )
 
 
 def heading(

@@ -27,7 +27,7 @@ from fanout import names, status
 from fanout.drift import redact
 from fanout.fleet import Fleet, FleetError, load_fleet
 from fanout.planner import PlanError, plan_waves
-from fanout.trigger import DEFAULT_URL, ENV_URL, EXIT_OK, EXIT_USAGE, TriggerError, connect
+from fanout.trigger import DEFAULT_URL, ENV_URL, EXIT_OK, EXIT_USAGE, AirflowApi, TriggerError, connect
 
 RUNS_LOOKED_AT = 50  # release runs read to find each region's last one
 EVENTS_LOOKED_AT = 5  # release events read to find the newest the release DAG itself recorded
@@ -65,6 +65,8 @@ def run(
             release, report, runs = recorded(fleet.app.name, url, env, transport)
         except TriggerError as error:
             problems.append(f"Airflow: {error}")
+    if not args.no_live and read_live is None:
+        _logs_to_stderr()
     live = None if args.no_live else (read_live or read_live_facts)(fleet)
     regions = [(r.name, r.pair) for r in fleet.regions]
     rows = status.status_rows(regions, waves, live, report, status.last_runs(fleet.region_names, runs))
@@ -98,15 +100,18 @@ def recorded(
     try:
         release = next(iter(api.release_events(app, EVENTS_LOOKED_AT)), None)
         runs = api.dag_runs(names.release_dag(app), RUNS_LOOKED_AT, missing_ok=True)
-        report = None
-        for check in api.dag_runs(names.consistency_dag(app), CHECKS_LOOKED_AT, missing_ok=True):
-            value = api.xcom(names.consistency_dag(app), check["dag_run_id"], names.CLASSIFY, "return_value")
-            if isinstance(value, dict) and "regions" in value:
-                report = value
-                break
-        return release, report, runs
+        return release, consistency_report(api, app), runs
     finally:
         api.close()
+
+
+def consistency_report(api: AirflowApi, app: str) -> dict[str, Any] | None:
+    """The newest consistency report: the `classify` task's return value of the newest check that has one."""
+    for check in api.dag_runs(names.consistency_dag(app), CHECKS_LOOKED_AT, missing_ok=True):
+        value = api.xcom(names.consistency_dag(app), check["dag_run_id"], names.CLASSIFY, "return_value")
+        if isinstance(value, dict) and "regions" in value:
+            return value
+    return None
 
 
 def read_live_facts(fleet: Fleet) -> dict[str, dict[str, Any]]:
@@ -114,14 +119,13 @@ def read_live_facts(fleet: Fleet) -> dict[str, dict[str, Any]]:
     from fanout.airflow.hooks import FleetHook
     from fanout.policy import deployment_facts
 
-    _logs_to_stderr()
     app, hook = fleet.app, FleetHook(fleet)
     try:
         endpoints, traffic_error = None, None
         try:
             endpoints = hook.traffic_manager().endpoints()
         except Exception as error:  # Traffic Manager down: every row's traffic columns say why
-            traffic_error = _why(error)
+            traffic_error = failure_text(error)
         live = {}
         for region in fleet.regions:
             errors: dict[str, str] = {}
@@ -129,12 +133,12 @@ def read_live_facts(fleet: Fleet) -> dict[str, dict[str, Any]]:
             try:
                 deployment = deployment_facts(hook.cluster(region.name).deployment(app.namespace, app.name))
             except Exception as error:  # an unreachable cluster is a finding, not a crash
-                errors["cluster"] = _why(error)
+                errors["cluster"] = failure_text(error)
             try:
                 current = hook.helm(region.name).current(app.name, app.namespace)
                 helm = (current.revision, current.status) if current else None
             except Exception as error:
-                errors["helm"] = _why(error)
+                errors["helm"] = failure_text(error)
             if endpoints is not None:
                 state = endpoints.get(region.endpoint.name)
                 if state is None:
@@ -159,5 +163,6 @@ def _logs_to_stderr() -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
 
 
-def _why(error: Exception) -> str:
+def failure_text(error: Exception) -> str:
+    """What a failed read says, redacted and short enough for a table's footnote or a page."""
     return redact(str(error) or type(error).__name__, limit=200) or type(error).__name__

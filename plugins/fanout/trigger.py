@@ -309,6 +309,12 @@ class AirflowApi:
         response = self._request("GET", path, retry=True, missing_ok=True)
         return None if response is None else _xcom_value(response.json().get("value"))
 
+    def hitl_details(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """The run's Human-in-the-loop tasks (approvals) nobody has answered yet."""
+        path = f"{self._run_path(dag_id, run_id)}/hitlDetails"
+        response = self._request("GET", path, params={"response_received": False}, retry=True, missing_ok=True)
+        return [] if response is None else response.json().get("hitl_details") or []
+
     def dag_params(self, dag_id: str) -> dict[str, Any]:
         """The DAG's Params as the API serves them: {name: {"value", "schema", "description"}}."""
         path = f"/api/v2/dags/{quote(dag_id, safe='')}/details"

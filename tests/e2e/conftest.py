@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from airflow_checks import CONSISTENCY_SCHEDULE, Rest
+from fanout_page import FanoutPage
 from release_checks import variant_fleet
 
 from localfleet import procs
@@ -43,3 +44,14 @@ def airflow_stack(e2e_fleet, tmp_path_factory) -> Iterator[AirflowStack]:
 @pytest.fixture(scope="module")
 def rest(airflow_stack) -> Rest:
     return Rest(airflow_stack)
+
+
+@pytest.fixture
+def fanout_page(airflow_stack, rest, tmp_path_factory) -> Iterator[FanoutPage]:
+    """The Fanout page in headless Chromium, signed in as the stack's admin; screenshots go to
+    <basetemp>/fanout-page/. Closed after its test: an open page keeps polling the api-server."""
+    page = FanoutPage(airflow_stack, rest, tmp_path_factory.getbasetemp() / "fanout-page")
+    try:
+        yield page
+    finally:
+        page.close()

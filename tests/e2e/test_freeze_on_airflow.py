@@ -80,9 +80,15 @@ def test_a_hotfix_waits_for_its_approver_then_passes_a_freeze_but_not_a_pause(ai
     running.start()
     try:
         wait_until(lambda: state_of(rest, run_id, names.APPROVE_HOTFIX) == "awaiting_input", 300, what="the approval")
+        parked = time.monotonic()
+        # Where the approver looks: the Fanout page shows the approval, its reason and where to answer it.
+        page = rest.call("GET", "/fanout/hello/data")
+        waiting = {a["task_id"]: a for a in page["approvals"]}[names.APPROVE_HOTFIX]
+        assert waiting["hotfix"]["hotfix_reason"] == "INC-77: x", waiting
+        assert waiting["link"] == f"/dags/release_hello/runs/{run_id}/tasks/{names.APPROVE_HOTFIX}/required_actions"
         # As a person would: not within seconds of the request. Airflow 3.3 fails a task resumed
         # that soon after it parked (the stale executor event of apache/airflow#72716, see waits.py).
-        time.sleep(SETTLE_SECONDS)
+        time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - parked)))
         # A viewer may not answer it (Airflow's auth manager); the named approver may.
         with pytest.raises(TriggerError, match="HTTP 403"):
             Rest(airflow_stack, user="auditor").respond("release_hello", run_id, names.APPROVE_HOTFIX, "Approve")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import itertools
 import time
 
+import httpx
 import pytest
 from airflow_checks import CONSISTENCY_SCHEDULE, Rest, fanout_trigger, task_log
-from release_checks import TrafficWatch, new_commit, snapshot, timed
+from fanout_page import FanoutPage, StepWatch
+from release_checks import TrafficWatch, new_commit, snapshot, timed, traffic
 
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.git_source import GitRepository
@@ -27,13 +29,14 @@ SLOW, LAG = "northeurope", 25  # long enough that this wait defers to the trigge
 REGION_TASKS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore", "rollback")
 
 
-def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest, faults):
+def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest, faults, fanout_page):
     started = time.monotonic()
     fleet = local_fleet.fleet
     faults(replica_lag={SLOW: LAG})
     sha = new_commit(fleet, "e2e-merge")
     run_id = f"merge__{sha[:12]}__e2e"
-    with TrafficWatch(fleet) as watch, SlotSampler(rest, DAG, run_id) as sampler:
+    fanout_page.open()  # someone watches the Fanout page in Airflow's UI while the release runs
+    with TrafficWatch(fleet) as watch, SlotSampler(rest, DAG, run_id) as sampler, StepWatch(fanout_page) as steps:
         done = fanout_trigger(
             airflow_stack, "--app", "hello", "--git-sha", sha, "--ref", "main", "--run-id", run_id, "--wait"
         )
@@ -49,6 +52,12 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     assert {s.digest for s in state.values()} == {digest}, state
     assert all(s.enabled for s in state.values()), state
     assert watch.fewest_enabled >= fleet.min_serving_regions, watch.report()
+    page_started = time.monotonic()
+    the_page_followed_the_release(fanout_page, steps, run_id)
+    the_page_shows_the_fleet_as_it_is(fanout_page, fleet, run_id)
+    the_page_wants_a_signed_in_user(airflow_stack.url, rest)
+    the_page_shows_a_fault_within_one_refresh(fanout_page, fleet, faults, region="eastus")
+    timed("e2e: the Fanout page in a browser", page_started)
     # The lagging replica's wait went to the triggerer (holding no worker slot) and came back.
     wait = f"wait_replication_{SLOW}"
     tis = rest.tasks(DAG, run_id)
@@ -60,6 +69,72 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     )
     assert figures["waits"][wait]["deferred_s"] >= LAG - INLINE_SECONDS - 10, figures["waits"][wait]
     timed("e2e: merge trigger → release through the scheduler", started)
+
+
+def the_page_followed_the_release(page: FanoutPage, steps: StepWatch, run_id: str) -> None:
+    """Without a reload, the release section showed the run, wave after wave, and each region's step change."""
+    assert steps.shot is not None, f"no region was ever seen deploying or gating: {steps.seen}"
+    assert any(run_id in line for line, _ in steps.seen), steps.seen
+    waves = {word for line, _ in steps.seen for word in line.split(" — ") if word.startswith("wave ")}
+    assert len(waves) >= 2, f"the wave never changed on the page: {waves}"
+    for region in ("westus", SLOW):
+        seen = steps.steps_of(region)
+        assert len(seen) >= 3 and seen[-1] == "restored", (region, seen)
+    assert "waiting for its replica" in steps.steps_of(SLOW)  # its lagging replica, deferred for LAG seconds
+
+
+def the_page_shows_the_fleet_as_it_is(page: FanoutPage, fleet, run_id: str) -> None:
+    """After the release, each row says what the fleet says when asked directly (the edge for the
+    digest served, Helm for the revision, Traffic Manager for the endpoint)."""
+    truth = snapshot(fleet)
+
+    def matches(shown: dict) -> bool:
+        rows = shown["matrix"]
+        return shown["run_state"] == "success" and all(
+            rows[r]["running"]["value"] == s.digest
+            and rows[r]["helm"]["value"] == str(s.revision)
+            and rows[r]["endpoint"]["text"] == ("Enabled" if s.enabled else "Disabled")
+            and rows[r]["weight"]["text"] == str(s.weight)
+            and run_id in rows[r]["last_run"]["text"]
+            for r, s in truth.items()
+        )
+
+    shown = page.wait(matches, 30, f"the page does not show the fleet as it is: {truth}")
+    assert {r: cells["step"]["text"] for r, cells in shown["steps"].items()} == dict.fromkeys(truth, "restored")
+    page.shot("after-release")
+    # The same page inside Airflow's UI, as its menu (Browse → Fanout) opens it.
+    assert page.open_in_airflow().endswith("/fanout/")
+    page.shot("in-airflow")
+    page.open()
+
+
+def the_page_wants_a_signed_in_user(url: str, rest: Rest) -> None:
+    for path in ("/fanout/hello/data", "/fanout/hello", "/fanout/"):
+        anonymous = httpx.get(f"{url}{path}", timeout=30)
+        assert anonymous.status_code == 401, (path, anonymous.text)
+    signed_in = httpx.get(f"{url}/fanout/hello/data", headers=rest._client.headers, timeout=30)
+    assert signed_in.status_code == 200 and signed_in.json()["app"] == "hello", signed_in.text
+
+
+def the_page_shows_a_fault_within_one_refresh(page: FanoutPage, fleet, faults, region: str) -> None:
+    """Once Traffic Manager sees an unhealthy edge, the page's next refresh shows it (two: the refresh
+    under way may have read before)."""
+
+    def monitor() -> str:
+        return traffic(fleet)[fleet.region(region).endpoint.name].monitor_status
+
+    faults(edge_unhealthy=[region])
+    deadline = time.monotonic() + 30
+    while monitor() != "Degraded":
+        assert time.monotonic() < deadline, "Traffic Manager never saw the unhealthy edge"
+        time.sleep(0.5)
+    shown = page.refreshes(2)
+    assert shown["matrix"][region]["monitor"]["text"] == "Degraded", shown["matrix"][region]
+    page.shot("edge-unhealthy")
+    faults(edge_unhealthy=None)
+    while monitor() != "Online":  # the next test starts from a healthy fleet
+        assert time.monotonic() < deadline + 30, "the edge did not recover"
+        time.sleep(0.5)
 
 
 def build_variants(fleet, count: int) -> list[tuple[str, str]]:
