@@ -279,3 +279,12 @@ def test_injected_500s_end_in_a_clear_error(standin: StandIn) -> None:
     faults = json.loads((standin.state_dir / "faults.json").read_text())
     assert faults == {"region_down": ["westus"]}  # other fault knobs' keys are left alone
     assert standin.adapter().endpoints()["westus"].enabled is True
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_a_storm_as_long_as_the_retry_budget_is_retried_through(standin: StandIn, status: int) -> None:
+    """retry_total is the whole budget: azure-core's own cap of 3 error statuses (retry_status) made
+    four throttled answers in a row fail a drain (`make faults`, tm-429-500)."""
+    inject_errors(standin.state_dir, status, 5)
+    assert standin.adapter().set_endpoint("westeurope", enabled=True, weight=300).weight == 300
+    assert json.loads((standin.state_dir / "faults.json").read_text())["tm_errors"]["remaining"] == 0
