@@ -95,17 +95,27 @@ def check_fleet(view: FleetView, release: str, allowed: Collection[str] | None =
     ]
 
 
+def failure_report(stderr: str) -> str:
+    """What `fanout trigger --wait` says of a failed run after its progress lines: each failed task
+    and, indented, its region, step and cause."""
+    lines = stderr.splitlines()
+    end = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].rstrip().endswith(": failed")), None)
+    return "\n".join(lines[end + 1 :]) if end is not None else stderr
+
+
 def check_message(state: str, message: str, expect_failure: bool, words: Iterable[str]) -> Check:
-    """Promise 5's message: a run expected to fail failed with a message holding `words` (the region,
-    the step, the cause); one expected to pass passed."""
+    """Promise 5's message: a run expected to fail failed with a report (`failure_report`) that names
+    `words` (the region, the step, the cause); one expected to pass passed."""
     if not expect_failure:
-        detail = "" if state == "success" else f"run {state}: {message[-300:]}"
+        detail = "" if state == "success" else f"run {state}: {failure_report(message)[-300:]}"
         return Check("clear message", state == "success", detail)
     if state != "failed":
         return Check("clear message", False, f"expected a failed run, got {state}")
-    missing = [w for w in words if w.lower() not in message.lower()]
-    detail = f"missing {missing} in: {message[-300:]}" if missing else _first(message)
-    return Check("clear message", not missing, detail)
+    report = failure_report(message)
+    causes = [ln.strip() for ln in report.splitlines() if ln.startswith("    ")]
+    missing = [w for w in words if not any(w.lower() in c.lower() for c in causes)]
+    detail = f"missing {missing} in: {report[-400:]}" if missing else (causes[0][:200] if causes else "")
+    return Check("clear message", bool(causes) and not missing, detail)
 
 
 def check_users(users: UsersView | None) -> Check:
@@ -116,11 +126,6 @@ def check_users(users: UsersView | None) -> Check:
     detail = f"{users.requests} requests, {users.failed} failed, {users.mid_change} mid-change, "
     detail += f"{users.stale_after} stale" + ("; " + "; ".join(users.examples[:3]) if users.examples else "")
     return Check("users unharmed", ok, detail)
-
-
-def _first(message: str) -> str:
-    line = next((ln.strip() for ln in message.splitlines() if "failed" in ln and ":" in ln), message.strip())
-    return line[:200]
 
 
 def fewest_enabled(initial: Mapping[str, bool], changes: Iterable[Mapping[str, Any]], since: float) -> int:

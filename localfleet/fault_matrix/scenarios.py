@@ -84,25 +84,28 @@ def _signal(pid: int, sig: signal.Signals) -> bool:
 
 
 def _catch_pending(m: Matrix, run: Run, region: str) -> tuple[int, int] | None:
-    """Hold the region's `helm upgrade` (SIGSTOP), letting it on 20 ms at a time, until Helm has
+    """Hold the region's `helm upgrade` (SIGSTOP), letting it on 3 ms at a time, until Helm has
     recorded the release pending-upgrade; (helm, task process) then, None if it got away."""
     task = names.region_task(region, names.HELM_DEPLOY)
     m.wait_task(run, task, ("running",))
     deadline = time.monotonic() + 120
     while not (found := _helm_upgrades(m)):
         if time.monotonic() > deadline or run.proc.poll() is not None:
+            say(f"{region}: no helm upgrade process seen")
             return None
         time.sleep(0.002)
     helm, task_pid = found[0]
-    if not _signal(helm, signal.SIGSTOP):
-        return None
-    while not _pending_upgrade(m, region):
+    steps = 0
+    while _signal(helm, signal.SIGSTOP) and not _pending_upgrade(m, region):
+        steps += 1
         if not _signal(helm, signal.SIGCONT):
-            return None
-        time.sleep(0.02)
-        if not _signal(helm, signal.SIGSTOP):
-            return None
-    return helm, task_pid
+            break
+        time.sleep(0.003)
+    else:
+        if _signal(helm, 0):
+            return helm, task_pid
+    say(f"{region}: helm {helm} ended after {steps} steps before its release was pending-upgrade")
+    return None
 
 
 def kill_helm(m: Matrix, run: Run) -> Injected:

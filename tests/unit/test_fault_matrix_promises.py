@@ -80,10 +80,14 @@ def test_replaying_the_change_log_finds_the_fewest_enabled_moment():
 
 
 def test_the_failure_message_must_name_what_the_scenario_broke():
-    message = "release_hello run failed\n  failed: rebalance\n    eastus: gate_http failed: edge unreachable"
-    assert check_message("failed", message, True, ("eastus", "gate")).ok
+    progress = "07:26:21  merge__x  running\n07:26:40  deploy_eastus.gate_http  failed\nmerge__x: failed\n"
+    message = progress + "  failed: deploy_eastus.gate_http\n    eastus / gate_http: edge unreachable (after 40 s)"
+    assert check_message("failed", message, True, ("eastus", "gate_http")).ok
     missing = check_message("failed", message, True, ("westeurope",))
     assert not missing.ok and "westeurope" in missing.detail
+    # Task ids in progress lines are no message: a failed task with no cause recorded is not clear.
+    bare = progress + "  failed: deploy_eastus.gate_http\n  failed: rebalance"
+    assert not check_message("failed", bare, True, ("gate_http",)).ok
     assert not check_message("success", "", True, ("eastus",)).ok  # it was meant to fail
     assert not check_message("failed", message, False, ()).ok  # it was meant to pass
     assert check_message("success", "", False, ()).ok
