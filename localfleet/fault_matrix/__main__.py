@@ -95,6 +95,7 @@ def run_scenario(m: Matrix, sc: Scenario) -> Row:
         row.notes.append(f"restarted {', '.join(restarted)} after the run")
     new = m.built(judged.run_id)
     row.checks.append(check_message(judged.state, judged.err, sc.fails, sc.words))
+    row.checks += sc.verify(m, judged)  # of the faulted run, before any repair
     if injected.at is None:
         row.checks.append(Check("fault injected", False, injected.what))
     recovered = judged.ended if judged.code == 0 else None
@@ -112,7 +113,6 @@ def run_scenario(m: Matrix, sc: Scenario) -> Row:
         new = m.built(repair.run_id) or new
     elif judged.code == 0:
         m.digest = new or m.digest
-    row.checks += sc.verify(m, judged)
     until = time.time()
     time.sleep(m.fleet.traffic_manager.dns_ttl_seconds + 2)
     users.stop(m.state)

@@ -154,21 +154,24 @@ def kill_scheduler(m: Matrix, run: Run) -> Injected:
                     "restarted 5 s later", at)  # fmt: skip
 
 
-def lag_last(m: Matrix) -> None:
+def lag_last_and_hold_canary(m: Matrix) -> None:
+    """The last region's replica lags (its wait defers) and the canary's new pods stay unready (its
+    rollout wait defers) until the triggerer is down."""
     faults.update_faults(m.state, replica_lag={LAST: 25})
+    cli.apply_fault(m.fleet, m.state, "rollout-unhealthy", CANARY, None, clear=False)
 
 
 def kill_triggerer(m: Matrix, run: Run) -> Injected:
-    replication = names.wait_replication(LAST)
+    replication, rollout = names.wait_replication(LAST), names.region_task(CANARY, names.GATE_ROLLOUT)
 
     def both(s: dict[str, str | None]) -> bool:
-        gate = any(s.get(t) == "deferred" for t in s if t.rsplit(".", 1)[-1] in GATES)
-        return s.get(replication) == "deferred" and gate
+        return s.get(replication) == "deferred" and s.get(rollout) == "deferred"
 
-    at = m.wait_until(run, both, f"{replication} and a gate deferred", timeout=300)
+    at = m.wait_until(run, both, f"{replication} and {rollout} deferred", timeout=300)
     deferred = sorted(t for t, s in m.states(run.run_id).items() if s == "deferred")
     m.kill_part("triggerer")
-    say(f"triggerer killed while {deferred} were deferred; restarting it in 5 s")
+    cli.apply_fault(m.fleet, m.state, "rollout-unhealthy", CANARY, None, clear=True)
+    say(f"triggerer killed while {deferred} were deferred; {CANARY}'s pods may become ready; restart in 5 s")
     time.sleep(5)
     m.stack.start_part("triggerer")
     return Injected(f"SIGKILL triggerer with {', '.join(deferred)} deferred {when(run, at)}; restarted 5 s later", at)
@@ -291,7 +294,7 @@ def burst_outcome(m: Matrix, run: Run) -> list[Check]:
 SCENARIOS = [
     Scenario("helm-sigkill", kill_helm, verify=helm_retried),
     Scenario("scheduler-kill", kill_scheduler),
-    Scenario("triggerer-kill", kill_triggerer, prepare=lag_last),
+    Scenario("triggerer-kill", kill_triggerer, prepare=lag_last_and_hold_canary),
     Scenario("postgres-restart", restart_postgres),
     Scenario("tm-429-500", tm_storms),
     Scenario("registry-down", home_registry_down, undo=home_registry_up, fails=True, words=("build",)),
