@@ -88,6 +88,31 @@ def test_an_unforeseen_outside_error_is_recorded_with_region_step_and_cause():
     assert failure["cause"] == "TrafficManagerError: profile 'hello': reading the profile failed: HTTP 429"
 
 
+def test_a_step_failing_with_its_own_exception_records_it_too():
+    """The build's "registry … unreachable" (`make faults`, registry-down) reached the run's message
+    as only "failed: build"."""
+
+    class Unreachable(fs.BuildImageOperator):
+        def run(self, context):
+            raise AirflowFailException("registry 127.0.0.1:5101 unreachable: [Errno 111] Connection refused")
+
+    ti = released(FakeTI())
+    with pytest.raises(AirflowFailException):
+        run_task(fleet_op(Unreachable, names.BUILD), ti, FakeHook(FLEET))
+    failure = ti.xcoms[(names.BUILD, names.FAILURE_KEY)]
+    assert failure["gate"] == "build" and "registry 127.0.0.1:5101 unreachable" in failure["cause"]
+
+
+def test_a_failure_fail_recorded_is_not_overwritten():
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    for name in ("westus", "northeurope", "westeurope"):
+        hook.tm.state[name] = hook.tm.state[name].__class__(name, "ExternalEndpoints", False, 100, "Online")
+    with pytest.raises(AirflowFailException):
+        run_task(region_op(rs.DrainRegionOperator), ti, hook)
+    failure = ti.xcoms[(names.region_task("eastus", names.DRAIN), names.FAILURE_KEY)]
+    assert failure["cause"].startswith("refused: ")
+
+
 def test_an_approved_hotfix_is_still_refused_a_drain_that_breaks_min_serving():
     hook, ti = FakeHook(FLEET), released(FakeTI())
     for name in ("westus", "northeurope", "westeurope"):
