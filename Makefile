@@ -16,7 +16,7 @@ export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 # Where a fleet file's source and chart paths may point (besides the fleet file's folder and git work tree).
 export FANOUT_PROJECT_DIR ?= $(CURDIR)
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check test-matrix bench bench-airflow bench-short-waits bench-release bench-growth bench-metric-gates \
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check test-matrix bench bench-airflow bench-short-waits bench-release bench-growth bench-metric-gates faults \
 	airflow-up airflow-status airflow-env airflow-down compose-packages compose-test
 
 venv: $(STAMP)
@@ -127,6 +127,13 @@ bench-growth: venv system-packages binaries
 ## The metric gates' comparison: false alarms over good-build windows, and a slow build let through.
 bench-metric-gates: venv system-packages binaries
 	@$(PY) -m localfleet.bench_metric_gates --windows $(or $(WINDOWS),20)
+
+## The fault matrix on a private fleet + real Airflow: helm killed mid-upgrade, scheduler / triggerer
+## killed, PostgreSQL restarted, Traffic Manager 429/500 storms, home registry down, a region's API
+## server down, a replica that never syncs, ten merges in one release; each scenario's promises checked
+## from the fleet, printed as a table (exit 1 if any broke). ARGS="helm-sigkill …" runs only those.
+faults: venv system-packages binaries
+	@$(PY) -m localfleet.fault_matrix $(ARGS)
 
 ## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet.
 airflow-up: fleet-up

@@ -144,21 +144,29 @@ class AirflowStack:
         )  # fmt: skip
         if migrate.returncode != 0:
             raise StackError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}{migrate.stderr[-3000:]}")
-        commands = {
+        for name in COMPONENTS:
+            progress(f"airflow {self.command(name)[0]}")
+            self.start_part(name)
+        progress("waiting until every part reports healthy")
+        self._wait("every part healthy", self.healthy, deadline=started + timeout)
+        progress(f"Airflow is up at {self.url} in {time.monotonic() - started:.0f} s")
+
+    def command(self, name: str) -> list[str]:
+        """The `airflow …` arguments of one part (COMPONENTS)."""
+        return {
             "apiserver": ["api-server", "--host", "127.0.0.1", "--port", str(self.settings["api_port"]), "-w", "1"],
             "scheduler": ["scheduler"],
             "dag-processor": ["dag-processor"],
             "triggerer": ["triggerer"],
-        }
-        for name in COMPONENTS:
-            progress(f"airflow {commands[name][0]}")
-            try:
-                procs.start(name, [sys.executable, "-m", "airflow", *commands[name]], self.folder, env=self.env())
-            except procs.ProcError as err:
-                raise StackError(str(err)) from None
-        progress("waiting until every part reports healthy")
-        self._wait("every part healthy", self.healthy, deadline=started + timeout)
-        progress(f"Airflow is up at {self.url} in {time.monotonic() - started:.0f} s")
+        }[name]
+
+    def start_part(self, name: str) -> int:
+        """Start one part if it is not running (also what restarts a part that died); its pid."""
+        try:
+            argv = [sys.executable, "-m", "airflow", *self.command(name)]
+            return procs.start(name, argv, self.folder, env=self.env())
+        except procs.ProcError as err:
+            raise StackError(str(err)) from None
 
     def _wait(self, what: str, check: Callable[[], bool], deadline: float) -> None:
         while time.monotonic() < deadline:

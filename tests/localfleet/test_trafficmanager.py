@@ -278,3 +278,12 @@ def test_a_nested_endpoint_must_target_a_profile_of_the_stand_in(standin: StandI
             endpoints.create_or_update(RG, PROFILE, "NestedEndpoints", "child", {"properties": props}, **HTTP)
         assert err.value.status_code == 400 and "properties.targetResourceId" in str(err.value)
     assert "child" not in standin.adapter().endpoints()
+
+
+@pytest.mark.parametrize("status", [429, 500])
+def test_a_storm_as_long_as_the_retry_budget_is_retried_through(standin: StandIn, status: int) -> None:
+    """retry_total is the whole budget: azure-core's own cap of 3 error statuses (retry_status) made
+    four throttled answers in a row fail a drain (`make faults`, tm-429-500)."""
+    inject_errors(standin.state_dir, status, 5)
+    assert standin.adapter().set_endpoint("westeurope", enabled=True, weight=300).weight == 300
+    assert json.loads((standin.state_dir / "faults.json").read_text())["tm_errors"]["remaining"] == 0

@@ -11,6 +11,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, T
 
 from fanout import names
 from fanout.adapters.helm import HelmRelease
+from fanout.adapters.traffic import TrafficManagerError
 from fanout.airflow import fleet_steps as fs
 from fanout.airflow import region_steps as rs
 from fanout.airflow.base import SNAPSHOT_KEY
@@ -69,6 +70,47 @@ def test_drain_refused_by_min_serving_records_why_and_changes_nothing():
     assert hook.tm.calls == []
     failure = ti.xcoms[(names.region_task("eastus", names.DRAIN), names.FAILURE_KEY)]
     assert failure["region"] == "eastus" and failure["gate"] == "drain" and "min_serving_regions" in failure["cause"]
+
+
+def test_an_unforeseen_outside_error_is_recorded_with_region_step_and_cause():
+    """Traffic Manager still throttling after every retry (`make faults`, tm-429-500): the run's
+    message named only the task ("failed: deploy_westus.drain"), not what happened."""
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+
+    def throttled():
+        raise TrafficManagerError("profile 'hello': reading the profile failed: HTTP 429", profile="hello")
+
+    hook.tm.endpoints = throttled
+    with pytest.raises(TrafficManagerError):  # raised as it was: Airflow's retry rules still decide
+        run_task(region_op(rs.DrainRegionOperator), ti, hook)
+    failure = ti.xcoms[(names.region_task("eastus", names.DRAIN), names.FAILURE_KEY)]
+    assert failure["region"] == "eastus" and failure["gate"] == "drain"
+    assert failure["cause"] == "TrafficManagerError: profile 'hello': reading the profile failed: HTTP 429"
+
+
+def test_a_step_failing_with_its_own_exception_records_it_too():
+    """The build's "registry … unreachable" (`make faults`, registry-down) reached the run's message
+    as only "failed: build"."""
+
+    class Unreachable(fs.BuildImageOperator):
+        def run(self, context):
+            raise AirflowFailException("registry 127.0.0.1:5101 unreachable: [Errno 111] Connection refused")
+
+    ti = released(FakeTI())
+    with pytest.raises(AirflowFailException):
+        run_task(fleet_op(Unreachable, names.BUILD), ti, FakeHook(FLEET))
+    failure = ti.xcoms[(names.BUILD, names.FAILURE_KEY)]
+    assert failure["gate"] == "build" and "registry 127.0.0.1:5101 unreachable" in failure["cause"]
+
+
+def test_a_failure_fail_recorded_is_not_overwritten():
+    hook, ti = FakeHook(FLEET), released(FakeTI())
+    for name in ("westus", "northeurope", "westeurope"):
+        hook.tm.state[name] = hook.tm.state[name].__class__(name, "ExternalEndpoints", False, 100, "Online")
+    with pytest.raises(AirflowFailException):
+        run_task(region_op(rs.DrainRegionOperator), ti, hook)
+    failure = ti.xcoms[(names.region_task("eastus", names.DRAIN), names.FAILURE_KEY)]
+    assert failure["cause"].startswith("refused: ")
 
 
 def test_an_approved_hotfix_is_still_refused_a_drain_that_breaks_min_serving():

@@ -200,6 +200,9 @@ class AzureTrafficManager:
             subscription_id,
             base_url=base_url,
             retry_total=retry_total,
+            # azure-core caps retries on an error status at retry_status (default 3) whatever
+            # retry_total says: a throttling storm of four 429s would fail a drain. One budget.
+            retry_status=retry_total,
             retry_backoff_factor=retry_backoff_factor,
             retry_backoff_max=retry_backoff_max,
             connection_timeout=timeout,

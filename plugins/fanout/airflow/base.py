@@ -9,11 +9,12 @@ reached only through FleetHook; decisions come from fanout.policy.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import Any, ClassVar, NoReturn
 
 from airflow.sdk import Asset, BaseOperator, Context, Variable, get_current_context
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from fanout import names
 from fanout.airflow.hooks import FleetHook
@@ -21,6 +22,7 @@ from fanout.controls import Freeze, Hold, Quarantine, hold, parse_freeze, parse_
 from fanout.fleet import Fleet, Hotfix
 from fanout.policy import DIGEST, WaveVerdict, tolerated_failures, wave_verdict
 from fanout.records import FleetSnapshot, Release, StepFailure
+from fanout.redact import scrub
 
 SNAPSHOT_KEY = "snapshot"
 
@@ -102,14 +104,48 @@ class FanoutOperator(BaseOperator):
             raise AirflowSkipException(f"{self.snapshot_task} refused this run: nothing was changed")
         try:
             return self.run(context)
+        except AirflowFailException as err:
+            self.record_refusal(context, err)
+            raise
+        except AirflowException:
+            raise  # Airflow's own flow: a skip
+        except Exception as err:
+            self.record_unforeseen(context, err)
+            raise
         finally:
             self.close_hook()
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         try:
             return super().resume_execution(next_method, next_kwargs, context)
+        except AirflowFailException as err:
+            self.record_refusal(context, err)
+            raise
+        except AirflowException:
+            raise
+        except Exception as err:
+            self.record_unforeseen(context, err)
+            raise
         finally:
             self.close_hook()
+
+    def record_refusal(self, context: Context, err: AirflowFailException) -> None:
+        """A step that failed with its own AirflowFailException but not through `fail` (the build's
+        "registry … unreachable", validate's refusals): record it too, unless `fail` did."""
+        if not getattr(self, "_failure_recorded", False):
+            self._record(context, scrub(str(err), limit=800))
+
+    def record_unforeseen(self, context: Context, err: Exception) -> None:
+        """An outside system failed in a way no step foresaw (Traffic Manager still throttling after
+        every retry, a cluster gone mid-step): record why, as `fail` does, so that the rollback and
+        the run's message name region, step and cause instead of "see its log". The error is still
+        raised as it was, so Airflow's retries (helm_deploy's) still apply."""
+        self._record(context, scrub(f"{type(err).__name__}: {err}", limit=800))
+
+    def _record(self, context: Context, cause: str) -> None:
+        failure = StepFailure(self.region, self.step or self.task_id, cause)
+        with contextlib.suppress(Exception):  # recording must never hide the error itself
+            context["ti"].xcom_push(key=names.FAILURE_KEY, value=failure.to_xcom())
 
     def close_hook(self) -> None:
         """Close the hook's clients and remove its AKS kubeconfigs (short-lived tokens on disk) when the
@@ -125,6 +161,7 @@ class FanoutOperator(BaseOperator):
         """Record why this step failed (rollback and the run's final message read it), then fail."""
         failure = StepFailure(self.region, self.step or self.task_id, cause, consequence)
         context["ti"].xcom_push(key=names.FAILURE_KEY, value=failure.to_xcom())
+        self._failure_recorded = True
         raise AirflowFailException(f"{self.region or 'release'}: {failure.gate} failed: {cause}")
 
     def freeze(self) -> Freeze | None:

@@ -4,6 +4,7 @@ restore — or roll back when a step failed."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Context
@@ -138,6 +139,14 @@ class HelmDeployOperator(_RegionStep):
     """`helm upgrade --install` the chart in the region with the image pinned by digest."""
 
     step = names.HELM_DEPLOY
+
+    def __init__(self, **kwargs: Any) -> None:
+        # A task process killed mid-upgrade (OOM, a lost node) leaves the release pending-upgrade and
+        # the region drained: one retry, soon, takes the way out below. A failure this step foresaw
+        # (`fail`, AirflowFailException) is never retried.
+        kwargs.setdefault("retries", 1)
+        kwargs.setdefault("retry_delay", timedelta(seconds=5))
+        super().__init__(**kwargs)
 
     def run(self, context: Context) -> dict[str, Any]:
         release, app = self.release(context), self.fleet.app
