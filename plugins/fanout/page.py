@@ -255,7 +255,7 @@ def document(
         "app": app,
         "dag_id": dag_id,
         "read_at": now.isoformat(),
-        "release": status.last_release(app, events),
+        "release": next(iter(status.releases(app, events)), None),
         "consistency": {k: report.get(k) for k in ("checked_at", "message", "mode")} if report else None,
         "regions": rows,
         "live": live is not None,  # False: the live columns were not read (unknown, not empty)
