@@ -140,6 +140,7 @@ class WaitingMixin:
             self.log.info("%s", line)
             return xcoms["return_value"]
         context["ti"].xcom_push(key=names.FAILURE_KEY, value=xcoms[names.FAILURE_KEY])
+        self._failure_recorded = True  # FanoutOperator.record_refusal must not record it again
         self.log.error("%s", line)  # the task log's own line, not only the exception's traceback
         raise AirflowFailException(line)
 
