@@ -49,11 +49,19 @@ binaries: venv
 demo: venv system-packages binaries
 	@$(PY) -m localfleet.demo --fleet $(FLEET)
 
-## Every test, fastest tier first, stopping at the first failure: unit and contract (fakes, milliseconds),
-## DAG integrity, the local fleet's parts, integration on the real local fleet, end-to-end on a real Airflow.
-TEST_TIERS := tests/unit tests/contract tests/dags tests/localfleet tests/integration tests/e2e
+## Every test, stopping at the first failure, in two stages: the fast tiers (unit and contract on
+## fakes, DAG integrity; about a minute), then the local fleet's parts, integration on the real local
+## fleet and end-to-end on a real Airflow. Each stage runs on two pytest-xdist workers, one test
+## file at a time each (a file's tests build on each other's fleet state), the longest files first.
+## Two because the slow tests spend most of their time waiting on the fleet and Airflow: one worker
+## left this 2-core machine about 60% idle. Each worker has its own session fleet on free ports.
+FAST_TIERS := tests/unit tests/contract tests/dags
+SLOW_TIERS := tests/e2e tests/integration tests/localfleet
+TEST_TIERS := $(FAST_TIERS) $(SLOW_TIERS)
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: venv system-packages binaries
-	@$(PY) -m pytest -x --durations=25 -m "not matrix" $(TEST_TIERS)
+	@$(PY) -m pytest -x $(XDIST) --durations=10 -m "not matrix" $(FAST_TIERS)
+	@$(PY) -m pytest -x $(XDIST) --durations=25 -m "not matrix" $(SLOW_TIERS)
 
 ## The variants make test leaves out (other routing methods, the rollback-all policy, a stuck resolver,
 ## on_freeze fail, a deploy window a minute away, a quarantined release rolled back).

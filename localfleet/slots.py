@@ -9,10 +9,11 @@ slot only while the task starts. Whether that holds on a real Airflow is a matte
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+from localfleet.poller import Poller
 
 # Seconds of a wait's worker time `summarize` does not count as waiting in a worker. The waits
 # have no in-worker phase any more (until fanout.airflow.waiting they polled there for 10 s),
@@ -33,29 +34,20 @@ class TaskInstances(Protocol):
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]: ...
 
 
-class SlotSampler:
+class SlotSampler(Poller):
     """Records the states of one DAG run's tasks every `interval` seconds in a background thread.
 
-    `with SlotSampler(api, dag_id, run_id) as sampler: …` then `sampler.samples`. A failed API
-    call is counted in `errors` (last one in `last_error`) and the sampling goes on: an API
-    server that is briefly slow on a loaded machine must not end the measurement."""
+    `with SlotSampler(api, dag_id, run_id) as sampler: …` then `sampler.samples`; a failed API call
+    is counted in `errors` and the sampling goes on (Poller)."""
 
     def __init__(self, api: TaskInstances, dag_id: str, run_id: str, interval: float = 0.5) -> None:
-        self.api, self.dag_id, self.run_id, self.interval = api, dag_id, run_id, interval
+        super().__init__(interval)
+        self.api, self.dag_id, self.run_id = api, dag_id, run_id
         self.samples: list[Sample] = []
-        self.errors = 0
-        self.last_error = ""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="slot-sampler", daemon=True)
 
-    def sample_once(self) -> None:
+    def poll(self) -> None:
         started = time.monotonic()
-        try:
-            instances = self.api.task_instances(self.dag_id, self.run_id)
-        except Exception as err:  # any failure of one call; the next call may succeed
-            self.errors += 1
-            self.last_error = f"{type(err).__name__}: {err}"
-            return
+        instances = self.api.task_instances(self.dag_id, self.run_id)
         # The states were read some time during the call: its midpoint is the best estimate.
         at = (started + time.monotonic()) / 2
         states: dict[str, str | None] = {}
@@ -65,19 +57,9 @@ class SlotSampler:
             states[name] = ti.get("state")
         self.samples.append((at, states))
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.sample_once()
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> SlotSampler:
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-        self.sample_once()  # the final states, so the last interval ends when sampling did
+        super().__exit__(*exc)
+        self.poll_once()  # the final states, so the last interval ends when sampling did
 
 
 def summarize(

@@ -10,7 +10,6 @@ import json
 import logging
 import re
 import sqlite3
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from fanout.fleet import Fleet, load_fleet
 from fanout.policy import EndpointState
 from localfleet.git import repo as git_repo
 from localfleet.kube_files import admin_kubeconfig_beside
+from localfleet.poller import Poller
 
 REPO = Path(__file__).resolve().parents[1]
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -123,36 +123,24 @@ def snapshot(fleet: Fleet) -> dict[str, RegionState]:
     return out
 
 
-class TrafficWatch:
+class TrafficWatch(Poller):
     """Samples Traffic Manager every `interval` seconds while a run goes on, so the test can
     assert the rules held at every moment it saw, not only at the end."""
 
     def __init__(self, fleet: Fleet, interval: float = 0.25):
-        self.fleet, self.interval = fleet, interval
+        super().__init__(interval)
+        self.fleet, self.client = fleet, tm_client(fleet)
         self.samples: list[tuple[float, frozenset[str]]] = []  # (time, enabled regions)
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
         self._names = {r.endpoint.name: r.name for r in fleet.regions}
 
-    def _run(self) -> None:
-        with tm_client(self.fleet) as client:
-            while not self._stop.is_set():
-                try:
-                    eps = client.endpoints()
-                    enabled = frozenset(self._names[n] for n, e in eps.items() if e.enabled and n in self._names)
-                    self.samples.append((time.time(), enabled))
-                except Exception:  # a slow stand-in must not end the watch; count it instead
-                    self.errors += 1
-                self._stop.wait(self.interval)
-
-    def __enter__(self) -> TrafficWatch:
-        self._thread.start()
-        return self
+    def poll(self) -> None:
+        eps = self.client.endpoints()
+        enabled = frozenset(self._names[n] for n, e in eps.items() if e.enabled and n in self._names)
+        self.samples.append((time.time(), enabled))
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+        super().__exit__(*exc)
+        self.client.close()
 
     @property
     def fewest_enabled(self) -> int:

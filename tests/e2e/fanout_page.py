@@ -15,6 +15,7 @@ from selenium.webdriver.common.by import By
 
 from fanout.trigger import AirflowApi
 from localfleet.airflow_stack import AirflowStack
+from localfleet.poller import Poller
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -103,30 +104,23 @@ class FanoutPage:
         return path
 
 
-class StepWatch:
+class StepWatch(Poller):
     """Reads the open page every other second while a release runs: what the release section showed, in
     order, and a screenshot once a region is deploying or gating."""
 
     def __init__(self, page: FanoutPage) -> None:
+        super().__init__(2.0)  # every step but the shortest lasts longer
         self.page = page
         self.seen: list[tuple[str, dict[str, str]]] = []  # (run line, {region: step}) each time it changed
-        self.errors: list[str] = []
         self.shot: Path | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(2.0):  # every step but the shortest lasts longer
-            try:
-                page = self.page.read()
-            except Exception as error:  # a slow read must not end the watch; keep why
-                self.errors.append(str(error))
-                continue
-            now = (page["run"], {r: cells["step"]["text"] for r, cells in page["steps"].items()})
-            if not self.seen or self.seen[-1][1] != now[1]:
-                self.seen.append(now)
-            if self.shot is None and any(s.startswith(("deploying", "gate")) for s in now[1].values()):
-                self.shot = self.page.shot("during-release")
+    def poll(self) -> None:
+        page = self.page.read()
+        now = (page["run"], {r: cells["step"]["text"] for r, cells in page["steps"].items()})
+        if not self.seen or self.seen[-1][1] != now[1]:
+            self.seen.append(now)
+        if self.shot is None and any(s.startswith(("deploying", "gate")) for s in now[1].values()):
+            self.shot = self.page.shot("during-release")
 
     def steps_of(self, region: str) -> list[str]:
         found: list[str] = []
@@ -134,11 +128,3 @@ class StepWatch:
             if region in steps and (not found or found[-1] != steps[region]):
                 found.append(steps[region])
         return found
-
-    def __enter__(self) -> StepWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)

@@ -166,7 +166,7 @@ def test_sampler_counts_errors_and_goes_on() -> None:
     api = FlakyApi()
     sampler = SlotSampler(api, "release_hello", "r1", interval=0)
     for _ in range(3):
-        sampler.sample_once()
+        sampler.poll_once()
     assert sampler.errors == 1
     assert "connection reset" in sampler.last_error
     assert [states for _, states in sampler.samples] == [{"build": "running", "m[2]": "queued"}] * 2

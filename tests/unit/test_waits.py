@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 
+from fanout import names
 from fanout.adapters.edge import Edge
 from fanout.airflow.hooks import FleetHook
 from fanout.airflow.region_steps import SoakGateOperator, WaitForReplicationOperator
@@ -127,6 +128,9 @@ class Wait(WaitingMixin, BaseOperator):
 
     def execute(self, context: Any) -> Any:
         return self.wait(context, self.trigger, self.ending)
+
+    def record_failure(self, context: Any, failure: dict[str, Any]) -> None:
+        context["ti"].xcom_push(key=names.FAILURE_KEY, value=failure)
 
 
 class FakeTi:

@@ -129,6 +129,11 @@ class FanoutOperator(BaseOperator):
         finally:
             self.close_hook()
 
+    def record_failure(self, context: Context, failure: dict[str, Any]) -> None:
+        """Push why this step failed (a StepFailure's XCom), once: record_refusal then leaves it."""
+        context["ti"].xcom_push(key=names.FAILURE_KEY, value=failure)
+        self._failure_recorded = True
+
     def record_refusal(self, context: Context, err: AirflowFailException) -> None:
         """A step that failed with its own AirflowFailException but not through `fail` (the build's
         "registry … unreachable", validate's refusals): record it too, unless `fail` did."""
@@ -160,8 +165,7 @@ class FanoutOperator(BaseOperator):
     def fail(self, context: Context, cause: str, consequence: bool = False) -> NoReturn:
         """Record why this step failed (rollback and the run's final message read it), then fail."""
         failure = StepFailure(self.region, self.step or self.task_id, cause, consequence)
-        context["ti"].xcom_push(key=names.FAILURE_KEY, value=failure.to_xcom())
-        self._failure_recorded = True
+        self.record_failure(context, failure.to_xcom())
         raise AirflowFailException(f"{self.region or 'release'}: {failure.gate} failed: {cause}")
 
     def freeze(self) -> Freeze | None:

@@ -28,7 +28,7 @@ it in the worker.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
@@ -108,7 +108,10 @@ class Polling(Protocol):
 
 
 class WaitingMixin:
-    """For an operator whose task is a wait: `wait` and `pause` defer to a trigger that ends the task."""
+    """For an operator whose task is a wait: `wait` and `pause` defer to a trigger that ends the task.
+    The operator records a failure its own way (FanoutOperator.record_failure)."""
+
+    record_failure: Callable[[Context, dict[str, Any]], None]
 
     def wait(self, context: Context, trigger: Polling, ending: Ending, *, look_first: bool = True) -> Any:
         """One look in the worker (`look_first`), then defer; the trigger ends the task."""
@@ -139,8 +142,7 @@ class WaitingMixin:
         if passed:
             self.log.info("%s", line)
             return xcoms["return_value"]
-        context["ti"].xcom_push(key=names.FAILURE_KEY, value=xcoms[names.FAILURE_KEY])
-        self._failure_recorded = True  # FanoutOperator.record_refusal must not record it again
+        self.record_failure(context, xcoms[names.FAILURE_KEY])
         self.log.error("%s", line)  # the task log's own line, not only the exception's traceback
         raise AirflowFailException(line)
 
