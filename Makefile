@@ -52,9 +52,10 @@ demo: venv system-packages binaries
 ## Every test, stopping at the first failure, in two stages: the fast tiers (unit and contract on
 ## fakes, DAG integrity; about a minute), then the local fleet's parts, integration on the real local
 ## fleet and end-to-end on a real Airflow. Each stage runs on two pytest-xdist workers, one test
-## file at a time each (a file's tests build on each other's fleet state), the longest files first.
-## Two because the slow tests spend most of their time waiting on the fleet and Airflow: one worker
-## left this 2-core machine about 60% idle. Each worker has its own session fleet on free ports.
+## file at a time each (a file's tests build on each other's fleet state; tests/conftest.py groups
+## them, and the end-to-end files go to one worker, first). Two because the slow tests spend most of
+## their time waiting on the fleet and Airflow: one worker left this 2-core machine about 60% idle.
+## Each worker has its own session fleet on free ports.
 FAST_TIERS := tests/unit tests/contract tests/dags
 SLOW_TIERS := tests/e2e tests/integration tests/localfleet
 TEST_TIERS := $(FAST_TIERS) $(SLOW_TIERS)

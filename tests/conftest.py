@@ -20,6 +20,22 @@ os.environ.setdefault("FANOUT_PROJECT_DIR", str(REPO))
 from fanout.fleet import Fleet  # noqa: E402  (after the Airflow settings above)
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """make test's two workers (pytest-xdist, --dist loadfile): a test file's tests stay together (they
+    build on each other's fleet state), and the end-to-end files share one worker, since two real
+    Airflow stacks at once overload a 2-core machine and slow every test. (Not `--dist loadgroup`:
+    with pytest 9.2 it silently stops grouping, pytest-dev/pytest-xdist#1386.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class EndToEndTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/e2e" if nodeid.startswith("tests/e2e/") else super()._split_scope(nodeid)
+
+    return EndToEndTogether(config, log)
+
+
 @pytest.fixture(scope="session")
 def local_fleet(tmp_path_factory):
     """The local fleet on free ports in a private folder, up once per test session."""
