@@ -19,7 +19,7 @@ from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.git_source import GitRepository
 from fanout.cache import cache_dir
 from fanout.provenance import build_labels
-from localfleet.slots import INLINE_SECONDS, SlotSampler, is_wait, summarize
+from localfleet.slots import SlotSampler, is_wait, summarize
 
 pytestmark = [pytest.mark.localfleet, pytest.mark.e2e]
 
@@ -67,7 +67,12 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     print(
         f"\n[slots] { ({k: v for k, v in figures.items() if k != 'waits'}) }\n[slots] {wait}: {figures['waits'][wait]}"
     )
-    assert figures["waits"][wait]["deferred_s"] >= LAG - INLINE_SECONDS - 10, figures["waits"][wait]
+    # It held a worker slot no longer than the waits that found their replica at once: their time running
+    # is a task's start and one look, which on a loaded machine can eat most of the lag before it defers.
+    found_at_once = [f for w, f in figures["waits"].items() if w.startswith("wait_replication_") and w != wait]
+    lagging = figures["waits"][wait]
+    assert lagging["deferred_s"] > 0, lagging
+    assert lagging["running_s"] <= max(f["running_s"] for f in found_at_once) + LAG / 2, figures["waits"]
     timed("e2e: merge trigger → release through the scheduler", started)
 
 
