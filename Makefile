@@ -35,8 +35,10 @@ $(STAMP): requirements.txt constraints.txt
 # machines) invoke-rc.d refuses, and policy-rc.d (exit 101, if the image has one) refuses too, so
 # none is left running: the fleet starts its own on the fleet file's port, with its state.
 # chromium and chromium-driver: the e2e tests open the Fanout page in a real, headless browser.
+# redis-server: the broker of the local Airflow's CeleryExecutor mode (make airflow-up EXECUTOR=celery,
+# the e2e release tests); like prometheus, its postinst starts no server here, the stack runs its own.
 system-packages:
-	@missing=$$(for p in docker-registry skopeo buildah postgresql git docker-compose prometheus chromium chromium-driver; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	@missing=$$(for p in docker-registry skopeo buildah postgresql git docker-compose prometheus chromium chromium-driver redis-server; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
@@ -144,9 +146,10 @@ bench-metric-gates: venv system-packages binaries
 faults: venv system-packages binaries
 	@$(PY) -m localfleet.fault_matrix $(ARGS)
 
-## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet.
+## A real Airflow (PostgreSQL, api-server, scheduler, dag-processor, triggerer) on the local fleet;
+## EXECUTOR=celery adds Redis and two Celery workers (CeleryExecutor), EXECUTOR=local goes back.
 airflow-up: fleet-up
-	@$(PY) -m localfleet.airflow_stack --fleet $(FLEET) up
+	@$(PY) -m localfleet.airflow_stack --fleet $(FLEET) up $(if $(EXECUTOR),--executor $(EXECUTOR))
 
 airflow-status: venv
 	@$(PY) -m localfleet.airflow_stack --fleet $(FLEET) status

@@ -1,17 +1,20 @@
 """What the end-to-end tests use to drive and read a running Airflow: its REST API as an
-operator's script would call it, `fanout trigger` as CI runs it, and task logs."""
+operator's script would call it, `fanout trigger` as CI runs it, task logs, and (Celery mode)
+which worker ran what and what its temporary folder held."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from fanout.trigger import AirflowApi
-from localfleet.airflow_stack import AirflowStack
+from localfleet.airflow_stack import WORKERS, AirflowStack
 
 REPO = Path(__file__).resolve().parents[2]
 CONSISTENCY_SCHEDULE = "*/2 * * * *"
@@ -72,8 +75,52 @@ def fanout(stack: AirflowStack, command: str, *args: str, user: str = "admin", t
     )  # fmt: skip
 
 
-def task_log(stack: AirflowStack, dag_id: str, run_id: str, task_id: str, attempt: int) -> str:
-    path = (
-        stack.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}" / f"attempt={attempt}.log"
-    )
-    return path.read_text() if path.exists() else ""
+def task_log(rest: Rest, dag_id: str, run_id: str, task_id: str, attempt: int) -> str:
+    """A task attempt's log as the UI shows it: through the api-server, whichever worker ran it."""
+    path = f"{rest._run_path(dag_id, run_id)}/taskInstances/{task_id}/logs/{attempt}?full_content=true"
+    return rest._request("GET", path, retry=True).text
+
+
+def region_tasks(tis: dict[str, dict[str, Any]], regions: list[str]) -> dict[str, dict[str, Any]]:
+    """The task instances of `regions`: their deploy group (deploy_<region>.…) and waits (…_<region>)."""
+    return {t: ti for t, ti in tis.items() if set(re.split(r"[._]", t)) & set(regions)}
+
+
+# The folders Fanout's tasks keep kubeconfigs (fanout.adapters.aks.KubeconfigDir) and Helm values
+# files (fanout.adapters.helm.values_file) in, under the task process's TMPDIR while it runs.
+SECRET_FOLDERS = ("fanout-kube-", "fanout-helm-")
+
+
+class WorkerTmpWatch:
+    """Samples each Celery worker's TMPDIR while a block runs: which kubeconfig and values-file
+    folders appeared in it (`seen`), and which are still there (`left`)."""
+
+    def __init__(self, stack: AirflowStack, interval: float = 0.1) -> None:
+        self.folders = {name: stack.worker_tmp(name) for name in WORKERS} if stack.executor == "celery" else {}
+        self.seen: dict[str, set[str]] = {name: set() for name in self.folders}
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def secret_folders(self, worker: str) -> set[str]:
+        try:
+            return {p.name for p in self.folders[worker].iterdir() if p.name.startswith(SECRET_FOLDERS)}
+        except FileNotFoundError:
+            return set()
+
+    def left(self) -> dict[str, set[str]]:
+        return {name: found for name in self.folders if (found := self.secret_folders(name))}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name in self.folders:
+                self.seen[name] |= self.secret_folders(name)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> WorkerTmpWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -27,18 +27,27 @@ def e2e_fleet(local_fleet, tmp_path_factory) -> Path:
     return variant_fleet(local_fleet.fleet, folder, **{"consistency.schedule": CONSISTENCY_SCHEDULE})
 
 
+@pytest.fixture(scope="module")
+def airflow_executor() -> str:
+    """The stack's executor: LocalExecutor unless a module overrides this fixture (the release
+    module runs under CeleryExecutor, with LocalExecutor as a matrix variant)."""
+    return "local"
+
+
 # Module scope: the stack (and its scheduled checks) stops before the next test module's work.
 @pytest.fixture(scope="module")
-def airflow_stack(e2e_fleet, tmp_path_factory) -> Iterator[AirflowStack]:
-    stack = AirflowStack(tmp_path_factory.mktemp("airflow-stack"), e2e_fleet, procs.free_port())
+def airflow_stack(e2e_fleet, airflow_executor, tmp_path_factory) -> Iterator[AirflowStack]:
+    folder = tmp_path_factory.mktemp(f"airflow-stack-{airflow_executor}")
+    stack = AirflowStack(folder, e2e_fleet, procs.free_port(), executor=airflow_executor)
     started = time.monotonic()
     try:
         stack.up(progress=lambda line: print(f"[airflow] {line}", flush=True))
-        print(f"\n[timing] airflow stack up: {time.monotonic() - started:.1f} s", flush=True)
+        print(f"\n[timing] airflow stack up ({airflow_executor}): {time.monotonic() - started:.1f} s", flush=True)
         yield stack
     finally:
         stack.down(progress=lambda line: print(f"[airflow] {line}", flush=True), remove=True)
-        assert procs.pids_mentioning(stack.home) == [], "processes of the stack survived its down"
+        # The folder, not only AIRFLOW_HOME: Redis and the workers' folders are in it too.
+        assert procs.pids_mentioning(stack.folder) == [], "processes of the stack survived its down"
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,11 @@
 (`python -m fanout trigger`) through the REST API, a burst of merges, one region re-run by
 clearing its tasks, and the consistency check on its schedule. All against the local fleet.
 
+Scaled out: under CeleryExecutor (Redis, two workers with their own temporary folders), where a
+wave's regions run on different workers and each worker's kubeconfigs and values files stay in
+its own folder and are gone when its tasks end. The same tests under LocalExecutor are a matrix
+variant (test_freeze_on_airflow keeps LocalExecutor in `make test`).
+
 The tests run in file order and build on each other's fleet state, as days of a real fleet do."""
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ from typing import Any
 
 import httpx
 import pytest
-from airflow_checks import CONSISTENCY_SCHEDULE, Rest, fanout_trigger, task_log
+from airflow_checks import CONSISTENCY_SCHEDULE, Rest, WorkerTmpWatch, fanout_trigger, region_tasks, task_log
 from fanout_page import FanoutPage, StepWatch
 from release_checks import TrafficWatch, new_commit, snapshot, timed, traffic
 
 from fanout.adapters.builder import BuildahBuilder
 from fanout.adapters.git_source import GitRepository
 from fanout.cache import cache_dir
+from fanout.planner import plan_waves
 from fanout.provenance import build_labels
 from fanout.trigger import TriggerError
+from localfleet.airflow_stack import WORKERS
 from localfleet.slots import SlotSampler, is_wait, summarize
 from localfleet.testing import wait_until
 
@@ -32,6 +39,12 @@ DAG = "release_hello"
 CHECK_DAG = "fleet_consistency_hello"
 SLOW, HELD = "northeurope", 15  # this region's replica is held back this long once its wait has deferred
 REGION_TASKS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore", "rollback")
+
+
+@pytest.fixture(scope="module", params=["celery", pytest.param("local", marks=pytest.mark.matrix)])
+def airflow_executor(request) -> str:
+    """This module's stack: CeleryExecutor in `make test`, LocalExecutor in `make test-matrix`."""
+    return request.param
 
 
 def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest, faults, fanout_page):
@@ -45,7 +58,12 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     # The replica comes HELD seconds after its wait deferred, not after a fixed lag: on a loaded machine
     # a task's start can outlast any lag, and the wait would find the replica without deferring.
     unstick = threading.Thread(target=release_when_deferred, args=(Rest(airflow_stack), run_id, wait, faults))
-    with TrafficWatch(fleet) as watch, SlotSampler(rest, DAG, run_id) as sampler, StepWatch(fanout_page) as steps:
+    with (
+        TrafficWatch(fleet) as watch,
+        SlotSampler(rest, DAG, run_id) as sampler,
+        StepWatch(fanout_page) as steps,
+        WorkerTmpWatch(airflow_stack) as tmp,
+    ):
         unstick.start()
         done = fanout_trigger(
             airflow_stack, "--app", "hello", "--git-sha", sha, "--ref", "main", "--run-id", run_id, "--wait"
@@ -72,13 +90,37 @@ def test_a_merge_trigger_releases_every_region(local_fleet, airflow_stack, rest,
     # The lagging replica's wait went to the triggerer (holding no worker slot) and came back.
     tis = rest.tasks(DAG, run_id)
     assert tis[wait]["state"] == "success"
-    assert "Pausing task as DEFERRED" in task_log(airflow_stack, DAG, run_id, wait, tis[wait]["try_number"])
+    assert "Pausing task as DEFERRED" in task_log(rest, DAG, run_id, wait, tis[wait]["try_number"])
+    if airflow_stack.executor == "celery":
+        the_waves_ran_on_both_workers(fleet, tis)
+        secrets_stayed_on_their_worker(tmp, tis)
     figures = summarize(sampler.samples, is_wait, airflow_stack.settings["parallelism"])
     print(
         f"\n[slots] { ({k: v for k, v in figures.items() if k != 'waits'}) }\n[slots] {wait}: {figures['waits'][wait]}"
     )
     assert figures["waits"][wait]["deferred_s"] >= HELD - 2, figures["waits"][wait]
     timed("e2e: merge trigger → release through the scheduler", started)
+
+
+def the_waves_ran_on_both_workers(fleet, tis: dict[str, dict]) -> None:
+    """Every task ran on one of the two workers (its TI's hostname), and the regions of each wave
+    of more than one region were spread over both."""
+    hosts = {t: ti["hostname"] for t, ti in tis.items() if ti["state"] == "success"}
+    assert set(hosts.values()) == set(WORKERS), hosts
+    waves = [list(w.regions) for w in plan_waves(fleet).waves if len(w.regions) > 1]
+    assert waves, "the fleet's plan has no wave of several regions"
+    for regions in waves:
+        ran = {t: hosts[t] for t in region_tasks(tis, regions) if t in hosts}
+        assert set(ran.values()) == set(WORKERS), (regions, ran)
+
+
+def secrets_stayed_on_their_worker(tmp: WorkerTmpWatch, tis: dict[str, dict]) -> None:
+    """Each worker that deployed a region held that region's kubeconfig in its own TMPDIR while its
+    task ran, and neither worker's TMPDIR keeps a kubeconfig or values file after the release."""
+    deployed_on = {ti["hostname"] for t, ti in tis.items() if t.endswith(".helm_deploy") and ti["state"] == "success"}
+    for worker in deployed_on:
+        assert any(f.startswith("fanout-kube-") for f in tmp.seen[worker]), (worker, tmp.seen)
+    assert tmp.left() == {}, f"left behind in the workers' TMPDIRs: {tmp.left()}"
 
 
 def the_page_followed_the_release(page: FanoutPage, steps: StepWatch, run_id: str) -> None:
@@ -256,8 +298,9 @@ def test_clearing_one_region_redeploys_only_it_and_converges(local_fleet, airflo
     assert watch.fewest_enabled >= fleet.min_serving_regions, watch.report()
     # Same end state: the digest was live, so Helm was not upgraded again.
     attempt = second[f"deploy_{region}.helm_deploy"]["try_number"]
-    assert "no upgrade" in task_log(airflow_stack, DAG, run_id, f"deploy_{region}.helm_deploy", attempt)
+    assert "no upgrade" in task_log(rest, DAG, run_id, f"deploy_{region}.helm_deploy", attempt)
     assert snapshot(fleet) == released
+    assert WorkerTmpWatch(airflow_stack).left() == {}  # Celery mode: the re-run left no kubeconfig behind
     timed("e2e: clear one region and re-run it", started)
 
 

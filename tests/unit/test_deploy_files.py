@@ -1,11 +1,14 @@
-"""docker-compose.yaml, Dockerfile and .dockerignore: valid, and in step with the project.
+"""docker-compose.yaml, its Celery override docker-compose.celery.yaml, Dockerfile and
+.dockerignore: valid, and in step with the project.
 
 Quick checks without a Docker engine: the compose file against the compose-spec JSON schema
 (vendored in tests/unit/data, see the README there) and through Debian's docker-compose 1.29,
 whose `config` parses, interpolates and checks a file without an engine (`make system-packages`
 installs it; those tests skip only when it is missing). Each validator is also shown broken
-copies that it must reject. That the stack builds, runs and releases is tests/compose's job
-(`make compose-test`, on a private engine).
+copies that it must reject. The override is checked the same ways, alone and merged with the
+base file as `docker compose -f docker-compose.yaml -f docker-compose.celery.yaml` merges it. That
+the (LocalExecutor) stack builds, runs and releases is tests/compose's job (`make compose-test`,
+on a private engine).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from localfleet.binaries import HELM_VERSION, TOOLS
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yaml"
+CELERY_FILE = REPO / "docker-compose.celery.yaml"
 SCHEMA_FILE = Path(__file__).parent / "data" / "compose-spec.json"
 # check-jsonschema 0.39.0's vendored copy (tests/unit/data/README.md).
 SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
@@ -61,6 +65,10 @@ needs_docker_compose = pytest.mark.skipif(
 
 def load_compose() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def load_celery() -> dict:
+    return yaml.safe_load(CELERY_FILE.read_text())
 
 
 def read(name: str) -> str:
@@ -171,11 +179,18 @@ def test_the_schema_rejects_a_broken_copy_where_it_is_broken(mutate):
 # --- Debian's docker-compose 1.29 ---------------------------------------------------------------
 
 
-def docker_compose_config(tmp_path: Path, text: str, **env: str) -> subprocess.CompletedProcess:
-    """`docker-compose config` on a copy in tmp_path: no .env or override file of the work tree is read."""
+def docker_compose_config(
+    tmp_path: Path, text: str, celery: str | None = None, **env: str
+) -> subprocess.CompletedProcess:
+    """`docker-compose config` on a copy in tmp_path: no .env or override file of the work tree is read.
+    With `celery`, that text is the override merged over the file."""
     (tmp_path / "docker-compose.yaml").write_text(text)
+    files = ["-f", "docker-compose.yaml"]
+    if celery is not None:
+        (tmp_path / "docker-compose.celery.yaml").write_text(celery)
+        files += ["-f", "docker-compose.celery.yaml"]
     return subprocess.run(
-        [DOCKER_COMPOSE, "-f", "docker-compose.yaml", "config"],
+        [DOCKER_COMPOSE, *files, "config"],
         cwd=tmp_path,
         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), **env},
         capture_output=True,
@@ -461,3 +476,111 @@ def test_start_order_database_then_migration_then_airflow():
     assert "/entrypoint airflow db migrate\n" in script
     uid = re.search(r'chown -R "(\$\{AIRFLOW_UID:-\d+\}):0"', script).group(1)
     assert services["airflow-scheduler"]["user"] == f"{uid}:0"
+
+
+# --- the Celery override (docker-compose.celery.yaml) -------------------------------------------
+
+CELERY_SERVICES = ("redis", "airflow-worker-1", "airflow-worker-2", "flower")
+WORKERS = ("airflow-worker-1", "airflow-worker-2")
+
+
+def celery_config(tmp_path: Path, **env: str) -> dict:
+    result = docker_compose_config(tmp_path, COMPOSE_FILE.read_text(), CELERY_FILE.read_text(), **SECRETS, **env)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_the_celery_override_matches_the_compose_spec_schema():
+    errors = schema_errors(load_celery())
+    assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+
+
+def test_the_schema_rejects_a_broken_celery_override_where_it_is_broken():
+    broken = copy.deepcopy(load_celery())
+    worker = broken["services"]["airflow-worker-2"]
+    worker["helthcheck"] = worker.pop("healthcheck")
+    errors = schema_errors(broken)
+    assert errors and all(list(e.absolute_path)[:2] == ["services", "airflow-worker-2"] for e in errors)
+
+
+def test_the_celery_workers_repeat_the_common_airflow_service():
+    """Anchors do not reach across files: the override repeats x-airflow-common for its workers,
+    and the two copies must not drift apart."""
+    common, workers = load_compose()["x-airflow-common"], load_celery()["x-airflow-worker"]
+    for key in ("image", "build", "volumes", "user"):
+        assert workers[key] == common[key], key
+    celery_env = load_celery()["x-celery-env"]
+    expected = {**common["environment"], **celery_env, "DUMB_INIT_SETSID": "0"}
+    assert workers["environment"] == expected
+    assert celery_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+
+
+@needs_docker_compose
+def test_docker_compose_merges_the_celery_override(tmp_path):
+    merged = celery_config(tmp_path)
+    services = merged["services"]
+    assert set(services) == set(load_compose()["services"]) | set(CELERY_SERVICES)
+    assert not schema_errors(merged), [e.message for e in schema_errors(merged)]
+    scheduler = services["airflow-scheduler"]
+    for name in (*AIRFLOW_SERVICES, *WORKERS, "flower"):
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis"
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
+            "postgresql+psycopg2", "postgresql"
+        )
+        assert services[name]["depends_on"]["redis"] == {"condition": "service_healthy"}, name
+    for name in WORKERS:
+        worker = services[name]
+        assert worker["command"] == "celery worker"
+        assert worker["environment"] == {**scheduler["environment"], "DUMB_INIT_SETSID": "0"}
+        for key in ("image", "build", "volumes", "user", "restart"):
+            assert worker[key] == scheduler[key], (name, key)
+        # Tasks talk to the api-server; the migration is done before any worker starts.
+        assert worker["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+            "airflow-init": {"condition": "service_completed_successfully"},
+            "airflow-apiserver": {"condition": "service_healthy"},
+        }
+        assert "inspect ping" in worker["healthcheck"]["test"][1]
+    assert services["redis"]["image"] == "redis:7.2-bookworm"
+    assert services["flower"]["profiles"] == ["flower"]
+    assert services["flower"]["command"] == "celery flower"
+
+
+@needs_docker_compose
+def test_docker_compose_passes_the_celery_settings_through(tmp_path):
+    services = celery_config(tmp_path, REDIS_IMAGE="mirror.example/redis:7", FLOWER_PORT="127.0.0.1:15555",
+                             AIRFLOW_UID="1234", FANOUT_IMAGE="registry.example/fanout:1")["services"]  # fmt: skip
+    assert services["redis"]["image"] == "mirror.example/redis:7"
+    assert services["flower"]["ports"] == ["127.0.0.1:15555:5555/tcp"]
+    for name in WORKERS:
+        assert services[name]["user"] == "1234:0"
+        assert services[name]["image"] == "registry.example/fanout:1"
+
+
+@needs_docker_compose
+def test_docker_compose_rejects_a_broken_celery_override(tmp_path):
+    broken = copy.deepcopy(load_celery())
+    broken["services"]["airflow-worker-1"]["depends_on"]["redsi"] = {"condition": "service_healthy"}
+    assert not schema_errors(broken)  # a reference to a service: beyond the schema
+    result = docker_compose_config(tmp_path, COMPOSE_FILE.read_text(), yaml.safe_dump(broken), **SECRETS)
+    assert result.returncode != 0 and "redsi" in result.stderr
+    missing = {k: v for k, v in SECRETS.items() if k != "FANOUT_JWT_SECRET"}
+    result = docker_compose_config(tmp_path, COMPOSE_FILE.read_text(), CELERY_FILE.read_text(), **missing)
+    assert result.returncode != 0 and "FANOUT_JWT_SECRET" in result.stderr
+
+
+def test_the_celery_settings_exist_in_this_airflow():
+    from airflow.configuration import conf
+
+    conf.load_providers_configuration()  # the [celery] section comes with the celery provider
+    env = load_celery()["x-airflow-worker"]["environment"]
+    for name in (n for n in env if n.startswith("AIRFLOW__")):
+        section, option = name.removeprefix("AIRFLOW__").lower().split("__")
+        assert option in conf.configuration_description[section]["options"], name
+    from airflow.providers.celery.executors import celery_executor
+
+    ping = load_celery()["x-airflow-worker"]["healthcheck"]["test"][1]
+    assert f"--app {celery_executor.__name__}.app " in ping
