@@ -273,8 +273,9 @@ class AirflowStack:
         conf = folder / "redis.conf"
         conf.touch(mode=0o600)
         conf.write_text(f"requirepass {self.settings['redis_password']}\n")
-        # Loopback only, no snapshots or append-only file: a broker that starts empty each time
-        # (what is queued lives in Airflow's database too; the scheduler sends it again).
+        # Loopback only, no snapshots or append-only file: a broker that starts empty each time (a
+        # task whose message was lost stays queued in Airflow's database, and the scheduler queues
+        # it again after [scheduler] task_queued_timeout).
         port = str(self.settings["redis_port"])
         return [shutil.which("redis-server") or "redis-server", str(conf), "--port", port, "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(folder), "--daemonize", "no",
