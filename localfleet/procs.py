@@ -15,11 +15,13 @@ the command line), so a recycled PID is never mistaken for (or killed as) one of
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -271,11 +273,43 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+# Ports free_port hands out: below Linux's ephemeral range (net.ipv4.ip_local_port_range, by default
+# 32768-60999). A port the kernel picked for bind(0) was free only at that moment: any process's next
+# bind(0) or outgoing connection could take it before the part meant for it bound it, and with two test
+# workers starting fleets at once that happened (a git server's port answered by another worker's part).
+# Here one counter, shared by every process on the machine through a locked file, hands out each port
+# in turn, and nothing else takes ports from this range.
+FREE_PORTS = range(20000, 32000)
+_NEXT_PORT = Path(tempfile.gettempdir()) / "fanout-next-free-port"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free right now (for tests that need their own ports)."""
+    """A port that is free now and that no other caller of free_port will get soon (see FREE_PORTS)."""
+    with _NEXT_PORT.open("a+") as counter:
+        fcntl.flock(counter, fcntl.LOCK_EX)  # released when the file closes
+        counter.seek(0)
+        text = counter.read().strip()
+        port = int(text) if text.isdigit() else FREE_PORTS.start + os.getpid() % len(FREE_PORTS)
+        for _ in FREE_PORTS:
+            port = FREE_PORTS.start + (port - FREE_PORTS.start) % len(FREE_PORTS)
+            if _bindable(host, port):
+                break
+            port += 1
+        else:
+            raise ProcError(f"no free port on {host} in {FREE_PORTS.start}-{FREE_PORTS.stop - 1}")
+        counter.seek(0)
+        counter.truncate()
+        counter.write(str(port + 1))
+    return port
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def split_hostport(hostport: str) -> tuple[str, int]:

@@ -68,3 +68,32 @@ def test_stop_of_a_process_that_is_not_running_is_false(tmp_path: Path) -> None:
     started = time.monotonic()
     assert not procs.stop("nothing", tmp_path)
     assert time.monotonic() - started < 1
+
+
+def _ten_ports(_: int) -> list[int]:
+    return [procs.free_port() for _ in range(10)]
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_never_handed_out_twice(tmp_path, monkeypatch):
+    """Two test workers start their fleets at once: no port may go to both, nor be one the kernel
+    hands out to outgoing connections meanwhile."""
+    import multiprocessing
+
+    monkeypatch.setattr(procs, "_NEXT_PORT", tmp_path / "next-port")
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        ports = [port for batch in pool.map(_ten_ports, range(8)) for port in batch]
+    low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    assert len(set(ports)) == len(ports) == 80
+    assert all(port in procs.FREE_PORTS and port < low for port in ports), sorted(ports)
+
+
+def test_a_port_in_use_is_skipped(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(procs, "_NEXT_PORT", tmp_path / "next-port")
+    first = procs.free_port()
+    (tmp_path / "next-port").write_text(str(first))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", first))
+        taken.listen()
+        assert procs.free_port() == first + 1
