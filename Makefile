@@ -16,7 +16,7 @@ export FANOUT_FLEETS ?= $(CURDIR)/include/fleets/local.yaml
 # Where a fleet file's source and chart paths may point (besides the fleet file's folder and git work tree).
 export FANOUT_PROJECT_DIR ?= $(CURDIR)
 
-.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check test-matrix bench bench-airflow bench-short-waits bench-release bench-growth bench-metric-gates faults \
+.PHONY: venv system-packages binaries demo test test-unit lint plan validate fleet-up fleet-status fleet-down fault check test-matrix test-parallel bench bench-airflow bench-short-waits bench-release bench-growth bench-metric-gates faults \
 	airflow-up airflow-status airflow-env airflow-down compose-packages compose-test
 
 venv: $(STAMP)
@@ -51,18 +51,21 @@ binaries: venv
 demo: venv system-packages binaries
 	@$(PY) -m localfleet.demo --fleet $(FLEET)
 
-## Every test, stopping at the first failure, in two stages: the fast tiers (unit and contract on
-## fakes, DAG integrity; about a minute), then the local fleet's parts, integration on the real local
-## fleet and end-to-end on a real Airflow. Each stage runs on two pytest-xdist workers, one test
-## file at a time each (a file's tests build on each other's fleet state; tests/conftest.py groups
-## them, and the end-to-end files go to one worker, first). Two because the slow tests spend most of
-## their time waiting on the fleet and Airflow: one worker left this 2-core machine about 60% idle.
-## Each worker has its own session fleet on free ports.
+## Every test, fastest tier first, stopping at the first failure: unit and contract (fakes, milliseconds),
+## DAG integrity, the local fleet's parts, integration on the real local fleet, end-to-end on a real Airflow.
 FAST_TIERS := tests/unit tests/contract tests/dags
 SLOW_TIERS := tests/e2e tests/integration tests/localfleet
 TEST_TIERS := $(FAST_TIERS) $(SLOW_TIERS)
-XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 test: venv system-packages binaries
+	@$(PY) -m pytest -x --durations=25 -m "not matrix" $(FAST_TIERS) tests/localfleet tests/integration tests/e2e
+
+## The same tests in two stages on two pytest-xdist workers (about 28 minutes instead of 35): a test
+## file's tests together on one worker (they build on each other's fleet state), the end-to-end files
+## on one worker, first (tests/conftest.py). Not yet make test: under the load of two fleets at once,
+## 2 of 3 full runs had one timing-sensitive failure (each fixed but the last, test_git_release's
+## re-trigger refused by validate, not yet understood).
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
+test-parallel: venv system-packages binaries
 	@$(PY) -m pytest -x $(XDIST) --durations=10 -m "not matrix" $(FAST_TIERS)
 	@$(PY) -m pytest -x $(XDIST) --durations=25 -m "not matrix" $(SLOW_TIERS)
 
