@@ -1,6 +1,10 @@
 """Every DAG file imports cleanly and fast; the release graph keeps the wave and pair rules;
 trigger conf is refused exactly the way the API server refuses it."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +45,27 @@ def test_dag_file_imports_without_errors(path, capsys):
         print(f"\n  parse {path.name}: {took * 1000:.0f} ms, {len(bag.dags)} DAG(s)")
     assert bag.import_errors == {}
     assert bag.dags
+
+
+# What a task process has imported before it parses the DAG file (the Task SDK's own runner).
+TASK_PROCESS_PRELUDE = "import airflow.sdk; from airflow.sdk.execution_time import task_runner"
+# Modules no task needs to be built: each is paid by every task of every run when the DAG file's
+# imports pull it in (bench-release's "DAG parse" column). The task that needs one imports it.
+NOT_AT_PARSE = ("apprise", "requests", "azure.core", "kubernetes", "airflow.models.asset")
+
+
+def test_parsing_the_dag_file_imports_no_client_library():
+    script = (
+        f"{TASK_PROCESS_PRELUDE}; import json, runpy, sys; before = set(sys.modules); "
+        f"runpy.run_path({str(DAG_FILES[0])!r}); "
+        "print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    env = {**os.environ, "FANOUT_FLEETS": f"{LOCAL}{os.pathsep}{AZURE}"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    imported = json.loads(done.stdout.strip().splitlines()[-1])
+    assert any(m.startswith("fanout.airflow") for m in imported), "the parse did not import the DAGs"
+    heavy = sorted(m for m in imported if m.startswith(NOT_AT_PARSE))
+    assert heavy == [], f"the DAG-file parse imports {heavy}"
 
 
 def test_each_fleet_gives_two_dags(dagbag):

@@ -11,13 +11,13 @@ import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from azure.core.credentials import TokenCredential
-from azure.core.exceptions import AzureError, HttpResponseError
-
 from fanout.redact import scrub
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
 
 # The AAD server application every AKS cluster with Entra ID integration trusts (what kubelogin's
 # --server-id says); a token for it is what `kubectl` sends after kubelogin.
@@ -132,6 +132,10 @@ def client_options(
 
 def describe(err: Exception) -> tuple[str, int | None, str | None]:
     """(cause, HTTP status, service error code) of an SDK exception."""
+    # azure.core is imported where it is used: the triggers module imports this one, and every
+    # task's DAG-file parse imports the triggers.
+    from azure.core.exceptions import AzureError, HttpResponseError
+
     if isinstance(err, HttpResponseError):
         code = getattr(getattr(err, "error", None), "code", None)
         detail = getattr(getattr(err, "error", None), "message", None) or err.reason or "no details"
@@ -143,6 +147,8 @@ def describe(err: Exception) -> tuple[str, int | None, str | None]:
 
 def call(where: str, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run one SDK call; on failure raise AzureAdapterError naming `where` and `what`."""
+    from azure.core.exceptions import AzureError
+
     try:
         return fn(*args, **kwargs)
     except (AzureError, OSError) as err:

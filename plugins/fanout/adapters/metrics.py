@@ -8,8 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-
 # Azure Monitor workspaces' query endpoints take an Entra token for this resource, per cloud.
 AZURE_MONITOR_SCOPE = {
     "AzurePublicCloud": "https://prometheus.monitor.azure.com/.default",
@@ -29,9 +27,12 @@ class PrometheusQuery:
     token: Callable[[], str] | None = None
     verify: bool | str = True  # or a CA bundle (tests against a local TLS server)
     timeout: float = 10.0
-    _session: requests.Session = field(default_factory=requests.Session, init=False, repr=False)
+    _session: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        import requests  # here, not at module level: every task's DAG-file parse imports this module
+
+        self._session = requests.Session()
         # Queries go to the URL the fleet file names and only there: no proxy from the environment.
         self._session.trust_env = False
 
@@ -39,6 +40,8 @@ class PrometheusQuery:
         self._session.close()
 
     def _get(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        import requests
+
         url = f"{self.url.rstrip('/')}/api/v1/{path}"
         headers = {"Accept": "application/json"}
         try:
