@@ -1,6 +1,6 @@
 """How many Airflow worker slots a release run holds while it only waits.
 
-The release's waits (replication, rollout, HTTP and soak gates, bakes) look once in the worker,
+The release's waits (replication, DNS settle, gates, bakes) look once in the worker,
 then defer to the triggerer, which ends the task (fanout.airflow.waiting): they hold a worker
 slot only while the task starts. Whether that holds on a real Airflow is a matter of measurement:
 `SlotSampler` samples the run's task states through the REST API, and `summarize` (pure) turns the samples into figures.
@@ -22,7 +22,7 @@ INLINE_SECONDS = 0.0
 
 Sample = tuple[float, dict[str, str | None]]  # (time.monotonic(), {task_id: state})
 
-_WAIT = re.compile(r"(wait_replication_[\w-]+|deploy_[\w-]+\.(gate_rollout|gate_http|gate_soak)|bake_after_wave_\d+)")
+_WAIT = re.compile(r"(wait_replication_[\w-]+|deploy_[\w-]+\.(dns_settle|gates)|bake_after_wave_\d+)")
 
 
 def is_wait(task_id: str) -> bool:

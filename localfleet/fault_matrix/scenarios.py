@@ -19,7 +19,6 @@ from localfleet.fault_matrix.harness import Matrix, Run, say
 from localfleet.fault_matrix.promises import Check
 
 CANARY, WAVE2, LAST = "westus", ("eastus", "northeurope"), "westeurope"
-GATES = tuple(names.GATES)
 STORM = 5  # errors in a row: what the ARM clients retry (azure_credentials.client_options retry_total)
 
 
@@ -162,7 +161,7 @@ def lag_last_and_hold_canary(m: Matrix) -> None:
 
 
 def kill_triggerer(m: Matrix, run: Run) -> Injected:
-    replication, rollout = names.wait_replication(LAST), names.region_task(CANARY, names.GATE_ROLLOUT)
+    replication, rollout = names.wait_replication(LAST), names.region_task(CANARY, names.GATES)
 
     def both(s: dict[str, str | None]) -> bool:
         return s.get(replication) == "deferred" and s.get(rollout) == "deferred"
@@ -178,8 +177,12 @@ def kill_triggerer(m: Matrix, run: Run) -> Injected:
 
 
 def restart_postgres(m: Matrix, run: Run) -> Injected:
-    at = m.wait_until(run, lambda s: bool(_running(s, (CANARY,))) or any(
-        s.get(names.region_task(CANARY, g)) == "deferred" for g in GATES), "the canary mid-change")  # fmt: skip
+    gates = names.region_task(CANARY, names.GATES)
+
+    def mid_change(s: dict[str, str | None]) -> bool:
+        return bool(_running(s, (CANARY,))) or s.get(gates) == "deferred"
+
+    at = m.wait_until(run, mid_change, "the canary mid-change")
     m.stack.postgres.down()
     say("postgres stopped; starting it again in 3 s")
     time.sleep(3)
@@ -228,9 +231,8 @@ GATED = WAVE2[0]
 
 
 def apiserver_down(m: Matrix, run: Run) -> Injected:
-    gate_tasks = [names.region_task(GATED, g) for g in (names.GATE_ROLLOUT, names.GATE_HTTP)]
-    at = m.wait_until(run, lambda s: any(s.get(t) in ("running", "deferred") for t in gate_tasks),
-                      f"{GATED}'s gates under way")  # fmt: skip
+    gates = names.region_task(GATED, names.GATES)
+    at = m.wait_until(run, lambda s: s.get(gates) in ("running", "deferred"), f"{GATED}'s gates under way")
     cli.region_down(m.fleet, GATED, m.state, down=True)
     return Injected(f"{GATED}'s control plane stopped during its gates {when(run, at)}", at)
 

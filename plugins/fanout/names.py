@@ -47,22 +47,27 @@ REBALANCE = "rebalance"
 ROLLBACK_ALL = "rollback_all"
 RECORD = "record"
 
-# The steps of a region's group, in the order they run; `rollback` follows a failed one.
-DRAIN, HELM_DEPLOY, RESTORE, ROLLBACK = "drain", "helm_deploy", "restore", "rollback"
-GATE_ROLLOUT, GATE_HTTP, GATE_SOAK, GATE_METRICS = "gate_rollout", "gate_http", "gate_soak", "gate_metrics"
-GATES = (GATE_ROLLOUT, GATE_HTTP, GATE_SOAK)  # before restore; GATE_METRICS runs after wait_online
-# Around the change: resolvers drop the drained region, users are seen gone, the monitor sees it back.
-DNS_SETTLE, CONFIRM_DRAINED, WAIT_ONLINE = "dns_settle", "confirm_drained", "wait_online"
+# The steps of a region's group, in the order they run; `rollback` follows a failed one. Each wait
+# step is one deferral (one task boundary on the critical path):
+# - `dns_settle` waits the DNS TTL, then until the edge sees no user request (`confirm_drained`);
+# - `gates` runs the gate checks one after another (`gate_rollout`, `gate_http`, `gate_soak`);
+# - `restore` enables the endpoint, then waits until the monitor reports it Online (`wait_online`).
+# A failure names its check (StepFailure.gate), not only its task.
+DRAIN, DNS_SETTLE, HELM_DEPLOY, GATES, RESTORE = "drain", "dns_settle", "helm_deploy", "gates", "restore"
+ROLLBACK, GATE_METRICS = "rollback", "gate_metrics"  # metrics: after restore, with users back on the region
+GATE_ROLLOUT, GATE_HTTP, GATE_SOAK = "gate_rollout", "gate_http", "gate_soak"
+GATE_CHECKS = (GATE_ROLLOUT, GATE_HTTP, GATE_SOAK)
+CONFIRM_DRAINED, WAIT_ONLINE = "confirm_drained", "wait_online"
 # Steps whose failure a region's rollback answers (StepFailure records why), in order. A failed
-# confirm_drained deployed nothing, so there is nothing to roll back: the region stays drained.
-FAILING_STEPS = (DRAIN, HELM_DEPLOY, *GATES, GATE_METRICS)
-RECORDING_STEPS = (DRAIN, DNS_SETTLE, CONFIRM_DRAINED, HELM_DEPLOY, *GATES, WAIT_ONLINE, GATE_METRICS)
+# dns_settle deployed nothing, so there is nothing to roll back: the region stays drained.
+FAILING_STEPS = (DRAIN, HELM_DEPLOY, GATES, GATE_METRICS)
+RECORDING_STEPS = (DRAIN, DNS_SETTLE, HELM_DEPLOY, GATES, RESTORE, GATE_METRICS)
 WAIT_REPLICATION = "wait_replication"
 
 
 def final_step(metric_gates: bool) -> str:
     """The step a region passed the release with, once it succeeded: every earlier one did too."""
-    return GATE_METRICS if metric_gates else WAIT_ONLINE
+    return GATE_METRICS if metric_gates else RESTORE
 
 
 def deploy_group(region: str) -> str:

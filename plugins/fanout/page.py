@@ -23,17 +23,16 @@ STEPS = (
     (names.WAIT_REPLICATION, "waiting for its replica"),
     (names.DRAIN, "draining"),
     (names.DNS_SETTLE, "waiting for DNS"),
-    (names.CONFIRM_DRAINED, "waiting for DNS"),
     (names.HELM_DEPLOY, "deploying"),
-    (names.GATE_ROLLOUT, "gate: rollout"),
-    (names.GATE_HTTP, "gate: http"),
-    (names.GATE_SOAK, "gate: soak"),
+    (names.GATES, "gates: rollout, http, soak"),
     (names.RESTORE, "restoring"),
-    (names.WAIT_ONLINE, "restored, waiting for DNS"),
     (names.GATE_METRICS, "gate: metrics"),
     (names.ROLLBACK, "rolling back"),
 )
-GATE_STEPS = (*names.GATES, names.GATE_METRICS)
+# Deferred, these steps wait for something else than their work: a drain only for a hold (a freeze,
+# a pause or its deploy window), a restore for Traffic Manager to see the region Online.
+DEFERRED = {names.DRAIN: "held back", names.RESTORE: "restored, waiting for DNS"}
+GATE_STEPS = (names.GATES, names.GATE_METRICS)
 HISTORY_LENGTH = 10
 
 
@@ -77,9 +76,11 @@ def region_step(region: str, tis: Mapping[str, Mapping[str, Any]], now: datetime
     states = {step: (ti.get("state") or "none") for step, _, ti in own}
     if states.get(names.ROLLBACK) == "success":
         return done("rolled back", "failed")
-    active = [(label, ti) for _, label, ti in own if ti.get("state") in ACTIVE]
+    active = [(step, label, ti) for step, label, ti in own if ti.get("state") in ACTIVE]
     if active:
-        label, ti = active[-1]
+        step, label, ti = active[-1]
+        if ti["state"] == "deferred":
+            label = DEFERRED.get(step, label)
         since = ti.get("start_date")
         return {"step": label, "state": ti["state"], "since": since, "elapsed_s": _seconds(since, None, now)}
     failed = [

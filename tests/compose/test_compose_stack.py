@@ -42,7 +42,7 @@ PROJECT = "fanout-compose-test"
 COMPONENTS = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer")
 DAG = "release_hello"
 REGION = "eastus"
-REGION_TASKS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore", "rollback")
+REGION_TASKS = ("drain", "dns_settle", "helm_deploy", "gates", "restore", "rollback")
 
 
 # Fixed addresses on the project's bridge network for the two services the host-network ones call.

@@ -102,7 +102,7 @@ def test_release_graph_follows_the_plan(dagbag, dag_id, fleet_file):
     # Each bake judges its wave, failed regions and all (rollout.wave_quorum).
     assert {dag.get_task(f"bake_after_wave_{w.number}").trigger_rule for w in plan.waves[:-1]} == {"all_done"}
     for region in fleet.region_names:
-        group = [f"deploy_{region}.{step}" for step in ("drain", "helm_deploy", "gate_rollout", "gate_http")]
+        group = [f"deploy_{region}.{step}" for step in ("drain", "dns_settle", "helm_deploy", "gates", "restore")]
         assert set(group) <= ids
         drain = dag.get_task(f"deploy_{region}.drain")
         # Promise 2: a region is deployed only after its own replica has the digest.
@@ -110,17 +110,20 @@ def test_release_graph_follows_the_plan(dagbag, dag_id, fleet_file):
         assert dag.get_task(f"wait_replication_{region}").upstream_task_ids == {"build"}
         # The group ends once Traffic Manager sees the region Online again and, with metric gates, once
         # its users on the release have been judged; then traffic is rebalanced.
-        last = "gate_metrics" if fleet.gates.metrics else "wait_online"
+        last = "gate_metrics" if fleet.gates.metrics else "restore"
         assert "rebalance" in dag.get_task(f"deploy_{region}.{last}").downstream_task_ids
-        assert dag.get_task(f"deploy_{region}.wait_online").upstream_task_ids == {f"deploy_{region}.restore"}
+        assert dag.get_task(f"deploy_{region}.restore").upstream_task_ids == {f"deploy_{region}.gates"}
+        # A failed deploy or gate rolls the region back; a failed DNS wait or restore changed no code.
+        rollback = dag.get_task(f"deploy_{region}.rollback")
+        judged = ("helm_deploy", "gates", "gate_metrics") if fleet.gates.metrics else ("helm_deploy", "gates")
+        assert rollback.upstream_task_ids == {f"deploy_{region}.{step}" for step in judged}
         if fleet.gates.metrics:
             metrics = dag.get_task(f"deploy_{region}.gate_metrics")
-            assert metrics.upstream_task_ids == {f"deploy_{region}.wait_online"}
+            assert metrics.upstream_task_ids == {f"deploy_{region}.restore"}
             # A failed metric gate rolls the region back.
             assert f"deploy_{region}.rollback" in metrics.downstream_task_ids
         # Promise 11: Helm starts only after the drain has settled in DNS and users are confirmed gone.
-        assert dag.get_task(f"deploy_{region}.helm_deploy").upstream_task_ids == {f"deploy_{region}.confirm_drained"}
-        assert dag.get_task(f"deploy_{region}.confirm_drained").upstream_task_ids == {f"deploy_{region}.dns_settle"}
+        assert dag.get_task(f"deploy_{region}.helm_deploy").upstream_task_ids == {f"deploy_{region}.dns_settle"}
         assert dag.get_task(f"deploy_{region}.dns_settle").upstream_task_ids == {f"deploy_{region}.drain"}
     for earlier, later in zip(plan.waves, plan.waves[1:], strict=False):
         for a in earlier.regions:

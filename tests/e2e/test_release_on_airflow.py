@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.localfleet, pytest.mark.e2e]
 DAG = "release_hello"
 CHECK_DAG = "fleet_consistency_hello"
 SLOW, HELD = "northeurope", 15  # this region's replica is held back this long once its wait has deferred
-REGION_TASKS = ("drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore", "rollback")
+REGION_TASKS = ("drain", "dns_settle", "helm_deploy", "gates", "restore", "rollback")
 
 
 @pytest.fixture(scope="module", params=["celery", pytest.param("local", marks=pytest.mark.matrix)])

@@ -54,7 +54,7 @@ def test_under_on_freeze_fail_a_frozen_region_fails_its_drain_and_changes_nothin
     assert f"eastus: drain: frozen (eastus) by alice at {frozen.at}: incident 42; nothing was changed" in run.output
     assert after["eastus"] == before["eastus"], "a frozen region must not be touched"
     # Its wave partner, not frozen, was released; wave 3 never started.
-    assert states["deploy_northeurope.wait_online"] == "success"
+    assert states["deploy_northeurope.restore"] == "success"
     assert states["deploy_westeurope.drain"] == "upstream_failed" and after["westeurope"] == before["westeurope"]
     timed("freeze: one region frozen, on_freeze fail", started)
 

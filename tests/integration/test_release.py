@@ -17,7 +17,7 @@ pytestmark = pytest.mark.localfleet
 
 # Plan of the local fleet (include/fleets/local.yaml): westus | eastus, northeurope | westeurope.
 WAVES = [["westus"], ["eastus", "northeurope"], ["westeurope"]]
-STEPS = ["drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore"]
+STEPS = ["drain", "dns_settle", "helm_deploy", "gates", "restore"]
 
 # What the first test released, for the ones after it (each can also run alone).
 released: dict[str, dict[str, RegionState]] = {}

@@ -33,7 +33,7 @@ from localfleet.testing import wait_until
 pytestmark = pytest.mark.localfleet
 
 FAILING, SAME_WAVE, EARLIER, LATER = "eastus", "northeurope", "westus", "westeurope"
-REGION_STEPS = ["drain", "helm_deploy", "gate_rollout", "gate_http", "gate_soak", "restore"]
+REGION_STEPS = ["drain", "dns_settle", "helm_deploy", "gates", "restore"]
 
 
 def fail_eastus(local_fleet, release, faults, folder, policy):
@@ -56,7 +56,7 @@ def assert_common(fleet, run, before, after, watch):
     assert run.returncode != 0, run.tail()
     assert "release of hello sha256:" in run.output
     assert f"{FAILING}: gate_http: /healthz answered 503" in run.output, run.tail()
-    assert states["deploy_eastus.gate_http"] == "failed"
+    assert states["deploy_eastus.gates"] == "failed"
     assert states["deploy_eastus.rollback"] == "success"
     assert states["rebalance"] == "failed"
 

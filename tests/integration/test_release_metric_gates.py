@@ -89,7 +89,7 @@ def test_a_build_that_fails_users_stops_at_the_canary(serving_fleet, bad_release
     run, before, after = bad_release("westus", "error-rate", "0.3")
     states = run.states()
     assert run.returncode != 0, run.tail()
-    assert states["deploy_westus.gate_rollout"] == states["deploy_westus.gate_http"] == "success"
+    assert states["deploy_westus.gates"] == "success"
     assert states["deploy_westus.gate_metrics"] == "failed" and states["deploy_westus.rollback"] == "success"
     # The failure names region, check, observed value and threshold.
     line = verdicts(run)[("westus", "errors")]

@@ -174,7 +174,7 @@ def test_a_stuck_resolver_stops_the_release_before_helm_with_a_clear_message(loc
         # Only eastus: every user holds its answer, so the stuck resolvers keep coming after its drain.
         run = release({"git_sha": new_commit(local_fleet.fleet), "regions": ["eastus"]}, fleet_path=path)
     assert run.returncode != 0
-    log = run.segments["deploy_eastus.confirm_drained"]
+    log = run.segments["deploy_eastus.dns_settle"]
     assert "users still reach eastus" in log and "a resolver holds the old answer; nothing was deployed" in log
     assert run.states()["deploy_eastus.helm_deploy"] == "upstream_failed"
     assert snapshot(local_fleet.fleet)["eastus"].revision == before["eastus"].revision

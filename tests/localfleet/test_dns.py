@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from fanout.adapters.traffic import AzureTrafficManager, StaticTokenCredential
-from fanout.airflow.dns_waits import EdgeQuietTrigger, MonitorOnlineTrigger
+from fanout.airflow.dns_waits import EdgeQuietTrigger
+from fanout.airflow.triggers import MonitorOnlineTrigger
 from fanout.fleet import Fleet, parse_fleet
 from fanout.records import FleetSnapshot
 from localfleet import procs

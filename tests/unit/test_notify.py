@@ -168,7 +168,7 @@ def test_the_fleet_files_notifications_go_on_the_tasks_that_know_each_event():
     assert sorted(failing) == sorted([names.CHECK_SUPERSEDED, names.VALIDATE, names.REBALANCE, names.RECORD])
     assert notifiers(tasks[names.APPROVE_AFTER_CANARY], "on_execute_callback") == [("fanout_notify", "approval")]
     assert notifiers(tasks["deploy_eastus.rollback"], "on_success_callback") == [("fanout_notify", "rolled_back")]
-    assert not notifiers(tasks["deploy_eastus.gate_http"], "on_failure_callback")
+    assert not notifiers(tasks["deploy_eastus.gates"], "on_failure_callback")
     check = build_consistency_dag(fleet, str(LOCAL)).task_dict
     assert notifiers(check[names.CLASSIFY], "on_success_callback") == [("fanout_notify", "drift")]
     assert notifiers(check[names.REPAIR], "on_success_callback") == [("fanout_notify", "repair")]

@@ -29,10 +29,11 @@ def fleet_op(cls, task_id: str, **kw):
     return cls(task_id=task_id, fleet_path=str(LOCAL), **kw)
 
 
-def failed(ti: FakeTI, region: str, step: str, cause: str = "boom") -> None:
-    task = names.region_task(region, step)
+def failed(ti: FakeTI, region: str, gate: str, cause: str = "boom") -> None:
+    """`gate` failed in `region`: its task (`gates` for a gate check) failed and recorded it."""
+    task = names.region_task(region, names.GATES if gate in names.GATE_CHECKS else gate)
     ti.states[task] = "failed"
-    ti.xcoms[(task, names.FAILURE_KEY)] = {"region": region, "gate": step, "cause": cause}
+    ti.xcoms[(task, names.FAILURE_KEY)] = {"region": region, "gate": gate, "cause": cause}
 
 
 # -- skipping ---------------------------------------------------------------------------
@@ -157,23 +158,23 @@ def test_a_failed_upgrade_still_records_where_a_rollback_returns_to():
 # -- gates ------------------------------------------------------------------------------
 
 
-def test_a_gate_that_is_not_over_in_the_worker_defers_with_the_runs_snapshot(monkeypatch):
-    monkeypatch.setattr("fanout.airflow.triggers.PollingTrigger.poll_inline", lambda self, budget: None)
+def test_the_gates_defer_with_the_runs_snapshot():
     hook, ti = FakeHook(FLEET), released(FakeTI())
     with pytest.raises(TaskDeferred) as deferred:
-        run_task(region_op(rs.RolloutGateOperator), ti, hook)
-    _, kwargs = deferred.value.trigger.serialize()
-    assert kwargs["region"] == "eastus" and kwargs["digest"] == DIGEST
-    assert kwargs["fleet"] == ti.xcoms[(names.VALIDATE, SNAPSHOT_KEY)], "the trigger decides from the run's snapshot"
+        run_task(region_op(rs.GatesOperator), ti, hook)
+    for item in deferred.value.trigger.serialize()[1]["phases"]:
+        kwargs = item["kwargs"]
+        assert kwargs["region"] == "eastus" and kwargs["digest"] == DIGEST
+        assert kwargs["fleet"] == ti.xcoms[(names.VALIDATE, SNAPSHOT_KEY)], "each check decides from the run's snapshot"
 
 
 def test_a_timed_out_gate_fails_naming_region_gate_and_cause():
     ti = released(FakeTI())
-    op = region_op(rs.HttpGateOperator)
+    op = region_op(rs.GatesOperator)
     op._fleet, ti.pushing = FLEET, op.task_id
     event = {"status": "timeout", "detail": "edge serves sha256:0000, expected …", "waited": 300.0}
     with pytest.raises(AirflowFailException, match=r"eastus: gate_http failed: edge serves .* \(gave up after 300 s\)"):
-        op.end_wait({"ti": ti}, {**event, "ending": op.ending().as_dict()})
+        op.end_wait({"ti": ti}, {**event, "ending": op.ending(names.GATE_HTTP).as_dict()})
     assert ti.xcoms[(op.task_id, names.FAILURE_KEY)]["gate"] == "gate_http"
 
 
@@ -361,5 +362,7 @@ def test_a_run_validate_refused_is_skipped_by_the_steps_that_answer_failures(cls
 def test_a_hotfix_soaks_rollout_hotfixs_time():
     hook, ti = FakeHook(FLEET), released(FakeTI())
     with pytest.raises(TaskDeferred) as deferred:
-        run_task(region_op(rs.SoakGateOperator), ti, hook, {"hotfix": True})
-    assert deferred.value.trigger.timeout_seconds == FLEET.rollout.hotfix.soak_seconds < FLEET.gates.soak_seconds
+        run_task(region_op(rs.GatesOperator), ti, hook, {"hotfix": True})
+    soak = deferred.value.trigger.phases[-1]
+    assert soak["delay"] == soak["kwargs"]["timeout_seconds"] == FLEET.rollout.hotfix.soak_seconds
+    assert FLEET.rollout.hotfix.soak_seconds < FLEET.gates.soak_seconds

@@ -45,13 +45,16 @@ def test_a_region_step_is_its_latest_running_task_with_how_long_it_has_run():
     assert page.region_step("eastus", by_id(replica), NOW) == {
         "step": "waiting for its replica", "state": "deferred", "since": at(60), "elapsed_s": 60,
     }  # fmt: skip
-    for step, label in [(names.DRAIN, "draining"), (names.DNS_SETTLE, "waiting for DNS"),
-                        (names.CONFIRM_DRAINED, "waiting for DNS"), (names.HELM_DEPLOY, "deploying"),
-                        (names.GATE_HTTP, "gate: http"), (names.WAIT_ONLINE, "restored, waiting for DNS")]:  # fmt: skip
+    for step, state, label in [
+        (names.DRAIN, "running", "draining"), (names.DRAIN, "deferred", "held back"),
+        (names.DNS_SETTLE, "deferred", "waiting for DNS"), (names.HELM_DEPLOY, "running", "deploying"),
+        (names.GATES, "deferred", "gates: rollout, http, soak"), (names.RESTORE, "running", "restoring"),
+        (names.RESTORE, "deferred", "restored, waiting for DNS"),
+    ]:  # fmt: skip
         before = {s: "success" for s, _ in page.STEPS[: [s for s, _ in page.STEPS].index(step)]}
         before.pop(names.ROLLBACK, None)
-        tis = region_tis("eastus", {**before, step: "running"})
-        assert page.region_step("eastus", by_id(tis), NOW)["step"] == label, step
+        tis = region_tis("eastus", {**before, step: state})
+        assert page.region_step("eastus", by_id(tis), NOW)["step"] == label, (step, state)
 
 
 def test_a_finished_region_says_restored_rolled_back_failed_or_not_in_the_run():
@@ -59,7 +62,7 @@ def test_a_finished_region_says_restored_rolled_back_failed_or_not_in_the_run():
     restored = page.region_step("eastus", by_id(region_tis("eastus", {**good, names.ROLLBACK: "skipped"})), NOW)
     assert restored == {"step": "restored", "state": "success", "since": at(30), "elapsed_s": 30}
     failed = {names.WAIT_REPLICATION: "success", names.DRAIN: "success", names.HELM_DEPLOY: "success",
-              names.GATE_ROLLOUT: "failed", names.RESTORE: "upstream_failed"}  # fmt: skip
+              names.GATES: "failed", names.RESTORE: "upstream_failed"}  # fmt: skip
 
     def after_failure(rollback: str) -> str:
         return page.region_step("eastus", by_id(region_tis("eastus", {**failed, names.ROLLBACK: rollback})), NOW)[
@@ -68,7 +71,7 @@ def test_a_finished_region_says_restored_rolled_back_failed_or_not_in_the_run():
 
     assert after_failure("running") == "rolling back"
     assert after_failure("success") == "rolled back"
-    assert after_failure("skipped") == "failed at gate_rollout"
+    assert after_failure("skipped") == "failed at gates"
     assert page.region_step("eastus", by_id(region_tis("eastus", {}, skipped=True)), NOW)["step"] == "not in this run"
     assert page.region_step("eastus", by_id(region_tis("eastus", {})), NOW)["step"] == "waiting"
 
@@ -133,7 +136,7 @@ def test_history_lists_recorded_releases_and_failed_runs_per_region_newest_first
 
 
 def test_an_approval_after_the_canary_shows_its_gates_and_a_link_to_answer_it():
-    gates = [ti(names.region_task("westus", g), "success", 100, 50) for g in names.GATES]
+    gates = [ti(names.region_task("westus", g), "success", 100, 50) for g in page.GATE_STEPS]
     pending = [{"task_instance": {"task_id": names.APPROVE_AFTER_CANARY}, "subject": "Continue?",
                 "options": ["Approve", "Reject"], "created_at": at(45), "response_received": False},
                {"task_instance": {"task_id": "answered"}, "response_received": True}]  # fmt: skip
@@ -142,7 +145,7 @@ def test_an_approval_after_the_canary_shows_its_gates_and_a_link_to_answer_it():
     approval = found[0]
     assert approval["link"] == "/dags/release_hello/runs/merge__1/tasks/approve_after_canary/required_actions"
     assert (approval["subject"], approval["waiting_s"], approval["options"]) == ("Continue?", 45, ["Approve", "Reject"])
-    assert approval["gates"] == {"westus": {g: {"state": "success", "duration_s": 50} for g in names.GATES}}
+    assert approval["gates"] == {"westus": {g: {"state": "success", "duration_s": 50} for g in page.GATE_STEPS}}
     hotfix = [{"task_instance": {"task_id": names.APPROVE_HOTFIX}, "subject": "Hotfix?", "created_at": at(5)}]
     conf = {"git_sha": SHA, "hotfix": True, "hotfix_reason": "CVE"}
     found = page.approvals("hello", "hotfix__1", hotfix, [], ["westus"], conf, NOW)

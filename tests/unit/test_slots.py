@@ -21,9 +21,9 @@ def timeline(*spans: tuple[float, dict[str, str]]) -> list[tuple[float, dict[str
     [
         "wait_replication_northeurope",
         "wait_replication_westus",
-        "deploy_eastus.gate_rollout",
-        "deploy_west-europe.gate_http",
-        "deploy_westus.gate_soak",
+        "deploy_eastus.gates",
+        "deploy_west-europe.gates",
+        "deploy_westus.dns_settle",
         "bake_after_wave_1",
         "bake_after_wave_12",
     ],
@@ -113,7 +113,7 @@ def test_a_deferral_ends_the_inline_phase_early() -> None:
 def test_two_regions_and_a_non_wait_task_running_concurrently() -> None:
     # westus's replica catches up inline after 6 s; northeurope's defers after 10 s;
     # meanwhile westus deploys (a non-wait task holding a slot) and its rollout gate runs 3 s.
-    deploy, rollout = "deploy_westus.helm_deploy", "deploy_westus.gate_rollout"
+    deploy, rollout = "deploy_westus.helm_deploy", "deploy_westus.gates"
     samples = timeline(
         (0, {REPL_NE: "running", REPL_WU: "running", deploy: None, rollout: None}),
         (6, {REPL_NE: "running", REPL_WU: "success", deploy: "running", rollout: None}),

@@ -16,10 +16,8 @@ from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from airflow.triggers.base import TaskFailedEvent, TaskSuccessEvent, TriggerEvent
 
 from fanout import names
-from fanout.adapters.edge import Edge
-from fanout.airflow.hooks import FleetHook
-from fanout.airflow.region_steps import SoakGateOperator, WaitForReplicationOperator
-from fanout.airflow.triggers import HttpGateTrigger, PollingTrigger, ReplicationTrigger
+from fanout.airflow.region_steps import GatesOperator, WaitForReplicationOperator
+from fanout.airflow.triggers import PhasesTrigger, PollingTrigger, ReplicationTrigger, phase
 from fanout.airflow.waits import Ending, WaitingMixin
 from fanout.fleet import load_fleet
 from tests.fakes import DIGEST, LOCAL, REPO, FakeHook, FakeTI, released, run_task, snapshot_of
@@ -27,16 +25,6 @@ from tests.fakes import DIGEST, LOCAL, REPO, FakeHook, FakeTI, released, run_tas
 FLEET = load_fleet(LOCAL)
 
 GATE = Ending("eastus", "gate_http")
-
-
-def dead_url() -> str:
-    """An http URL on a local port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-DEAD_URL = dead_url()
 
 
 class Countdown(PollingTrigger):
@@ -173,29 +161,56 @@ def test_a_task_end_event_replayed_by_dags_test_keeps_its_state() -> None:
 # -- the release's waits defer with an Ending (fleet: include/fleets/local.yaml; nothing runs) --
 
 
-def test_the_soak_gate_defers_at_once_and_its_trigger_probes_once_after_the_soak(monkeypatch) -> None:
+def test_the_gates_defer_at_once_as_one_trigger_rollout_then_http_then_the_soak() -> None:
     soak = FLEET.gates.soak_seconds
-    op = SoakGateOperator(task_id="deploy_eastus.gate_soak", fleet_path=str(LOCAL), region="eastus")
-    before = time.time()
+    op = GatesOperator(task_id="deploy_eastus.gates", fleet_path=str(LOCAL), region="eastus")
     with pytest.raises(TaskDeferred) as deferred:
         run_task(op, released(FakeTI()), FakeHook(FLEET))
     trigger = deferred.value.trigger
-    ending = trigger.serialize()[1]["ending"]
-    assert isinstance(trigger, HttpGateTrigger) and deferred.value.method_name == "end_wait"
-    assert (trigger.needed, trigger.digest, trigger.timeout_seconds) == (1, DIGEST, soak)
-    assert trigger.not_before >= before + soak
-    assert ending == {"region": "eastus", "gate": "gate_soak", "cause": f"after {soak} s of soak: {{detail}}",
-                      "result": {"soaked_seconds": soak}}  # fmt: skip
-    # The triggerer, the soak time later, with no edge listening: the task fails with its record.
-    monkeypatch.setattr(FleetHook, "edge", lambda self, region: Edge(DEAD_URL))
-    kwargs = {**trigger.serialize()[1], "not_before": None, "started_at": time.time() - soak}
-    rebuilt = HttpGateTrigger(**kwargs)
-    rebuilt.task_instance = SimpleNamespace(task_id=op.task_id)
-    event = first_event(rebuilt)
+    assert isinstance(trigger, PhasesTrigger) and deferred.value.method_name == "end_wait"
+    phases = trigger.serialize()[1]["phases"]
+    classes = [p["classpath"].rsplit(".", 1)[-1] for p in phases]
+    assert classes == ["RolloutTrigger", "HttpGateTrigger", "HttpGateTrigger"]
+    assert [p["ending"]["gate"] for p in phases] == ["gate_rollout", "gate_http", "gate_soak"]
+    assert [p["delay"] for p in phases] == [0, 0, soak]  # the soak: one probe, the soak time after the HTTP gate
+    assert (phases[2]["kwargs"]["needed"], phases[2]["kwargs"]["timeout_seconds"]) == (1, soak)
+    assert phases[2]["ending"]["cause"] == f"after {soak} s of soak: {{detail}}"
+    assert trigger.ending == {"region": "eastus", "gate": "gates", "cause": "{detail} (gave up after {waited:.0f} s)",
+                              "result": {"soaked_seconds": soak}}  # fmt: skip
+
+
+def countdown_phase(gate: str, delay: float = 0.0, **kwargs: Any) -> dict[str, Any]:
+    return phase(Countdown(poll_seconds=0.01, **kwargs), Ending("eastus", gate), delay)
+
+
+def test_phases_run_in_turn_each_on_its_own_clock_and_all_passed_end_the_task_once() -> None:
+    delay = 0.3
+    phases = [countdown_phase("one", done_at=2, timeout_seconds=5), countdown_phase("two", delay, timeout_seconds=5)]
+    trigger = under_triggerer(PhasesTrigger(phases=phases, ending=Ending("eastus", "gates").as_dict()))
+    event = first_event(trigger)
+    assert isinstance(event, TaskSuccessEvent)
+    result = event.xcoms["return_value"]
+    assert result["detail"] == "one: check 2; two: check 1"
+    assert list(result["phases"]) == ["one", "two"]
+    assert result["phases"]["two"]["waited"] >= delay - 0.05  # its clock began when it did, before its delay
+    assert result["waited"] >= delay
+
+
+def test_the_first_phase_that_does_not_pass_ends_the_task_naming_its_own_check() -> None:
+    phases = [
+        countdown_phase("gate_rollout", timeout_seconds=5),
+        countdown_phase("gate_http", done_at=0, timeout_seconds=0.05),
+        countdown_phase("gate_soak", timeout_seconds=5),
+    ]
+    trigger = under_triggerer(PhasesTrigger(phases=phases, ending=Ending("eastus", "gates").as_dict()))
+    event = first_event(trigger)
     assert isinstance(event, TaskFailedEvent)
     failure = event.xcoms["failure"]
-    assert (failure["region"], failure["gate"]) == ("eastus", "gate_soak")
-    assert failure["cause"].startswith(f"after {soak} s of soak: edge unreachable"), failure
+    assert (failure["region"], failure["gate"]) == ("eastus", "gate_http")
+    assert failure["cause"].startswith("check ") and "gave up after 0 s" in failure["cause"]
+    # Under `airflow dags test` (no task instance) the event carries that phase's Ending to the worker.
+    inline = PhasesTrigger(phases=phases, ending=Ending("eastus", "gates").as_dict())
+    assert first_event(inline).payload["ending"]["gate"] == "gate_http"
 
 
 def test_the_replication_wait_defers_and_names_what_the_replica_lacks(monkeypatch) -> None:

@@ -71,37 +71,27 @@ def release_params(fleet: Fleet) -> dict[str, Param]:
     }
 
 
-REGION_STEPS = (rs.RolloutGateOperator, rs.HttpGateOperator, rs.SoakGateOperator)
-
-
 def _deploy_group(fleet: Fleet, path: str, region: str) -> tuple[TaskGroup, BaseOperator]:
     """The region's group, and its last step a good release passes (what `record` waits for)."""
     with TaskGroup(group_id=names.deploy_group(region), tooltip=f"drain, deploy, gate and restore {region}") as group:
         kw = {"fleet_path": path, "region": region}
         drain = rs.DrainRegionOperator(task_id=names.DRAIN, **kw)
-        deploy = rs.HelmDeployOperator(task_id=names.HELM_DEPLOY, **kw)
-        gates = [gate(task_id=gate.step, **kw) for gate in REGION_STEPS]
-        restore = rs.RestoreRegionOperator(task_id=names.RESTORE, **kw)
-        rollback = rs.RollbackRegionOperator(task_id=names.ROLLBACK, trigger_rule=TriggerRule.ONE_FAILED, **kw)
         # Resolvers hold the old answer for the TTL: wait it out and see users gone before Helm starts.
         settle = dns_waits.DnsSettleOperator(task_id=names.DNS_SETTLE, **kw)
-        confirm = dns_waits.ConfirmDrainedOperator(task_id=names.CONFIRM_DRAINED, **kw)
-        drain >> settle >> confirm >> deploy
-        prev = deploy
-        for gate in gates:
-            prev >> gate
-            prev = gate
-        prev >> restore
-        # The next wave drains only once this region is back in Traffic Manager's answers.
-        online = dns_waits.WaitOnlineOperator(task_id=names.WAIT_ONLINE, **kw)
-        restore >> online
+        deploy = rs.HelmDeployOperator(task_id=names.HELM_DEPLOY, **kw)
+        gates = rs.GatesOperator(task_id=names.GATES, **kw)
+        # Enables the endpoint and waits until it is Online: the next wave drains only after that.
+        restore = rs.RestoreRegionOperator(task_id=names.RESTORE, **kw)
+        rollback = rs.RollbackRegionOperator(task_id=names.ROLLBACK, trigger_rule=TriggerRule.ONE_FAILED, **kw)
+        drain >> settle >> deploy >> gates >> restore
+        judged: list[BaseOperator] = [deploy, gates]
         last: BaseOperator = restore
         if fleet.gates.metrics is not None:
             # Users feel a build only once they reach it: measured with the region back online.
             last = rs.MetricGatesOperator(task_id=names.GATE_METRICS, **kw)
-            online >> last
-            gates.append(last)
-        [deploy, *gates] >> rollback
+            restore >> last
+            judged.append(last)
+        judged >> rollback
     return group, last
 
 

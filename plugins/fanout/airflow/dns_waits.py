@@ -1,12 +1,14 @@
-"""The release respects DNS: waits around a drain and a restore (deferrable, time spent logged).
+"""The release respects DNS: after a drain, one deferrable wait (time spent logged).
 
-- `DnsSettleOperator` (after drain): resolvers may hold the old answer for the TTL the live
-  profile reports (the fleet file's `dns_ttl_seconds` only as a floor), so wait that long.
-- `ConfirmDrainedOperator` (then): ask the region's edge (`gates.http.traffic_path`) until no
-  user request has arrived for QUIET_SECONDS; if users keep arriving (a resolver that ignores the
-  TTL) fail before Helm starts, so nothing is deployed to a region users still reach.
-- `WaitOnlineOperator` (after restore): until Traffic Manager's monitor reports the endpoint
-  Online, so the next wave never drains while this region is not yet back in the answers.
+`DnsSettleOperator` (after drain): resolvers may hold the old answer for the TTL the live profile
+reports (the fleet file's `dns_ttl_seconds` only as a floor), so wait that long; then ask the
+region's edge (`gates.http.traffic_path`) until no user request has arrived for QUIET_SECONDS. If
+users keep arriving (a resolver that ignores the TTL) fail before Helm starts (`confirm_drained`),
+so nothing is deployed to a region users still reach. Both halves are one trigger: one task
+boundary, one trigger pickup.
+
+After the change `restore` waits until the monitor reports the endpoint Online, so the next wave
+never drains while this region is not yet back in the answers (region_steps.RestoreRegionOperator).
 
 The computations are pure (`fanout.routing`); these classes only wire them.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -24,46 +27,13 @@ from airflow.sdk import Context
 
 from fanout import names
 from fanout.airflow.region_steps import _RegionWait
-from fanout.airflow.triggers import FleetTrigger, PollingTrigger
+from fanout.airflow.triggers import PollingTrigger
 from fanout.records import DrainOutcome
 from fanout.routing import settle_seconds
 
 # Test-only: the negative control turns the DNS waits off to prove the recorder sees the difference.
 SKIP_ENV = "FANOUT_TEST_SKIP_DNS_WAITS"
 QUIET_SECONDS = 2.0
-
-
-class _DnsWait(_RegionWait):
-    def skipped(self) -> bool:
-        if os.environ.get(SKIP_ENV) == "1":
-            self.log.warning(
-                "%s=1: DNS wait skipped — users may reach %s mid-change (test only)", SKIP_ENV, self.region
-            )
-            return True
-        return False
-
-    def drained_now(self, context: Context) -> bool:
-        drained = DrainOutcome.from_xcom(
-            context["ti"].xcom_pull(task_ids=names.region_task(str(self.region), names.DRAIN))
-        )
-        return drained is not None and drained.was_enabled
-
-
-class DnsSettleOperator(_DnsWait):
-    """Wait until no resolver may still hold the answer that named this region."""
-
-    step = names.DNS_SETTLE
-
-    def run(self, context: Context) -> None:
-        if not self.drained_now(context) or self.skipped():
-            return
-        profile = self.hook.traffic_manager().profile_status()
-        seconds = settle_seconds(profile.dns_ttl, self.fleet.traffic_manager.dns_ttl_seconds)
-        self.log.info(
-            "%s drained: waiting %s s for resolvers to drop it (profile TTL %s, fleet floor %s)",
-            self.region, seconds, profile.dns_ttl, self.fleet.traffic_manager.dns_ttl_seconds,
-        )  # fmt: skip
-        self.pause(seconds)
 
 
 def edge_traffic(url: str, timeout: float = 3.0) -> dict[str, Any]:
@@ -93,64 +63,57 @@ class EdgeQuietTrigger(PollingTrigger):
         return quiet >= self.quiet_seconds, f"last user request {quiet:.1f} s ago ({seen.get('requests')} in all)"
 
 
-class ConfirmDrainedOperator(_DnsWait):
-    """Confirm from the region's edge that user requests stopped arriving before Helm starts."""
+class DnsSettleOperator(_RegionWait):
+    """Wait until no resolver may still hold the answer that named this region, then confirm from
+    its edge that user requests stopped arriving, before Helm starts."""
 
-    step = names.CONFIRM_DRAINED
+    step = names.DNS_SETTLE
+
+    def skipped(self) -> bool:
+        if os.environ.get(SKIP_ENV) == "1":
+            self.log.warning(
+                "%s=1: DNS wait skipped — users may reach %s mid-change (test only)", SKIP_ENV, self.region
+            )
+            return True
+        return False
+
+    def drained_now(self, context: Context) -> bool:
+        drained = DrainOutcome.from_xcom(
+            context["ti"].xcom_pull(task_ids=names.region_task(str(self.region), names.DRAIN))
+        )
+        return drained is not None and drained.was_enabled
 
     def run(self, context: Context) -> Any:
-        # Asked even when this try's drain found the endpoint disabled already: an earlier try may have
-        # drained it a moment ago, and an edge nobody reaches answers at once anyway.
-        path = self.fleet.gates.http.traffic_path
         if self.skipped():
-            return {"confirmed": False}
+            return {"confirmed": False, "settled_seconds": 0}
+        seconds = 0
+        if self.drained_now(context):
+            profile = self.hook.traffic_manager().profile_status()
+            seconds = settle_seconds(profile.dns_ttl, self.fleet.traffic_manager.dns_ttl_seconds)
+            self.log.info(
+                "%s drained: waiting %s s for resolvers to drop it (profile TTL %s, fleet floor %s)",
+                self.region, seconds, profile.dns_ttl, self.fleet.traffic_manager.dns_ttl_seconds,
+            )  # fmt: skip
+        path = self.fleet.gates.http.traffic_path
         if path is None:
             self.log.info(
                 "gates.http.traffic_path is not set: the drain of %s is not confirmed from its edge", self.region
             )
-            return {"confirmed": False}
+            self.pause(seconds)
+            return {"confirmed": False, "settled_seconds": 0}
+        # Asked even when this try's drain found the endpoint disabled already: an earlier try may have
+        # drained it a moment ago, and an edge nobody reaches answers at once anyway.
         ttl = self.fleet.traffic_manager.dns_ttl_seconds
         trigger = EdgeQuietTrigger(
             url=self.fleet.region(str(self.region)).edge_url.rstrip("/") + path,
             quiet_seconds=QUIET_SECONDS,
-            timeout_seconds=max(30, 3 * ttl),
+            timeout_seconds=seconds + max(30, 3 * ttl),
             poll_seconds=0.5,
+            not_before=time.time() + seconds if seconds else None,
         )
         cause = (
-            f"users still reach {self.region} {{waited:.0f}} s after its drain and the DNS TTL ({{detail}}): "
-            "a resolver holds the old answer; nothing was deployed"
+            f"users still reach {self.region} {{waited:.0f}} s after its drain, {seconds} s of DNS TTL "
+            "included ({detail}): a resolver holds the old answer; nothing was deployed"
         )
-        return self.wait(context, trigger, self.ending(cause=cause, result={"confirmed": True}))
-
-
-class MonitorOnlineTrigger(FleetTrigger):
-    """Until Traffic Manager's monitor reports the region's endpoint Online (read in the triggerer)."""
-
-    def __init__(self, *, region: str, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.region = region
-
-    def _own_kwargs(self) -> dict[str, Any]:
-        return {"region": self.region}
-
-    async def check(self) -> tuple[bool, str]:
-        hook = await self.hook()
-        endpoint = hook.fleet.region(self.region).endpoint.name
-        endpoints = await asyncio.to_thread(hook.traffic_manager().endpoints)
-        status = endpoints[endpoint].monitor_status
-        return status == "Online", f"endpoint {endpoint} monitor status {status}"
-
-
-class WaitOnlineOperator(_DnsWait):
-    """After restore: until the monitor sees the endpoint Online, before the next wave drains."""
-
-    step = names.WAIT_ONLINE
-
-    def run(self, context: Context) -> Any:
-        restored = context["ti"].xcom_pull(task_ids=names.region_task(str(self.region), names.RESTORE)) or {}
-        if not restored.get("enabled"):
-            self.log.info("%s was not enabled by restore: no monitor status to wait for", self.region)
-            return {"waited": 0}
-        trigger = MonitorOnlineTrigger(**self.trigger_kwargs(context), timeout_seconds=300, poll_seconds=1.0)
-        cause = "Traffic Manager never reported it Online: {detail}"
-        return self.wait(context, trigger, self.ending(cause=cause))
+        ending = self.ending(names.CONFIRM_DRAINED, cause=cause, result={"confirmed": True, "settled_seconds": seconds})
+        return self.wait(context, trigger, ending, look_first=not seconds)

@@ -1,5 +1,5 @@
 """The steps of one region: wait for its replica, then in its group drain, deploy, gate,
-restore — or roll back when a step failed."""
+restore — or roll back when a step failed (the DNS wait after the drain is in dns_waits)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from fanout.airflow.triggers import (
     HoldTrigger,
     HttpGateTrigger,
     MetricGatesTrigger,
+    MonitorOnlineTrigger,
+    PhasesTrigger,
     ReplicationTrigger,
     RolloutTrigger,
+    phase,
 )
 from fanout.airflow.waits import SETTLE_SECONDS, WaitingOperator
 from fanout.metric_gates import SCRAPE_SLACK_SECONDS, baselines
@@ -184,56 +187,35 @@ class _GateOperator(_RegionWait):
     ui_color = "#e6f5e6"
 
 
-class RolloutGateOperator(_GateOperator):
-    """Wait, deferred, until the Deployment has rolled out the digest on every replica."""
+class GatesOperator(_GateOperator):
+    """Wait, deferred, through the region's gates one after another: the Deployment rolled out
+    the digest on every replica; the edge answers healthy on it N times in a row; after the soak
+    time it still does. One deferral for all three; a failure names its gate."""
 
-    step = names.GATE_ROLLOUT
-
-    def run(self, context: Context) -> Any:
-        trigger = RolloutTrigger(
-            **self.trigger_kwargs(context),
-            digest=self.release(context).digest,
-            timeout_seconds=self.fleet.gates.rollout_timeout_seconds,
-            poll_seconds=1.0,
-        )
-        return self.wait(context, trigger, self.ending())
-
-
-class HttpGateOperator(_GateOperator):
-    """Wait, deferred, until the region's edge answers healthy on the digest N times in a row."""
-
-    step = names.GATE_HTTP
+    step = names.GATES
 
     def run(self, context: Context) -> Any:
-        gate = self.fleet.gates.http
-        trigger = HttpGateTrigger(
-            **self.trigger_kwargs(context),
-            digest=self.release(context).digest if gate.expect_release_digest else None,
-            needed=gate.consecutive_successes,
-            timeout_seconds=gate.timeout_seconds,
-            poll_seconds=gate.interval_seconds,
-        )
-        return self.wait(context, trigger, self.ending())
-
-
-class SoakGateOperator(_GateOperator):
-    """Let the region run the release for the soak time, then check it is still healthy."""
-
-    step = names.GATE_SOAK
-
-    def run(self, context: Context) -> Any:
-        # One probe of the edge, in the trigger, once the soak time is over.
+        kw, digest, gates = self.trigger_kwargs(context), self.release(context).digest, self.fleet.gates
         hotfix = self.hotfix(context)
-        soak = hotfix.soak_seconds if hotfix else self.fleet.gates.soak_seconds
-        trigger = HttpGateTrigger(
-            **self.trigger_kwargs(context),
-            digest=self.release(context).digest,
-            needed=1,
-            timeout_seconds=soak,
-            not_before=time.time() + soak,
+        soak = hotfix.soak_seconds if hotfix else gates.soak_seconds
+        rollout = RolloutTrigger(**kw, digest=digest, timeout_seconds=gates.rollout_timeout_seconds, poll_seconds=1.0)
+        http = HttpGateTrigger(
+            **kw,
+            digest=digest if gates.http.expect_release_digest else None,
+            needed=gates.http.consecutive_successes,
+            timeout_seconds=gates.http.timeout_seconds,
+            poll_seconds=gates.http.interval_seconds,
         )
-        ending = self.ending(cause=f"after {soak} s of soak: {{detail}}", result={"soaked_seconds": soak})
-        return self.wait(context, trigger, ending, look_first=False)
+        # The soak: one probe of the edge once the soak time is over.
+        soaked = HttpGateTrigger(**kw, digest=digest, needed=1, timeout_seconds=soak)
+        trigger = PhasesTrigger(
+            phases=[
+                phase(rollout, self.ending(names.GATE_ROLLOUT)),
+                phase(http, self.ending(names.GATE_HTTP)),
+                phase(soaked, self.ending(names.GATE_SOAK, cause=f"after {soak} s of soak: {{detail}}"), delay=soak),
+            ]
+        )
+        return self.wait(context, trigger, self.ending(result={"soaked_seconds": soak}), look_first=False)
 
 
 class MetricGatesOperator(_GateOperator):
@@ -272,12 +254,14 @@ class MetricGatesOperator(_GateOperator):
         return self.wait(context, trigger, ending, look_first=False)
 
 
-class RestoreRegionOperator(_RegionStep):
-    """Enable the region's endpoint at its configured weight."""
+class RestoreRegionOperator(_RegionWait):
+    """Enable the region's endpoint at its configured weight, then wait, deferred, until Traffic
+    Manager's monitor reports it Online: the next wave drains only once this region is back in the
+    answers."""
 
     step = names.RESTORE
 
-    def run(self, context: Context) -> dict[str, Any]:
+    def run(self, context: Context) -> Any:
         region = self.fleet.region(str(self.region))
         drained = DrainOutcome.from_xcom(context["ti"].xcom_pull(task_ids=names.region_task(region.name, names.DRAIN)))
         if region.standby and not (drained and drained.was_enabled):
@@ -286,7 +270,13 @@ class RestoreRegionOperator(_RegionStep):
         weight = region.endpoint.weight
         state = self.hook.traffic_manager().set_endpoint(self.endpoint_name(), enabled=True, weight=weight)
         self.log.info("restored %s: enabled at weight %s", self.region, state.weight)
-        return {"enabled": state.enabled, "weight": state.weight}
+        trigger = MonitorOnlineTrigger(**self.trigger_kwargs(context), timeout_seconds=300, poll_seconds=1.0)
+        ending = self.ending(
+            names.WAIT_ONLINE,
+            cause="Traffic Manager never reported it Online: {detail}",
+            result={"enabled": state.enabled, "weight": state.weight},
+        )
+        return self.wait(context, trigger, ending)
 
 
 class RollbackRegionOperator(_RegionStep):

@@ -6,6 +6,7 @@ with FleetHook from the run's fleet snapshot, as the workers do."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from fanout.adapters.metrics import MetricError
 from fanout.adapters.registry import RegistryError, RegistryUnusable
 from fanout.airflow.base import current_hold
 from fanout.airflow.hooks import FleetHook
-from fanout.airflow.waits import EndingTrigger
+from fanout.airflow.waits import Ending, EndingTrigger
 from fanout.fleet import Fleet, FleetError
 from fanout.metric_gates import Verdict, evaluate, gate_outcome
 from fanout.policy import rollout_status
@@ -122,6 +123,57 @@ class PollingTrigger(EndingTrigger):
             return asyncio.run(self._poll(budget))
         finally:
             self.close()
+
+
+def phase(trigger: PollingTrigger, ending: Ending, delay: float = 0.0) -> dict[str, Any]:
+    """One phase of a PhasesTrigger: `trigger`'s wait, begun `delay` seconds after the phase
+    before it passed, ended as `ending` says when it does not pass."""
+    classpath, kwargs = trigger.serialize()
+    return {"classpath": classpath, "kwargs": kwargs, "ending": ending.as_dict(), "delay": delay}
+
+
+class PhasesTrigger(EndingTrigger):
+    """Several waits one after another in one deferral: one trigger pickup and one task boundary
+    instead of one per wait, which is most of what a short wait costs on the critical path.
+
+    Each phase's clock starts when the phase begins. The first phase that does not pass ends the
+    task with its own `Ending`, so the failure names that check; when all pass, the trigger's
+    `ending` ends it with every phase's result under `phases`. A triggerer restart begins again
+    at the first phase: each is a check of the present state, so repeating one is only slower.
+    """
+
+    def __init__(self, *, phases: list[dict[str, Any]], ending: dict[str, Any] | None = None):
+        super().__init__(ending=ending)
+        self.phases = [dict(p) for p in phases]
+        self.last_detail = f"{len(self.phases)} checks, none begun"
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return f"{__name__}.PhasesTrigger", {"phases": self.phases, "ending": self.ending}
+
+    @staticmethod
+    def _build(item: dict[str, Any]) -> PollingTrigger:
+        module, _, name = item["classpath"].rpartition(".")
+        trigger = getattr(importlib.import_module(module), name)(**item["kwargs"])
+        trigger.started_at = time.time()
+        trigger.not_before = trigger.started_at + item["delay"] if item["delay"] else None
+        return trigger
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        started, passed = time.time(), {}
+        for item in self.phases:
+            ending = Ending.of(item["ending"])
+            event: dict[str, Any] = {}
+            async for fired in self._build(item).run():
+                event = fired.payload
+            if event.get("status") != "ok":
+                yield self.final_event(event, item["ending"])
+                return
+            self.log.info("%s", ending.conclude(event)[2])
+            passed[ending.gate] = {k: event[k] for k in ("detail", "waited")}
+        details = "; ".join(f"{gate}: {p['detail']}" for gate, p in passed.items())
+        yield self.final_event(
+            {"status": "ok", "detail": details, "waited": round(time.time() - started, 1), "phases": passed}
+        )
 
 
 class FleetTrigger(PollingTrigger):
@@ -235,6 +287,24 @@ class HttpGateTrigger(FleetTrigger):
         if not good and probe.healthy:
             detail = f"edge serves {probe.digest}, expected {self.digest}"
         return self.streak >= self.needed, f"{detail} ({self.streak}/{self.needed} good probes in a row)"
+
+
+class MonitorOnlineTrigger(FleetTrigger):
+    """Until Traffic Manager's monitor reports the region's endpoint Online (read in the triggerer)."""
+
+    def __init__(self, *, region: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.region = region
+
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"region": self.region}
+
+    async def check(self) -> tuple[bool, str]:
+        hook = await self.hook()
+        endpoint = hook.fleet.region(self.region).endpoint.name
+        endpoints = await asyncio.to_thread(hook.traffic_manager().endpoints)
+        status = endpoints[endpoint].monitor_status
+        return status == "Online", f"endpoint {endpoint} monitor status {status}"
 
 
 class HoldTrigger(FleetTrigger):

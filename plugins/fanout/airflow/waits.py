@@ -85,12 +85,14 @@ class EndingTrigger(BaseTrigger):
         super().__init__(**kwargs)
         self.ending = dict(ending) if ending else None
 
-    def final_event(self, event: dict[str, Any]) -> TriggerEvent:
-        if self.ending is None:
+    def final_event(self, event: dict[str, Any], ending: Mapping[str, Any] | None = None) -> TriggerEvent:
+        """The event that ends the wait, concluded with `ending` (default: the trigger's own)."""
+        ending = ending or self.ending
+        if ending is None:
             return TriggerEvent(event)
         if self.task_instance is None:
-            return TriggerEvent({**event, "ending": self.ending})
-        passed, xcoms, line = Ending.of(self.ending).conclude(event)
+            return TriggerEvent({**event, "ending": dict(ending)})
+        passed, xcoms, line = Ending.of(ending).conclude(event)
         if passed:
             self.log.info("%s", line)
             return TaskSuccessEvent(xcoms=xcoms)
@@ -150,6 +152,7 @@ class WaitingMixin:
 class WaitingOperator(WaitingMixin, FanoutOperator):
     """A Fanout task whose work is waiting for an outside system (or for time to pass)."""
 
-    def ending(self, **kwargs: Any) -> Ending:
-        """How this step's wait ends: named by its region and step, as `fail` names a failure."""
-        return Ending(self.region, self.step or self.task_id, **kwargs)
+    def ending(self, gate: str | None = None, **kwargs: Any) -> Ending:
+        """How this step's wait ends: named by its region and step (or the check `gate` within it),
+        as `fail` names a failure."""
+        return Ending(self.region, gate or self.step or self.task_id, **kwargs)
