@@ -4,6 +4,7 @@ rebalance, rollback-all, record."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from typing import Any, NoReturn
 
@@ -20,7 +21,7 @@ from fanout.adapters.release_image import build_commit, ci_image, context_path, 
 from fanout.airflow.base import SNAPSHOT_KEY, FanoutOperator, release_asset, targeted
 from fanout.airflow.triggers import AcrRunTrigger
 from fanout.airflow.waits import SETTLE_SECONDS, WaitingOperator
-from fanout.fleet import FleetError
+from fanout.fleet import Fleet, FleetError
 from fanout.planner import Plan, PlanError, plan_waves
 from fanout.policy import DIGEST, PolicyError, chart_values, check_drain, final_traffic, rollback_all_targets
 from fanout.provenance import build_labels
@@ -83,26 +84,39 @@ class ValidateReleaseOperator(FanoutOperator):
         self.check_routing(plan, dry_run=bool(params.get("dry_run")))
         # Chart values are input too: a chart that will not render is refused here, before
         # any region is drained, not in the middle of wave 2.
-        app, probe_digest = fleet.app, "sha256:" + "0" * 64
-        for region in plan.regions:
-            values = chart_values(fleet, region, probe_digest, context["run_id"], params["git_sha"])
-            try:
-                render_chart(helm_binary(), app.name, fleet.chart_ref, app.namespace, values, app.chart.version)
-            except HelmError as err:
-                raise AirflowFailException(f"app.values / app.chart ({region}): {err}") from None
+        for region, error in self.render_errors(fleet, list(plan.regions), context["run_id"], params["git_sha"]):
+            raise AirflowFailException(f"app.values / app.chart ({region}): {error}")
         self.log.info("chart %s renders for every region of the plan", fleet.chart_ref)
         if not params.get("dry_run"):  # a dry run needs neither a cluster nor Azure
             try:
                 self.hook.preflight(list(plan.regions))
             except (RuntimeError, ValueError) as err:  # PreflightError, RegistryError, AzureAdapterError, …
                 raise AirflowFailException(f"preflight: {err}") from None
-            self.log.info("namespace %s and every release permission are there in each region", app.namespace)
+            self.log.info("namespace %s and every release permission are there in each region", fleet.app.namespace)
         waves = [list(w.regions) for w in full.waves]
         recorded = FleetSnapshot(snapshot.path, snapshot.sha256, snapshot.text, waves)
         context["ti"].xcom_push(key=SNAPSHOT_KEY, value=recorded.to_xcom())
         if params.get("dry_run"):
             self.log.info("dry run: the plan above is all this run does")
         return {"waves": [list(w.regions) for w in plan.waves], "dry_run": bool(params.get("dry_run"))}
+
+    @staticmethod
+    def render_errors(fleet: Fleet, regions: list[str], run_id: str, git_sha: str) -> list[tuple[str, str]]:
+        """(region, why) for each region whose values the chart does not render, in plan order.
+        `helm template` runs for all regions at once: on the critical path, one process at a time
+        cost a Helm start per region."""
+        binary, app, probe_digest = helm_binary(), fleet.app, "sha256:" + "0" * 64
+
+        def render(region: str) -> str | None:
+            values = chart_values(fleet, region, probe_digest, run_id, git_sha)
+            try:
+                render_chart(binary, app.name, fleet.chart_ref, app.namespace, values, app.chart.version)
+            except HelmError as err:
+                return str(err)
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions)))) as pool:
+            return [(r, error) for r, error in zip(regions, pool.map(render, regions), strict=True) if error]
 
     def check_routing(self, plan: Plan, dry_run: bool) -> None:
         """Where users go per wave; refuse a wave that strands them, or a live profile unlike the file."""
