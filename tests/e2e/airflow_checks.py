@@ -8,13 +8,13 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from fanout.trigger import AirflowApi
 from localfleet.airflow_stack import WORKERS, AirflowStack
+from localfleet.poller import Poller
 
 REPO = Path(__file__).resolve().parents[2]
 CONSISTENCY_SCHEDULE = "*/2 * * * *"
@@ -91,16 +91,14 @@ def region_tasks(tis: dict[str, dict[str, Any]], regions: list[str]) -> dict[str
 SECRET_FOLDERS = ("fanout-kube-", "fanout-helm-")
 
 
-class WorkerTmpWatch:
+class WorkerTmpWatch(Poller):
     """Samples each Celery worker's TMPDIR while a block runs: which kubeconfig and values-file
     folders appeared in it (`seen`), and which are still there (`left`)."""
 
     def __init__(self, stack: AirflowStack, interval: float = 0.1) -> None:
+        super().__init__(interval)
         self.folders = {name: stack.worker_tmp(name) for name in WORKERS} if stack.executor == "celery" else {}
         self.seen: dict[str, set[str]] = {name: set() for name in self.folders}
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def secret_folders(self, worker: str) -> set[str]:
         try:
@@ -111,16 +109,6 @@ class WorkerTmpWatch:
     def left(self) -> dict[str, set[str]]:
         return {name: found for name in self.folders if (found := self.secret_folders(name))}
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for name in self.folders:
-                self.seen[name] |= self.secret_folders(name)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> WorkerTmpWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def poll(self) -> None:
+        for name in self.folders:
+            self.seen[name] |= self.secret_folders(name)
