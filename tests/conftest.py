@@ -21,7 +21,7 @@ from fanout.fleet import Fleet  # noqa: E402  (after the Airflow settings above)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """make test-parallel's two workers (pytest-xdist, --dist loadfile): a test file's tests stay together (they
+    """make test's two workers (pytest-xdist, --dist loadfile): a test file's tests stay together (they
     build on each other's fleet state), and the end-to-end files share one worker, since two real
     Airflow stacks at once overload a 2-core machine and slow every test. (Not `--dist loadgroup`:
     with pytest 9.2 it silently stops grouping, pytest-dev/pytest-xdist#1386.)"""
